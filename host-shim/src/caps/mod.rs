@@ -1,0 +1,5 @@
+//! One module per capability the host grants the component.
+
+pub mod http;
+pub mod log;
+pub mod ssh;
