@@ -1,0 +1,76 @@
+//! The provider's error type: a plain-Rust mirror of the WIT `provider-error` variant.
+//!
+//! Every message is safe to show an operator: it never contains the API token, a private key or
+//! an environment value. Code that builds these errors only ever uses redacted command lines.
+
+use std::fmt;
+
+/// A failed `/exec` API call (mirror of the WIT `api-error` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status code, or 0 when no response arrived.
+    pub status: u16,
+    /// The redacted exe.dev command line that failed.
+    pub command: String,
+    /// The API's own `{"error": …}` text (or the raw body).
+    pub message: String,
+    /// What the operator can do about it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.status == 0 {
+            write!(
+                f,
+                "exe.dev API command `{}` failed: {}",
+                self.command, self.message
+            )?;
+        } else {
+            write!(
+                f,
+                "exe.dev API command `{}` failed ({}): {}",
+                self.command, self.status, self.message
+            )?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a provider call failed (mirror of the WIT `provider-error` variant).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The driver config is missing a required field or has an invalid value.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// The `/exec` API failed.
+    #[error("{0}")]
+    Api(ApiError),
+    /// SSH to the VM failed before the remote command could run.
+    #[error("{0}")]
+    Ssh(String),
+    /// The VM or lease does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The host refused a capability.
+    #[error("denied by host policy: {0}")]
+    Denied(String),
+    /// A deadline passed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The request itself is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Not implemented by this build.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = ProviderError> = std::result::Result<T, E>;

@@ -1,0 +1,464 @@
+//! The host boundary: the ONLY module that calls WIT imports.
+//!
+//! Everything else in the crate talks to the outside world through the [`Host`] trait with plain
+//! Rust types, so the whole lifecycle is unit-tested natively with a scripted fake host. The real
+//! implementation, [`WasiHost`], exists only on `wasm32` and is built from `wasi:http`,
+//! `wasi:clocks/monotonic-clock`, `wasi:random` and this package's `ssh` and `log` imports.
+
+use std::fmt;
+
+/// Log severity (mirror of the WIT `log.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Very detailed tracing.
+    Trace,
+    /// Developer detail.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected but handled.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// An HTTP response from the `/exec` API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+/// Why an HTTP call produced no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The host refused the authority (not allow-listed).
+    Denied(String),
+    /// The deadline passed before the response was complete.
+    Timeout,
+    /// The connection could not be made (DNS, refused, TLS, …).
+    Connect(String),
+    /// Anything else (protocol errors, malformed request).
+    Other(String),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Denied(a) => write!(f, "the host does not allow HTTP requests to {a}"),
+            HttpError::Timeout => write!(f, "the request timed out"),
+            HttpError::Connect(m) => write!(f, "connection failed: {m}"),
+            HttpError::Other(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// Which private key authenticates an SSH connection.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The host's agent and default keys.
+    Agent,
+    /// A key file on the host, by absolute path.
+    KeyFile(String),
+    /// Pasted key material (a secret: never printed).
+    KeyMaterial(String),
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Agent => write!(f, "Agent"),
+            Identity::KeyFile(p) => write!(f, "KeyFile({p:?})"),
+            Identity::KeyMaterial(_) => write!(f, "KeyMaterial([REDACTED])"),
+        }
+    }
+}
+
+/// OpenSSH `StrictHostKeyChecking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Only known host keys.
+    Yes,
+    /// Unknown hosts are added; changed keys refused (the default).
+    #[default]
+    AcceptNew,
+    /// Any key.
+    No,
+}
+
+impl HostKeyPolicy {
+    /// The OpenSSH spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKeyPolicy::Yes => "yes",
+            HostKeyPolicy::AcceptNew => "accept-new",
+            HostKeyPolicy::No => "no",
+        }
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// Host name to dial.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Login user; none lets the client choose.
+    pub user: Option<String>,
+    /// The key to authenticate with.
+    pub identity: Identity,
+    /// Host-key policy.
+    pub host_key_policy: HostKeyPolicy,
+}
+
+impl SshTarget {
+    /// `user@host` (or `host`), for messages and metadata.
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// One remote command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshRequest {
+    /// Where to run it.
+    pub target: SshTarget,
+    /// The remote command line.
+    pub command: String,
+    /// Bytes for stdin; none closes stdin at once.
+    pub stdin: Option<Vec<u8>>,
+    /// Deadline for the whole call.
+    pub timeout_ms: u32,
+    /// Cap per output stream.
+    pub max_output_bytes: u64,
+    /// Forward output live to Paperclip.
+    pub stream_output: bool,
+}
+
+/// What the remote command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SshOutput {
+    /// Exit status of the ssh client (255: SSH itself failed); none on signal/timeout.
+    pub exit_code: Option<i32>,
+    /// Signal name, if the client died from one.
+    pub signal: Option<String>,
+    /// The deadline passed and the host killed the client.
+    pub timed_out: bool,
+    /// Raw stdout (up to the cap).
+    pub stdout: Vec<u8>,
+    /// Raw stderr (up to the cap).
+    pub stderr: Vec<u8>,
+    /// stdout exceeded the cap.
+    pub stdout_truncated: bool,
+    /// stderr exceeded the cap.
+    pub stderr_truncated: bool,
+}
+
+/// Why the host could not run an SSH command at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshError {
+    /// Destination not allow-listed.
+    Denied(String),
+    /// Malformed request.
+    InvalidRequest(String),
+    /// The SSH client could not be started.
+    Spawn(String),
+}
+
+impl fmt::Display for SshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SshError::Denied(m) => write!(f, "the host does not allow SSH to {m}"),
+            SshError::InvalidRequest(m) => write!(f, "invalid SSH request: {m}"),
+            SshError::Spawn(m) => write!(f, "could not start the SSH client: {m}"),
+        }
+    }
+}
+
+/// Everything the provider needs from the outside world.
+pub trait Host {
+    /// POST `body` to `url` with `headers`; the whole call must finish within `timeout_ms`.
+    fn http_post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<HttpResponse, HttpError>;
+    /// Run one remote command over SSH.
+    fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError>;
+    /// Drop any pooled connection to `target`.
+    fn ssh_disconnect(&self, target: &SshTarget);
+    /// Emit a log line (never with secrets).
+    fn log(&self, level: LogLevel, message: &str, fields: &[(&str, String)]);
+    /// Monotonic milliseconds (arbitrary origin).
+    fn now_ms(&self) -> u64;
+    /// Sleep for `ms` milliseconds.
+    fn sleep_ms(&self, ms: u64);
+    /// A random 64-bit number.
+    fn random_u64(&self) -> u64;
+    /// A process environment variable (the host exposes only `EXE_API_KEY`).
+    fn env_var(&self, name: &str) -> Option<String>;
+}
+
+#[cfg(target_arch = "wasm32")]
+pub use wasm::WasiHost;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use super::*;
+    use crate::bindings::paperclip::sandbox_provider::{log as wit_log, ssh as wit_ssh};
+    use wasi::clocks::monotonic_clock;
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{
+        ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    };
+    use wasi::io::streams::StreamError;
+
+    /// The real host: WIT imports.
+    pub struct WasiHost;
+
+    const NS_PER_MS: u64 = 1_000_000;
+
+    fn map_error_code(code: &ErrorCode, authority: &str) -> HttpError {
+        match code {
+            ErrorCode::HttpRequestDenied => HttpError::Denied(authority.to_string()),
+            ErrorCode::ConnectionTimeout
+            | ErrorCode::ConnectionReadTimeout
+            | ErrorCode::ConnectionWriteTimeout
+            | ErrorCode::HttpResponseTimeout
+            | ErrorCode::DnsTimeout => HttpError::Timeout,
+            ErrorCode::DnsError(p) => HttpError::Connect(format!(
+                "DNS error for {authority}: {}",
+                p.rcode.clone().unwrap_or_default()
+            )),
+            ErrorCode::DestinationNotFound
+            | ErrorCode::DestinationUnavailable
+            | ErrorCode::DestinationIpProhibited
+            | ErrorCode::DestinationIpUnroutable
+            | ErrorCode::ConnectionRefused
+            | ErrorCode::ConnectionTerminated
+            | ErrorCode::TlsProtocolError
+            | ErrorCode::TlsCertificateError
+            | ErrorCode::TlsAlertReceived(_) => {
+                HttpError::Connect(format!("{authority}: {code:?}"))
+            }
+            other => HttpError::Other(format!("{authority}: {other:?}")),
+        }
+    }
+
+    /// Wait for `pollable` until `deadline_ns` (monotonic). Returns false on timeout.
+    fn wait_until(pollable: &wasi::io::poll::Pollable, deadline_ns: u64) -> bool {
+        if pollable.ready() {
+            return true;
+        }
+        let now = monotonic_clock::now();
+        if now >= deadline_ns {
+            return false;
+        }
+        let timer = monotonic_clock::subscribe_instant(deadline_ns);
+        let ready = wasi::io::poll::poll(&[pollable, &timer]);
+        ready.contains(&0) || pollable.ready()
+    }
+
+    impl Host for WasiHost {
+        fn http_post(
+            &self,
+            url: &str,
+            headers: &[(String, String)],
+            body: &[u8],
+            timeout_ms: u64,
+        ) -> Result<HttpResponse, HttpError> {
+            let parsed =
+                url::Url::parse(url).map_err(|e| HttpError::Other(format!("bad URL: {e}")))?;
+            let scheme = match parsed.scheme() {
+                "https" => Scheme::Https,
+                "http" => Scheme::Http,
+                other => Scheme::Other(other.to_string()),
+            };
+            let host = parsed.host_str().unwrap_or_default().to_string();
+            let authority = match parsed.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            };
+            let mut path = parsed.path().to_string();
+            if let Some(q) = parsed.query() {
+                path.push('?');
+                path.push_str(q);
+            }
+            let deadline = monotonic_clock::now() + timeout_ms.saturating_mul(NS_PER_MS);
+
+            let mut list: Vec<(String, Vec<u8>)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+                .collect();
+            list.push((
+                "content-length".to_string(),
+                body.len().to_string().into_bytes(),
+            ));
+            let fields = Fields::from_list(&list)
+                .map_err(|e| HttpError::Other(format!("invalid header: {e:?}")))?;
+            let request = OutgoingRequest::new(fields);
+            let bad = |what: &str| HttpError::Other(format!("invalid request {what}"));
+            request
+                .set_method(&Method::Post)
+                .map_err(|_| bad("method"))?;
+            request
+                .set_scheme(Some(&scheme))
+                .map_err(|_| bad("scheme"))?;
+            request
+                .set_authority(Some(&authority))
+                .map_err(|_| bad("authority"))?;
+            request
+                .set_path_with_query(Some(&path))
+                .map_err(|_| bad("path"))?;
+            let options = RequestOptions::new();
+            let t = timeout_ms.saturating_mul(NS_PER_MS);
+            let _ = options.set_connect_timeout(Some(t));
+            let _ = options.set_first_byte_timeout(Some(t));
+            let _ = options.set_between_bytes_timeout(Some(t));
+
+            let outgoing_body = request.body().map_err(|_| bad("body"))?;
+            let future = outgoing_handler::handle(request, Some(options))
+                .map_err(|e| map_error_code(&e, &authority))?;
+            {
+                let stream = outgoing_body.write().map_err(|_| bad("body stream"))?;
+                for chunk in body.chunks(4096) {
+                    stream
+                        .blocking_write_and_flush(chunk)
+                        .map_err(|e| HttpError::Other(format!("writing request body: {e:?}")))?;
+                }
+            }
+            OutgoingBody::finish(outgoing_body, None)
+                .map_err(|e| map_error_code(&e, &authority))?;
+
+            let pollable = future.subscribe();
+            if !wait_until(&pollable, deadline) {
+                return Err(HttpError::Timeout);
+            }
+            drop(pollable);
+            let response = match future.get() {
+                Some(Ok(Ok(r))) => r,
+                Some(Ok(Err(e))) => return Err(map_error_code(&e, &authority)),
+                Some(Err(())) => return Err(HttpError::Other("response already taken".into())),
+                None => return Err(HttpError::Timeout),
+            };
+            let status = response.status();
+            let incoming = response
+                .consume()
+                .map_err(|_| HttpError::Other("response body unavailable".into()))?;
+            let mut out = Vec::new();
+            {
+                let stream = incoming
+                    .stream()
+                    .map_err(|_| HttpError::Other("response body stream unavailable".into()))?;
+                loop {
+                    let p = stream.subscribe();
+                    if !wait_until(&p, deadline) {
+                        return Err(HttpError::Timeout);
+                    }
+                    drop(p);
+                    match stream.read(64 * 1024) {
+                        Ok(bytes) => out.extend_from_slice(&bytes),
+                        Err(StreamError::Closed) => break,
+                        Err(StreamError::LastOperationFailed(e)) => {
+                            return Err(HttpError::Other(format!(
+                                "reading response body: {}",
+                                e.to_debug_string()
+                            )))
+                        }
+                    }
+                }
+            }
+            drop(incoming);
+            Ok(HttpResponse { status, body: out })
+        }
+
+        fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError> {
+            let req = wit_ssh::ExecRequest {
+                target: to_wit_target(&request.target),
+                command: request.command.clone(),
+                stdin: request.stdin.clone(),
+                timeout_ms: request.timeout_ms,
+                max_output_bytes: request.max_output_bytes,
+                stream_output: request.stream_output,
+            };
+            match wit_ssh::exec(&req) {
+                Ok(o) => Ok(SshOutput {
+                    exit_code: o.exit_code,
+                    signal: o.signal,
+                    timed_out: o.timed_out,
+                    stdout: o.stdout,
+                    stderr: o.stderr,
+                    stdout_truncated: o.stdout_truncated,
+                    stderr_truncated: o.stderr_truncated,
+                }),
+                Err(wit_ssh::SshError::Denied(m)) => Err(SshError::Denied(m)),
+                Err(wit_ssh::SshError::InvalidRequest(m)) => Err(SshError::InvalidRequest(m)),
+                Err(wit_ssh::SshError::Spawn(m)) => Err(SshError::Spawn(m)),
+            }
+        }
+
+        fn ssh_disconnect(&self, target: &SshTarget) {
+            wit_ssh::disconnect(&to_wit_target(target));
+        }
+
+        fn log(&self, level: LogLevel, message: &str, fields: &[(&str, String)]) {
+            let level = match level {
+                LogLevel::Trace => wit_log::Level::Trace,
+                LogLevel::Debug => wit_log::Level::Debug,
+                LogLevel::Info => wit_log::Level::Info,
+                LogLevel::Warn => wit_log::Level::Warn,
+                LogLevel::Error => wit_log::Level::Error,
+            };
+            let fields: Vec<(String, String)> = fields
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect();
+            wit_log::emit(level, message, &fields);
+        }
+
+        fn now_ms(&self) -> u64 {
+            monotonic_clock::now() / NS_PER_MS
+        }
+
+        fn sleep_ms(&self, ms: u64) {
+            if ms == 0 {
+                return;
+            }
+            monotonic_clock::subscribe_duration(ms.saturating_mul(NS_PER_MS)).block();
+        }
+
+        fn random_u64(&self) -> u64 {
+            wasi::random::random::get_random_u64()
+        }
+
+        fn env_var(&self, name: &str) -> Option<String> {
+            std::env::var(name).ok()
+        }
+    }
+
+    fn to_wit_target(t: &SshTarget) -> wit_ssh::Target {
+        wit_ssh::Target {
+            host: t.host.clone(),
+            port: t.port,
+            user: t.user.clone(),
+            identity: match &t.identity {
+                Identity::Agent => wit_ssh::Identity::Agent,
+                Identity::KeyFile(p) => wit_ssh::Identity::KeyFile(p.clone()),
+                Identity::KeyMaterial(k) => wit_ssh::Identity::KeyMaterial(k.clone()),
+            },
+            host_key_policy: match t.host_key_policy {
+                HostKeyPolicy::Yes => wit_ssh::HostKeyPolicy::Yes,
+                HostKeyPolicy::AcceptNew => wit_ssh::HostKeyPolicy::AcceptNew,
+                HostKeyPolicy::No => wit_ssh::HostKeyPolicy::No,
+            },
+        }
+    }
+}
