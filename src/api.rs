@@ -164,3 +164,252 @@ pub fn check_create_size(config: &Config) -> Result<(), String> {
         Ok(())
     }
 }
+
+use crate::error::{ApiError, ProviderError};
+use crate::host::{Host, HttpError, LogLevel};
+use serde_json::Value;
+
+/// An absolute deadline on the host's monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Monotonic ms at which time is up.
+    pub end_ms: u64,
+}
+
+impl Deadline {
+    /// `ms` from now.
+    pub fn after(host: &dyn Host, ms: u64) -> Deadline {
+        Deadline {
+            end_ms: host.now_ms().saturating_add(ms),
+        }
+    }
+
+    /// Milliseconds left (0 when past).
+    pub fn remaining(&self, host: &dyn Host) -> u64 {
+        self.end_ms.saturating_sub(host.now_ms())
+    }
+}
+
+/// Replace every secret occurrence in `text` with `[REDACTED]` (values shorter than 4
+/// characters are left alone: they cannot be told apart from ordinary text).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    let mut secrets: Vec<&String> = secrets.iter().filter(|s| s.len() >= 4).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in secrets {
+        out = out.replace(s.as_str(), "[REDACTED]");
+    }
+    out
+}
+
+/// The operator hint for an API status.
+pub fn hint_for(status: u16, verb: &str) -> Option<String> {
+    let h = match status {
+        401 => "the API token is invalid or expired; mint a new one (e.g. `ssh exe.dev ssh-key generate-api-key`) and update apiKey or EXE_API_KEY".to_string(),
+        403 => format!(
+            "the token's cmds do not include `{verb}`; exe.dev's default token permissions lack `rm` and `cp`, so use a token whose cmds list every command the provider runs (new, ls, rm, and cp for sourceVm)"
+        ),
+        413 => "the command exceeds the /exec API's 64 KB body limit; shorten setupScript, prompt, comment or env".to_string(),
+        422 => format!("the `{verb}` command itself failed on exe.dev; its own error is shown"),
+        429 => "exe.dev rate-limited this token's SSH key; retry later or use a separate key for independent workloads".to_string(),
+        504 => "the command hit exe.dev's 30 s server-side timeout".to_string(),
+        s if s >= 500 => "exe.dev had a server-side problem; retry later".to_string(),
+        _ => return None,
+    };
+    Some(h)
+}
+
+/// The text of an error body: the `{"error": …}` field, else the raw (trimmed) body.
+fn error_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(trimmed) {
+        if let Some(Value::String(e)) = o.get("error") {
+            return e.clone();
+        }
+    }
+    const MAX: usize = 2000;
+    if trimmed.len() > MAX {
+        let mut end = MAX;
+        while !trimmed.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &trimmed[..end])
+    } else if trimmed.is_empty() {
+        "(empty response body)".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Parse a 2xx body the seed's way: trimmed; empty → null; JSON if it parses, else the text.
+pub fn parse_ok_body(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string()))
+}
+
+/// First backoff delay for retried API calls.
+pub const RETRY_BASE_MS: u64 = 500;
+/// Largest backoff delay.
+pub const RETRY_MAX_MS: u64 = 8_000;
+/// Most attempts of one idempotent command.
+pub const RETRY_MAX_ATTEMPTS: u32 = 6;
+
+/// A `/exec` client bound to one config.
+pub struct Api<'a> {
+    host: &'a dyn Host,
+    url: String,
+    token: String,
+    timeout_ms: u64,
+    secrets: Vec<String>,
+}
+
+impl<'a> Api<'a> {
+    /// A client for `config`; fails when no API key is available.
+    pub fn new(host: &'a dyn Host, config: &Config) -> Result<Api<'a>, ProviderError> {
+        let token = config.resolve_api_key(host).ok_or_else(|| {
+            ProviderError::InvalidConfig(crate::config::MISSING_API_KEY.to_string())
+        })?;
+        let mut secrets: Vec<String> = config.env.iter().map(|(_, v)| v.clone()).collect();
+        secrets.extend(config.prompt.clone());
+        secrets.extend(config.setup_script.clone());
+        secrets.push(token.clone());
+        Ok(Api {
+            host,
+            url: config.api_url.clone(),
+            token,
+            timeout_ms: config.timeout_ms,
+            secrets,
+        })
+    }
+
+    /// Run `cmd`; idempotent commands are retried on 429/503/504 and connection failures
+    /// with backoff while `deadline` allows.
+    pub fn run(&self, cmd: &CommandLine, deadline: Deadline) -> Result<Value, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.run_once(cmd, deadline);
+            let retryable = cmd.idempotent()
+                && attempt < RETRY_MAX_ATTEMPTS
+                && match &result {
+                    Err(ProviderError::Api(e)) => {
+                        matches!(e.status, 429 | 503 | 504) || e.status == 0
+                    }
+                    _ => false,
+                };
+            if !retryable {
+                return result;
+            }
+            let backoff = (RETRY_BASE_MS << (attempt - 1)).min(RETRY_MAX_MS);
+            let jitter = self.host.random_u64() % (backoff / 4 + 1);
+            let wait = backoff + jitter;
+            // Leave at least a second for the next attempt itself.
+            if deadline.remaining(self.host) < wait + 1_000 {
+                return result;
+            }
+            self.host.log(
+                LogLevel::Warn,
+                "exe.dev API call failed; retrying",
+                &[
+                    ("command", cmd.redacted.clone()),
+                    ("attempt", attempt.to_string()),
+                    ("backoffMs", wait.to_string()),
+                ],
+            );
+            self.host.sleep_ms(wait);
+        }
+    }
+
+    /// One attempt, no retry.
+    pub fn run_once(&self, cmd: &CommandLine, deadline: Deadline) -> Result<Value, ProviderError> {
+        let remaining = deadline.remaining(self.host);
+        if remaining == 0 {
+            return Err(ProviderError::Timeout(format!(
+                "no time left to run exe.dev API command `{}`",
+                cmd.redacted
+            )));
+        }
+        let timeout = self.timeout_ms.min(API_MAX_TIMEOUT_MS).min(remaining);
+        self.host.log(
+            LogLevel::Info,
+            "exe.dev API call",
+            &[("command", cmd.redacted.clone())],
+        );
+        let headers = vec![
+            (
+                "Authorization".to_string(),
+                format!("Bearer {}", self.token),
+            ),
+            (
+                "Content-Type".to_string(),
+                "text/plain; charset=utf-8".to_string(),
+            ),
+        ];
+        let started = self.host.now_ms();
+        let response = self
+            .host
+            .http_post(&self.url, &headers, cmd.body().as_bytes(), timeout);
+        let elapsed = self.host.now_ms().saturating_sub(started);
+        match response {
+            Ok(r) if (200..300).contains(&r.status) => {
+                self.host.log(
+                    LogLevel::Debug,
+                    "exe.dev API call succeeded",
+                    &[
+                        ("command", cmd.redacted.clone()),
+                        ("status", r.status.to_string()),
+                        ("durationMs", elapsed.to_string()),
+                    ],
+                );
+                Ok(parse_ok_body(&r.body))
+            }
+            Ok(r) => {
+                let message = scrub(&error_text(&r.body), &self.secrets);
+                self.host.log(
+                    LogLevel::Warn,
+                    "exe.dev API call failed",
+                    &[
+                        ("command", cmd.redacted.clone()),
+                        ("status", r.status.to_string()),
+                        ("error", message.clone()),
+                    ],
+                );
+                Err(ProviderError::Api(ApiError {
+                    status: r.status,
+                    command: cmd.redacted.clone(),
+                    message,
+                    hint: hint_for(r.status, cmd.verb),
+                }))
+            }
+            Err(HttpError::Denied(authority)) => Err(ProviderError::Denied(format!(
+                "HTTP requests to {authority} (the exe.dev API at {}) are not allowed by the host; grant that authority to the plugin",
+                self.url
+            ))),
+            Err(HttpError::Timeout) => Err(ProviderError::Api(ApiError {
+                status: 0,
+                command: cmd.redacted.clone(),
+                message: format!("no response within {timeout} ms"),
+                hint: Some(
+                    "exe.dev did not answer in time; the command may still complete on exe.dev"
+                        .to_string(),
+                ),
+            })),
+            Err(HttpError::Connect(m)) | Err(HttpError::Other(m)) => {
+                Err(ProviderError::Api(ApiError {
+                    status: 0,
+                    command: cmd.redacted.clone(),
+                    message: scrub(&m, &self.secrets),
+                    hint: Some(format!("could not reach the exe.dev API at {}", self.url)),
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

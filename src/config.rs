@@ -588,3 +588,6 @@ pub fn validate(text: &str, host: &dyn Host) -> Validation {
         normalized_config,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,8 +8,13 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod lease;
 pub mod pem;
+pub mod remote;
 pub mod vm;
+
+#[cfg(test)]
+mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings {
@@ -30,24 +35,95 @@ mod bindings {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use crate::bindings::exports::paperclip::sandbox_provider::provider::{
-        AcquireRequest, CallContext, ExecuteRequest, ExecuteResult, Guest, HealthReport,
-        HealthStatus, Lease, ProbeResult, RealizeRequest, RealizedWorkspace, ReleaseRequest,
-        ResumeRequest, TerminationReceipt, Validation,
-    };
-    use crate::bindings::paperclip::sandbox_provider::types::ProviderError;
+    use crate::bindings::exports::paperclip::sandbox_provider::provider as wit;
+    use crate::bindings::paperclip::sandbox_provider::types as wit_types;
+    use crate::error::ProviderError;
     use crate::host::WasiHost;
+    use crate::lease::{self, Provider};
+    use serde_json::{Map, Value};
 
     struct Component;
 
-    fn not_implemented(what: &str) -> ProviderError {
-        ProviderError::NotImplemented(format!("{what} is not implemented yet"))
+    type WitResult<T> = Result<T, wit_types::ProviderError>;
+
+    fn to_wit_error(e: ProviderError) -> wit_types::ProviderError {
+        use wit_types::ProviderError as W;
+        match e {
+            ProviderError::InvalidConfig(m) => W::InvalidConfig(m),
+            ProviderError::Api(a) => W::Api(wit_types::ApiError {
+                status: a.status,
+                command: a.command,
+                message: a.message,
+                hint: a.hint,
+            }),
+            ProviderError::Ssh(m) => W::Ssh(m),
+            ProviderError::NotFound(m) => W::NotFound(m),
+            ProviderError::Denied(m) => W::Denied(m),
+            ProviderError::Timeout(m) => W::Timeout(m),
+            ProviderError::InvalidRequest(m) => W::InvalidRequest(m),
+            ProviderError::NotImplemented(m) => W::NotImplemented(m),
+            ProviderError::Internal(m) => W::Internal(m),
+        }
     }
 
-    impl Guest for Component {
-        fn validate_config(config: String) -> Validation {
+    fn context(c: wit::CallContext) -> lease::CallContext {
+        lease::CallContext {
+            config: c.config,
+            environment_id: c.environment_id,
+            company_id: c.company_id,
+        }
+    }
+
+    fn json_text(m: Map<String, Value>) -> String {
+        Value::Object(m).to_string()
+    }
+
+    fn from_wit_lease(l: wit::Lease) -> Result<lease::Lease, ProviderError> {
+        Ok(lease::Lease {
+            provider_lease_id: l.provider_lease_id,
+            metadata: lease::parse_metadata(Some(&l.metadata))?,
+            expires_at: l.expires_at,
+        })
+    }
+
+    fn to_wit_lease(l: lease::Lease) -> wit::Lease {
+        wit::Lease {
+            provider_lease_id: l.provider_lease_id,
+            metadata: json_text(l.metadata),
+            expires_at: l.expires_at,
+        }
+    }
+
+    fn to_wit_receipt(r: Option<lease::Receipt>) -> Option<wit::TerminationReceipt> {
+        r.map(|r| wit::TerminationReceipt {
+            provider_lease_id: r.provider_lease_id,
+            state: match r.state {
+                lease::LeaseState::Stopped => wit::LeaseState::Stopped,
+                lease::LeaseState::Destroyed => wit::LeaseState::Destroyed,
+            },
+        })
+    }
+
+    fn release_like(
+        request: wit::ReleaseRequest,
+        destroy: bool,
+    ) -> Result<Option<wit::TerminationReceipt>, ProviderError> {
+        let host = WasiHost;
+        let provider = Provider::new(&host, &context(request.context))?;
+        let meta = lease::parse_metadata(request.lease_metadata.as_deref())?;
+        let id = request.provider_lease_id.as_deref();
+        let receipt = if destroy {
+            provider.destroy(id, &meta)?
+        } else {
+            provider.release(id, &meta, request.cancel_active_work)?
+        };
+        Ok(to_wit_receipt(receipt))
+    }
+
+    impl wit::Guest for Component {
+        fn validate_config(config: String) -> wit::Validation {
             let v = crate::config::validate(&config, &WasiHost);
-            Validation {
+            wit::Validation {
                 ok: v.ok,
                 warnings: v.warnings,
                 errors: v.errors,
@@ -55,41 +131,113 @@ mod component {
             }
         }
 
-        fn probe(_context: CallContext) -> Result<ProbeResult, ProviderError> {
-            Err(not_implemented("probe"))
+        fn probe(context: wit::CallContext) -> WitResult<wit::ProbeResult> {
+            let r = lease::run_probe(&WasiHost, &self::context(context));
+            Ok(wit::ProbeResult {
+                ok: r.ok,
+                summary: r.summary,
+                diagnostics: r
+                    .diagnostics
+                    .into_iter()
+                    .map(|d| wit::Diagnostic {
+                        severity: match d.severity {
+                            lease::Severity::Info => wit::Severity::Info,
+                            lease::Severity::Warning => wit::Severity::Warning,
+                            lease::Severity::Error => wit::Severity::Error,
+                        },
+                        message: d.message,
+                        code: d.code,
+                        details: d.details.map(|v| v.to_string()),
+                    })
+                    .collect(),
+                metadata: json_text(r.metadata),
+            })
         }
 
-        fn acquire_lease(_request: AcquireRequest) -> Result<Lease, ProviderError> {
-            Err(not_implemented("acquire-lease"))
+        fn acquire_lease(request: wit::AcquireRequest) -> WitResult<wit::Lease> {
+            (|| {
+                let host = WasiHost;
+                let provider = Provider::new(&host, &context(request.context))?;
+                let cwd = request
+                    .requested_cwd
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty());
+                provider.acquire(&request.run_id, cwd).map(to_wit_lease)
+            })()
+            .map_err(to_wit_error)
         }
 
-        fn resume_lease(_request: ResumeRequest) -> Result<Lease, ProviderError> {
-            Err(not_implemented("resume-lease"))
+        fn resume_lease(request: wit::ResumeRequest) -> WitResult<wit::Lease> {
+            (|| {
+                let host = WasiHost;
+                let provider = Provider::new(&host, &context(request.context))?;
+                let meta = lease::parse_metadata(request.lease_metadata.as_deref())?;
+                provider
+                    .resume(&request.provider_lease_id, &meta)
+                    .map(to_wit_lease)
+            })()
+            .map_err(to_wit_error)
         }
 
         fn release_lease(
-            _request: ReleaseRequest,
-        ) -> Result<Option<TerminationReceipt>, ProviderError> {
-            Err(not_implemented("release-lease"))
+            request: wit::ReleaseRequest,
+        ) -> WitResult<Option<wit::TerminationReceipt>> {
+            release_like(request, false).map_err(to_wit_error)
         }
 
         fn destroy_lease(
-            _request: ReleaseRequest,
-        ) -> Result<Option<TerminationReceipt>, ProviderError> {
-            Err(not_implemented("destroy-lease"))
+            request: wit::ReleaseRequest,
+        ) -> WitResult<Option<wit::TerminationReceipt>> {
+            release_like(request, true).map_err(to_wit_error)
         }
 
-        fn realize_workspace(_request: RealizeRequest) -> Result<RealizedWorkspace, ProviderError> {
-            Err(not_implemented("realize-workspace"))
+        fn realize_workspace(request: wit::RealizeRequest) -> WitResult<wit::RealizedWorkspace> {
+            (|| {
+                let host = WasiHost;
+                let provider = Provider::new(&host, &context(request.context))?;
+                let l = from_wit_lease(request.lease)?;
+                let w = lease::Workspace {
+                    local_path: request.workspace.local_path,
+                    remote_path: request.workspace.remote_path,
+                    mode: request.workspace.mode,
+                };
+                let r = provider.realize(&l, &w)?;
+                Ok(wit::RealizedWorkspace {
+                    cwd: r.cwd,
+                    metadata: json_text(r.metadata),
+                })
+            })()
+            .map_err(to_wit_error)
         }
 
-        fn execute(_request: ExecuteRequest) -> Result<ExecuteResult, ProviderError> {
-            Err(not_implemented("execute"))
+        fn execute(request: wit::ExecuteRequest) -> WitResult<wit::ExecuteResult> {
+            (|| {
+                let host = WasiHost;
+                let provider = Provider::new(&host, &context(request.context))?;
+                let r = provider.execute(lease::ExecuteRequest {
+                    lease: from_wit_lease(request.lease)?,
+                    command: request.command,
+                    args: request.args,
+                    cwd: request.cwd,
+                    env: request.env,
+                    stdin: request.stdin,
+                    timeout_ms: request.timeout_ms,
+                })?;
+                Ok(wit::ExecuteResult {
+                    exit_code: r.exit_code,
+                    signal: r.signal,
+                    timed_out: r.timed_out,
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                    metadata: json_text(r.metadata),
+                })
+            })()
+            .map_err(to_wit_error)
         }
 
-        fn health() -> HealthReport {
-            HealthReport {
-                status: HealthStatus::Ok,
+        fn health() -> wit::HealthReport {
+            wit::HealthReport {
+                status: wit::HealthStatus::Ok,
                 message: Some("exe.dev sandbox provider plugin healthy".to_string()),
             }
         }

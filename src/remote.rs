@@ -1,0 +1,406 @@
+//! The remote shell scripts run over SSH, and how their results are read.
+//!
+//! Every script is portable POSIX `sh`. The remote command line is always `sh -c '<script>'`
+//! (or `sh -lc` for the lease preparation, which wants the login PATH), so it works whatever
+//! the remote login shell is.
+
+use crate::api::shell_quote;
+use crate::host::SshOutput;
+
+/// The workspace created under `$HOME` when Paperclip asks for none.
+pub const DEFAULT_WORKSPACE_DIR: &str = "paperclip-workspace";
+/// Marker line before the prepare script's answer (so profile noise cannot confuse parsing).
+pub const PREPARE_MARKER: &str = "__PAPERCLIP_LEASE__";
+/// Exit status of the prepare script when the workspace cannot be created.
+pub const PREPARE_MKDIR_FAILED: i32 = 3;
+/// Environment variable that marks every process an execute starts.
+pub const EXEC_ID_VAR: &str = "PAPERCLIP_EXEC_ID";
+/// Cap for each of stdout and stderr of one execute: 32 MiB.
+pub const MAX_OUTPUT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// One SSH round trip that proves the VM is reachable and does the lease work: prints the
+/// home directory, the shell (`bash` if available, else `sh`) and the workspace (created with
+/// `mkdir -p`: `requested_cwd`, else `$HOME/paperclip-workspace`), after a marker line.
+pub fn prepare_script(requested_cwd: Option<&str>) -> String {
+    let cwd = match requested_cwd {
+        Some(c) => shell_quote(c),
+        None => format!("\"$home/{DEFAULT_WORKSPACE_DIR}\""),
+    };
+    format!(
+        "home=\"${{HOME:-}}\"; [ -n \"$home\" ] || home=\"$(pwd)\"; [ -n \"$home\" ] || home=/tmp; \
+         if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi; \
+         cwd={cwd}; \
+         mkdir -p \"$cwd\" || exit {PREPARE_MKDIR_FAILED}; \
+         printf '%s\\n%s\\n%s\\n%s\\n' '{PREPARE_MARKER}' \"$home\" \"$shell\" \"$cwd\""
+    )
+}
+
+/// The remote command line for [`prepare_script`].
+pub fn prepare_command(requested_cwd: Option<&str>) -> String {
+    format!("sh -lc {}", shell_quote(&prepare_script(requested_cwd)))
+}
+
+/// What the prepare script reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// `$HOME` (or the login directory, or `/tmp`).
+    pub home: String,
+    /// `bash` or `sh`.
+    pub shell: String,
+    /// The workspace, created.
+    pub cwd: String,
+}
+
+/// Parse the prepare script's stdout (the lines after the last marker).
+pub fn parse_prepared(stdout: &str) -> Option<Prepared> {
+    let idx = stdout.rfind(PREPARE_MARKER)?;
+    let mut lines = stdout[idx + PREPARE_MARKER.len()..].lines().skip(1);
+    let home = lines.next()?.trim().to_string();
+    let shell = lines.next()?.trim().to_string();
+    let cwd = lines.next()?.trim_end_matches('\r').to_string();
+    let home = if home.is_empty() {
+        "/tmp".to_string()
+    } else {
+        home
+    };
+    let shell = if shell == "bash" {
+        shell
+    } else {
+        "sh".to_string()
+    };
+    if cwd.is_empty() {
+        return None;
+    }
+    Some(Prepared { home, shell, cwd })
+}
+
+/// `sh -lc '<quoted "mkdir -p '<cwd>'">'`: the seed's workspace command.
+pub fn mkdir_command(cwd: &str) -> String {
+    format!(
+        "sh -lc {}",
+        shell_quote(&format!("mkdir -p {}", shell_quote(cwd)))
+    )
+}
+
+/// The seed's login-shell wrapper, plus the execution marker:
+/// guarded, silent profile sourcing; `cd '<cwd>'`; `exec env PAPERCLIP_EXEC_ID=<id> K='v' … 'cmd' 'arg'…`.
+pub fn exec_script(
+    exec_id: &str,
+    cwd: Option<&str>,
+    env: &[(String, String)],
+    command: &str,
+    args: &[String],
+) -> String {
+    let source = |f: &str| format!("if [ -f {f} ]; then . {f} >/dev/null 2>&1 || true; fi");
+    let mut parts = vec![
+        source("/etc/profile"),
+        source("\"$HOME/.profile\""),
+        "if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi".to_string(),
+        source("\"$HOME/.zprofile\""),
+    ];
+    if let Some(cwd) = cwd {
+        parts.push(format!("cd {}", shell_quote(cwd)));
+    }
+    let mut exec = format!("exec env {EXEC_ID_VAR}={exec_id}");
+    for (k, v) in env {
+        exec.push_str(&format!(" {k}={}", shell_quote(v)));
+    }
+    exec.push(' ');
+    exec.push_str(&shell_quote(command));
+    for a in args {
+        exec.push(' ');
+        exec.push_str(&shell_quote(a));
+    }
+    parts.push(exec);
+    parts.join(" && ")
+}
+
+/// `sh -c '<script>'`.
+pub fn sh_c(script: &str) -> String {
+    format!("sh -c {}", shell_quote(script))
+}
+
+/// Kill every process whose initial environment contains `PAPERCLIP_EXEC_ID=<exec_id>` exactly
+/// (TERM, a one-second grace, then KILL for whatever is left); `None` matches any execution
+/// marker (used when a retained lease's active work is cancelled). Errors are ignored; the
+/// script always exits 0.
+pub fn kill_script(exec_id: Option<&str>) -> String {
+    let test = match exec_id {
+        Some(id) => format!("grep -qx {}", shell_quote(&format!("{EXEC_ID_VAR}={id}"))),
+        None => format!("grep -q {}", shell_quote(&format!("^{EXEC_ID_VAR}="))),
+    };
+    format!(
+        "scan() {{ pids=''; for d in /proc/[0-9]*; do p=\"${{d#/proc/}}\"; [ \"$p\" = \"$$\" ] && continue; \
+         if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | {test}; then pids=\"$pids $p\"; fi; done; }}; \
+         scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; sleep 1; \
+         scan; [ -n \"$pids\" ] && kill -s KILL $pids 2>/dev/null; exit 0"
+    )
+}
+
+/// The markers exe.dev prints when the SSH key has not finished onboarding.
+pub const ONBOARDING_MARKERS: [&str; 2] = [
+    "Please complete registration by running: ssh exe.dev",
+    "Please enter your email address:",
+];
+
+/// SSH failures that will not go away by waiting.
+const FATAL_SSH_MARKERS: [&str; 4] = [
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "invalid format",
+];
+
+/// SSH failures of a VM that is still booting.
+const TRANSIENT_SSH_MARKERS: [&str; 8] = [
+    "Connection refused",
+    "Connection timed out",
+    "No route to host",
+    "Could not resolve hostname",
+    "Connection closed",
+    "Connection reset",
+    "kex_exchange_identification",
+    "Network is unreachable",
+];
+
+/// How a failed SSH call should be treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshFailure {
+    /// The command never ran and waiting will not help; the text is the operator message.
+    Fatal(String),
+    /// The VM is not reachable yet; retry with backoff.
+    NotReady(String),
+}
+
+fn output_text(out: &SshOutput) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
+fn has_bad_key_format(text: &str) -> bool {
+    text.lines().any(|l| {
+        let lower = l.to_ascii_lowercase();
+        lower.contains("load key") && lower.contains("invalid format")
+    })
+}
+
+/// The seed's operator messages (`formatSshFailure`).
+fn failure_message(action: &str, vm: &str, text: &str) -> String {
+    if ONBOARDING_MARKERS.iter().any(|m| text.contains(m)) {
+        return format!(
+            "Failed to {action} exe.dev VM {vm}: the Paperclip host SSH key is not registered with exe.dev. Complete exe.dev's one-time SSH onboarding on this host by running `ssh exe.dev` and following the email verification prompt, then retry."
+        );
+    }
+    if has_bad_key_format(text) {
+        return format!(
+            "Failed to {action} exe.dev VM {vm}: the configured SSH private key isn't an OpenSSH-format private key. Paste the private key file as written by ssh-keygen (-----BEGIN OPENSSH PRIVATE KEY-----), or convert it with `ssh-keygen -p -f <key>`."
+        );
+    }
+    let detail = text.trim();
+    let detail = if detail.is_empty() {
+        "unknown error"
+    } else {
+        detail
+    };
+    format!("Failed to {action} exe.dev VM {vm}: {detail}")
+}
+
+/// Classify an SSH result whose command did not succeed, for a step that the provider runs
+/// itself (prepare): `None` means the remote command ran and failed on its own.
+pub fn classify_failure(action: &str, vm: &str, out: &SshOutput) -> Option<SshFailure> {
+    let text = output_text(out);
+    if ONBOARDING_MARKERS.iter().any(|m| text.contains(m)) || has_bad_key_format(&text) {
+        return Some(SshFailure::Fatal(failure_message(action, vm, &text)));
+    }
+    if out.timed_out {
+        return Some(SshFailure::NotReady(format!(
+            "Failed to {action} exe.dev VM {vm}: SSH did not answer in time"
+        )));
+    }
+    if out.exit_code != Some(255) {
+        return None;
+    }
+    if FATAL_SSH_MARKERS.iter().any(|m| text.contains(m)) {
+        return Some(SshFailure::Fatal(failure_message(action, vm, &text)));
+    }
+    if TRANSIENT_SSH_MARKERS.iter().any(|m| text.contains(m)) {
+        return Some(SshFailure::NotReady(failure_message(action, vm, &text)));
+    }
+    Some(SshFailure::Fatal(failure_message(action, vm, &text)))
+}
+
+/// For execute: `Some(message)` when the user's command never ran (ssh itself failed or
+/// exe.dev answered with its onboarding text); `None` when the command ran, whatever its
+/// exit status, so its output must be returned verbatim.
+pub fn execute_never_ran(vm: &str, out: &SshOutput) -> Option<String> {
+    if out.timed_out {
+        return None;
+    }
+    let text = output_text(out);
+    let onboarding =
+        out.exit_code != Some(0) && ONBOARDING_MARKERS.iter().any(|m| text.contains(m));
+    let ssh_failed = out.exit_code == Some(255)
+        && (FATAL_SSH_MARKERS.iter().any(|m| text.contains(m))
+            || TRANSIENT_SSH_MARKERS.iter().any(|m| text.contains(m))
+            || String::from_utf8_lossy(&out.stderr).starts_with("ssh:"));
+    (onboarding || ssh_failed).then(|| failure_message("execute commands on", vm, &text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(code: Option<i32>, stdout: &str, stderr: &str) -> SshOutput {
+        SshOutput {
+            exit_code: code,
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+            ..SshOutput::default()
+        }
+    }
+
+    #[test]
+    fn prepare_command_exact() {
+        assert_eq!(
+            prepare_command(None),
+            "sh -lc 'home=\"${HOME:-}\"; [ -n \"$home\" ] || home=\"$(pwd)\"; [ -n \"$home\" ] || home=/tmp; if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi; cwd=\"$home/paperclip-workspace\"; mkdir -p \"$cwd\" || exit 3; printf '\"'\"'%s\\n%s\\n%s\\n%s\\n'\"'\"' '\"'\"'__PAPERCLIP_LEASE__'\"'\"' \"$home\" \"$shell\" \"$cwd\"'"
+        );
+        assert!(prepare_command(Some("/work/it's"))
+            .contains("cwd='\"'\"'/work/it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"';"));
+    }
+
+    #[test]
+    fn parse_prepared_skips_noise() {
+        let p = parse_prepared(
+            "motd\n__PAPERCLIP_LEASE__\n/home/exe\nbash\n/home/exe/paperclip-workspace\n",
+        )
+        .unwrap();
+        assert_eq!(p.home, "/home/exe");
+        assert_eq!(p.shell, "bash");
+        assert_eq!(p.cwd, "/home/exe/paperclip-workspace");
+        assert_eq!(parse_prepared("/home/exe\nbash\n"), None);
+        let p = parse_prepared("__PAPERCLIP_LEASE__\n\nzsh\n/w\n").unwrap();
+        assert_eq!((p.home.as_str(), p.shell.as_str()), ("/tmp", "sh"));
+    }
+
+    #[test]
+    fn mkdir_command_exact() {
+        assert_eq!(
+            mkdir_command("/w s"),
+            "sh -lc 'mkdir -p '\"'\"'/w s'\"'\"''"
+        );
+    }
+
+    #[test]
+    fn exec_script_exact() {
+        let s = exec_script(
+            "00ff",
+            Some("/home/exe/w"),
+            &[("A".into(), "it's".into())],
+            "sh",
+            &["-c".into(), "echo hi".into()],
+        );
+        assert_eq!(
+            s,
+            "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
+             cd '/home/exe/w' && exec env PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' 'sh' '-c' 'echo hi'"
+        );
+        assert!(!s.contains("nvm"));
+        let bare = exec_script("ab", None, &[], "ls", &[]);
+        assert!(
+            bare.ends_with("fi && exec env PAPERCLIP_EXEC_ID=ab 'ls'"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn kill_script_exact() {
+        assert_eq!(
+            kill_script(Some("abc")),
+            "scan() { pids=''; for d in /proc/[0-9]*; do p=\"${d#/proc/}\"; [ \"$p\" = \"$$\" ] && continue; if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID=abc'; then pids=\"$pids $p\"; fi; done; }; scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; sleep 1; scan; [ -n \"$pids\" ] && kill -s KILL $pids 2>/dev/null; exit 0"
+        );
+        assert!(kill_script(None).contains("grep -q '^PAPERCLIP_EXEC_ID='"));
+    }
+
+    #[test]
+    fn classification() {
+        let onboarding = out(
+            Some(1),
+            "Please complete registration by running: ssh exe.dev\r\n",
+            "",
+        );
+        assert!(
+            matches!(classify_failure("inspect", "vm", &onboarding), Some(SshFailure::Fatal(m)) if m.contains("not registered with exe.dev"))
+        );
+        let refused = out(
+            Some(255),
+            "",
+            "ssh: connect to host vm.exe.xyz port 22: Connection refused\n",
+        );
+        assert!(matches!(
+            classify_failure("inspect", "vm", &refused),
+            Some(SshFailure::NotReady(_))
+        ));
+        let denied = out(
+            Some(255),
+            "",
+            "exedev@vm.exe.xyz: Permission denied (publickey).\n",
+        );
+        assert!(matches!(
+            classify_failure("inspect", "vm", &denied),
+            Some(SshFailure::Fatal(_))
+        ));
+        let hostkey = out(Some(255), "", "Host key verification failed.\n");
+        assert!(matches!(
+            classify_failure("inspect", "vm", &hostkey),
+            Some(SshFailure::Fatal(_))
+        ));
+        let badkey = out(
+            Some(255),
+            "",
+            "Load key \"/tmp/x/id_ed25519\": invalid format\nPermission denied (publickey).",
+        );
+        assert!(
+            matches!(classify_failure("inspect", "vm", &badkey), Some(SshFailure::Fatal(m)) if m.contains("isn't an OpenSSH-format private key"))
+        );
+        let ran = out(Some(2), "", "boom");
+        assert_eq!(classify_failure("inspect", "vm", &ran), None);
+    }
+
+    #[test]
+    fn execute_hints_only_when_command_never_ran() {
+        assert_eq!(
+            execute_never_ran("vm", &out(Some(1), "", "Permission denied\n")),
+            None
+        );
+        assert_eq!(
+            execute_never_ran("vm", &out(Some(255), "", "my tool failed\n")),
+            None
+        );
+        assert!(execute_never_ran(
+            "vm",
+            &out(
+                Some(255),
+                "",
+                "ssh: connect to host vm port 22: Connection refused\n"
+            )
+        )
+        .is_some());
+        assert!(execute_never_ran(
+            "vm",
+            &out(
+                Some(1),
+                "Please complete registration by running: ssh exe.dev\r\n",
+                ""
+            )
+        )
+        .unwrap()
+        .contains("onboarding"));
+    }
+}

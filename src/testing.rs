@@ -1,0 +1,194 @@
+//! A scripted fake [`Host`] for native unit tests.
+
+use crate::host::{
+    Host, HttpError, HttpResponse, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+
+/// One recorded HTTP call.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub timeout_ms: u64,
+}
+
+/// One recorded log line: level, message, fields.
+pub type LogLine = (LogLevel, String, Vec<(String, String)>);
+
+/// Scripted answers plus a record of every call. Each HTTP call advances the clock by
+/// `http_cost_ms`, each SSH call by `ssh_cost_ms`; `sleep_ms` advances it exactly.
+#[derive(Default)]
+pub struct FakeHost {
+    pub http_script: RefCell<VecDeque<Result<HttpResponse, HttpError>>>,
+    pub ssh_script: RefCell<VecDeque<Result<SshOutput, SshError>>>,
+    pub http_calls: RefCell<Vec<HttpCall>>,
+    pub ssh_calls: RefCell<Vec<SshRequest>>,
+    pub disconnects: RefCell<Vec<SshTarget>>,
+    pub logs: RefCell<Vec<LogLine>>,
+    pub sleeps: RefCell<Vec<u64>>,
+    pub env: HashMap<String, String>,
+    pub now: Cell<u64>,
+    pub random: Cell<u64>,
+    pub http_cost_ms: u64,
+    pub ssh_cost_ms: u64,
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        FakeHost {
+            now: Cell::new(1_000_000),
+            random: Cell::new(0x0123_4567_89ab_cdef),
+            http_cost_ms: 10,
+            ssh_cost_ms: 20,
+            ..FakeHost::default()
+        }
+    }
+
+    /// Queue a response with `status` and `body`.
+    pub fn http(&self, status: u16, body: &str) -> &Self {
+        self.http_script.borrow_mut().push_back(Ok(HttpResponse {
+            status,
+            body: body.as_bytes().to_vec(),
+        }));
+        self
+    }
+
+    /// Queue a transport error.
+    pub fn http_err(&self, e: HttpError) -> &Self {
+        self.http_script.borrow_mut().push_back(Err(e));
+        self
+    }
+
+    /// Queue an SSH result.
+    pub fn ssh(&self, code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> &Self {
+        self.ssh_script.borrow_mut().push_back(Ok(SshOutput {
+            exit_code: code,
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
+            ..SshOutput::default()
+        }));
+        self
+    }
+
+    /// Queue a full SSH output.
+    pub fn ssh_out(&self, out: SshOutput) -> &Self {
+        self.ssh_script.borrow_mut().push_back(Ok(out));
+        self
+    }
+
+    /// Queue an SSH host error.
+    pub fn ssh_err(&self, e: SshError) -> &Self {
+        self.ssh_script.borrow_mut().push_back(Err(e));
+        self
+    }
+
+    /// The bodies sent, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.http_calls
+            .borrow()
+            .iter()
+            .map(|c| c.body.clone())
+            .collect()
+    }
+
+    /// The remote commands run, in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.ssh_calls
+            .borrow()
+            .iter()
+            .map(|c| c.command.clone())
+            .collect()
+    }
+
+    /// Every log line and field, flattened (for secret checks).
+    pub fn log_text(&self) -> String {
+        self.logs
+            .borrow()
+            .iter()
+            .map(|(_, m, f)| format!("{m} {f:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Scripts fully consumed.
+    pub fn assert_drained(&self) {
+        assert!(self.http_script.borrow().is_empty(), "unused HTTP answers");
+        assert!(self.ssh_script.borrow().is_empty(), "unused SSH answers");
+    }
+}
+
+impl Host for FakeHost {
+    fn http_post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<HttpResponse, HttpError> {
+        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
+        self.http_calls.borrow_mut().push(HttpCall {
+            url: url.to_string(),
+            headers: headers.to_vec(),
+            body: body.clone(),
+            timeout_ms,
+        });
+        let next = self.http_script.borrow_mut().pop_front();
+        let answer = next.unwrap_or_else(|| panic!("unexpected HTTP call: {body}"));
+        let cost = if answer == Err(HttpError::Timeout) {
+            timeout_ms
+        } else {
+            self.http_cost_ms
+        };
+        self.now.set(self.now.get() + cost);
+        answer
+    }
+
+    fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError> {
+        self.ssh_calls.borrow_mut().push(request.clone());
+        let next = self.ssh_script.borrow_mut().pop_front();
+        let answer = next.unwrap_or_else(|| panic!("unexpected SSH call: {}", request.command));
+        let cost = match &answer {
+            Ok(o) if o.timed_out => u64::from(request.timeout_ms),
+            _ => self.ssh_cost_ms,
+        };
+        self.now.set(self.now.get() + cost);
+        answer
+    }
+
+    fn ssh_disconnect(&self, target: &SshTarget) {
+        self.disconnects.borrow_mut().push(target.clone());
+    }
+
+    fn log(&self, level: LogLevel, message: &str, fields: &[(&str, String)]) {
+        self.logs.borrow_mut().push((
+            level,
+            message.to_string(),
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect(),
+        ));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        self.sleeps.borrow_mut().push(ms);
+        self.now.set(self.now.get() + ms);
+    }
+
+    fn random_u64(&self) -> u64 {
+        let r = self.random.get();
+        self.random.set(r.wrapping_add(1));
+        r
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+}
