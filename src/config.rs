@@ -104,8 +104,11 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Parse a runtime config (JSON object text). The first validation error becomes an
     /// `invalid-config` error; a missing API key is only reported when an API call needs one.
+    ///
+    /// The pasted-key format checks run only in `validate-config`: at runtime the key has been
+    /// resolved from a secret and SSH itself is the judge (a failure then gets an operator hint).
     pub fn from_json(text: &str) -> Result<Config, ProviderError> {
-        let parsed = parse_text(text);
+        let parsed = parse_text(text, false);
         match parsed.errors.into_iter().next() {
             Some(e) => Err(ProviderError::InvalidConfig(e)),
             None => Ok(parsed.config),
@@ -224,9 +227,9 @@ pub fn normalize_api_url(raw: &str) -> Option<String> {
     Some(url.to_string())
 }
 
-fn parse_text(text: &str) -> Parsed {
+fn parse_text(text: &str, check_key: bool) -> Parsed {
     match serde_json::from_str::<Value>(text) {
-        Ok(v) => parse_value(&v),
+        Ok(v) => parse_value(&v, check_key),
         Err(_) => Parsed {
             config: defaults(),
             errors: vec!["config must be a JSON object.".to_string()],
@@ -319,8 +322,9 @@ fn string_list(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) ->
     }
 }
 
-/// Parse a config value (any JSON) into a normalised config plus errors and warnings.
-pub fn parse_value(value: &Value) -> Parsed {
+/// Parse a config value (any JSON) into a normalised config plus errors and warnings;
+/// `check_key` enables the pasted-key format checks.
+pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     let mut config = defaults();
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -409,7 +413,7 @@ pub fn parse_value(value: &Value) -> Parsed {
     config.ssh_user = opt_string(obj, "sshUser", &mut errors);
 
     config.ssh_private_key = secret_string(obj, "sshPrivateKey", &mut errors);
-    if let Some(key) = &config.ssh_private_key {
+    if let Some(key) = config.ssh_private_key.as_ref().filter(|_| check_key) {
         if !is_secret_ref(key.trim()) {
             if let Err(e) = crate::pem::check_private_key(key) {
                 errors.push(e);
@@ -560,7 +564,7 @@ pub fn normalized_json(parsed: &Parsed) -> Value {
 
 /// `validate-config`: no network, never panics.
 pub fn validate(text: &str, host: &dyn Host) -> Validation {
-    let mut parsed = parse_text(text);
+    let mut parsed = parse_text(text, true);
     if parsed.raw.is_empty() && !parsed.errors.is_empty() {
         return Validation {
             ok: false,
