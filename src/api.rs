@@ -1,6 +1,9 @@
 //! The exe.dev `/exec` client: command lines, quoting, redaction, error mapping, retries.
 
 use crate::config::Config;
+use crate::error::{ApiError, ProviderError};
+use crate::host::{Host, HttpError, LogLevel};
+use serde_json::Value;
 
 /// exe.dev's `/exec` body limit: a body of 64 KB + 1 bytes or more is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -164,10 +167,6 @@ pub fn check_create_size(config: &Config) -> Result<(), String> {
         Ok(())
     }
 }
-
-use crate::error::{ApiError, ProviderError};
-use crate::host::{Host, HttpError, LogLevel};
-use serde_json::Value;
 
 /// An absolute deadline on the host's monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -160,6 +160,28 @@ pub struct ProbeResult {
     pub metadata: Map<String, Value>,
 }
 
+/// A successful lease preparation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareOk {
+    /// What the script reported.
+    pub prepared: remote::Prepared,
+    /// SSH attempts it took.
+    pub attempts: u32,
+    /// Duration of the successful attempt.
+    pub last_attempt_ms: u64,
+}
+
+/// A failed lease preparation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareFailure {
+    /// The error.
+    pub error: ProviderError,
+    /// True when SSH worked and the script itself failed (an inspect failure, not readiness).
+    pub connected: bool,
+    /// SSH attempts made.
+    pub attempts: u32,
+}
+
 /// Parse lease metadata JSON text; blank gives an empty object.
 pub fn parse_metadata(text: Option<&str>) -> Result<Map<String, Value>, ProviderError> {
     let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
@@ -401,25 +423,33 @@ impl<'h> Provider<'h> {
     }
 
     /// The one SSH round trip of a lease, retried with backoff while the VM is not reachable
-    /// yet. Returns the prepared workspace, the number of attempts and the last attempt's
-    /// duration.
+    /// yet.
     pub fn prepare(
         &self,
         vm_name: &str,
         target: &SshTarget,
         requested_cwd: Option<&str>,
         deadline: Deadline,
-    ) -> Result<(remote::Prepared, u32, u64), ProviderError> {
+    ) -> Result<PrepareOk, PrepareFailure> {
+        let fail = |error, connected, attempts| PrepareFailure {
+            error,
+            connected,
+            attempts,
+        };
         let command = remote::prepare_command(requested_cwd);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let remaining = deadline.remaining(self.host);
             if remaining == 0 {
-                return Err(ProviderError::Timeout(format!(
-                    "exe.dev VM {vm_name} was not reachable over SSH within {} ms",
-                    self.config.timeout_ms
-                )));
+                return Err(fail(
+                    ProviderError::Timeout(format!(
+                        "exe.dev VM {vm_name} was not reachable over SSH within {} ms",
+                        self.config.timeout_ms
+                    )),
+                    false,
+                    attempt - 1,
+                ));
             }
             let request = SshRequest {
                 target: target.clone(),
@@ -439,27 +469,43 @@ impl<'h> Provider<'h> {
                 ],
             );
             let started = self.host.now_ms();
-            let out = self.ssh(&request, &format!("prepare exe.dev VM {vm_name}"))?;
+            let out = self
+                .ssh(&request, &format!("prepare exe.dev VM {vm_name}"))
+                .map_err(|e| fail(e, false, attempt))?;
             let took = self.host.now_ms().saturating_sub(started);
             if out.exit_code == Some(0) && !out.timed_out {
                 let stdout = decode(out.stdout);
                 return match remote::parse_prepared(&stdout) {
-                    Some(p) => Ok((p, attempt, took)),
-                    None => Err(ProviderError::Ssh(format!(
-                        "Failed to inspect exe.dev VM {vm_name}: unexpected output from the inspect script"
-                    ))),
+                    Some(prepared) => Ok(PrepareOk {
+                        prepared,
+                        attempts: attempt,
+                        last_attempt_ms: took,
+                    }),
+                    None => Err(fail(
+                        ProviderError::Ssh(format!(
+                            "Failed to inspect exe.dev VM {vm_name}: unexpected output from the inspect script"
+                        )),
+                        true,
+                        attempt,
+                    )),
                 };
             }
             match remote::classify_failure("inspect", vm_name, &out) {
-                Some(SshFailure::Fatal(m)) => return Err(ProviderError::Ssh(m)),
+                Some(SshFailure::Fatal(m)) => {
+                    return Err(fail(ProviderError::Ssh(m), false, attempt))
+                }
                 Some(SshFailure::NotReady(m)) => {
                     let backoff =
                         (READY_BACKOFF_BASE_MS << (attempt - 1).min(8)).min(READY_BACKOFF_MAX_MS);
                     if deadline.remaining(self.host) <= backoff {
-                        return Err(ProviderError::Timeout(format!(
-                            "exe.dev VM {vm_name} was not reachable over SSH within {} ms: {m}",
-                            self.config.timeout_ms
-                        )));
+                        return Err(fail(
+                            ProviderError::Timeout(format!(
+                                "exe.dev VM {vm_name} was not reachable over SSH within {} ms: {m}",
+                                self.config.timeout_ms
+                            )),
+                            false,
+                            attempt,
+                        ));
                     }
                     self.log(
                         LogLevel::Info,
@@ -474,7 +520,7 @@ impl<'h> Provider<'h> {
                 None => {
                     let stderr = decode(out.stderr);
                     let detail = stderr.trim();
-                    return Err(if out.exit_code == Some(remote::PREPARE_MKDIR_FAILED) {
+                    let error = if out.exit_code == Some(remote::PREPARE_MKDIR_FAILED) {
                         ProviderError::InvalidRequest(format!(
                             "Failed to create workspace for exe.dev VM {vm_name}: {detail}"
                         ))
@@ -487,7 +533,8 @@ impl<'h> Provider<'h> {
                                 detail
                             }
                         ))
-                    });
+                    };
+                    return Err(fail(error, true, attempt));
                 }
             }
         }
@@ -541,12 +588,12 @@ impl<'h> Provider<'h> {
         let vm = self.create_vm(&name, deadline)?;
         let target = self.target_for_vm(&vm);
         match self.prepare(&vm.name, &target, requested_cwd, deadline) {
-            Ok((prepared, _, _)) => Ok(Lease {
+            Ok(ok) => Ok(Lease {
                 provider_lease_id: Some(vm.name.clone()),
-                metadata: self.lease_metadata(&vm, &target, &prepared, false),
+                metadata: self.lease_metadata(&vm, &target, &ok.prepared, false),
                 expires_at: None,
             }),
-            Err(e) => {
+            Err(PrepareFailure { error: e, .. }) => {
                 self.log(
                     LogLevel::Warn,
                     "acquire failed after the VM was created; deleting it",
@@ -586,11 +633,12 @@ impl<'h> Provider<'h> {
             }
             Some(vm) => {
                 let target = self.target_for_vm(&vm);
-                let (prepared, _, _) =
-                    self.prepare(&vm.name, &target, meta_str(meta, "remoteCwd"), deadline)?;
+                let ok = self
+                    .prepare(&vm.name, &target, meta_str(meta, "remoteCwd"), deadline)
+                    .map_err(|f| f.error)?;
                 Ok(Lease {
                     provider_lease_id: Some(vm.name.clone()),
-                    metadata: self.lease_metadata(&vm, &target, &prepared, true),
+                    metadata: self.lease_metadata(&vm, &target, &ok.prepared, true),
                     expires_at: None,
                 })
             }
@@ -853,11 +901,17 @@ impl<'h> Provider<'h> {
         };
 
         let started = self.host.now_ms();
+        let mut probe_target: Option<SshTarget> = None;
+        let mut no_api = false;
         let created = self.create_vm(&name, deadline);
         let create_ms = self.host.now_ms().saturating_sub(started);
         let outcome: Result<(VmRecord, SshTarget, remote::Prepared), ProviderError> = match created
         {
             Err(e) => {
+                no_api = matches!(
+                    e,
+                    ProviderError::InvalidConfig(_) | ProviderError::Denied(_)
+                );
                 diagnostics.push(step(
                     Severity::Error,
                     "create-vm",
@@ -876,34 +930,48 @@ impl<'h> Provider<'h> {
                 let target = self.target_for_vm(&vm);
                 let started = self.host.now_ms();
                 match self.prepare(&vm.name, &target, None, deadline) {
-                    Ok((prepared, attempts, last_ms)) => {
+                    Ok(ok) => {
                         let total = self.host.now_ms().saturating_sub(started);
                         diagnostics.push(step(
                             Severity::Info,
                             "ssh-ready",
                             format!("SSH to {} is ready.", target.destination()),
-                            json!({"durationMs": total, "attempts": attempts}),
+                            json!({"durationMs": total, "attempts": ok.attempts}),
                         ));
+                        let p = &ok.prepared;
                         diagnostics.push(step(
                             Severity::Info,
                             "inspect",
-                            format!(
-                                "Home {}, shell {}, workspace {}.",
-                                prepared.home, prepared.shell, prepared.cwd
-                            ),
-                            json!({"durationMs": last_ms}),
+                            format!("Home {}, shell {}, workspace {}.", p.home, p.shell, p.cwd),
+                            json!({"durationMs": ok.last_attempt_ms}),
                         ));
-                        Ok((vm, target, prepared))
+                        Ok((vm, target, ok.prepared))
                     }
-                    Err(e) => {
+                    Err(f) => {
                         let total = self.host.now_ms().saturating_sub(started);
-                        diagnostics.push(step(
-                            Severity::Error,
-                            "ssh-ready",
-                            e.to_string(),
-                            json!({"durationMs": total}),
-                        ));
-                        Err(e)
+                        if f.connected {
+                            diagnostics.push(step(
+                                Severity::Info,
+                                "ssh-ready",
+                                format!("SSH to {} is ready.", target.destination()),
+                                json!({"durationMs": total, "attempts": f.attempts}),
+                            ));
+                            diagnostics.push(step(
+                                Severity::Error,
+                                "inspect",
+                                f.error.to_string(),
+                                json!({"durationMs": total}),
+                            ));
+                        } else {
+                            diagnostics.push(step(
+                                Severity::Error,
+                                "ssh-ready",
+                                f.error.to_string(),
+                                json!({"durationMs": total, "attempts": f.attempts}),
+                            ));
+                        }
+                        probe_target = Some(target);
+                        Err(f.error)
                     }
                 }
             }
@@ -912,17 +980,23 @@ impl<'h> Provider<'h> {
         // Always delete, whatever happened (the create may have half-succeeded), unless there
         // is no way to call the API at all.
         let started = self.host.now_ms();
-        let target = outcome.as_ref().ok().map(|(_, t, _)| t.clone());
-        let deleted = match &outcome {
-            Err(ProviderError::InvalidConfig(_)) | Err(ProviderError::Denied(_)) => None,
-            _ => Some(self.delete_vm(&name, target.as_ref(), self.cleanup_deadline())),
-        };
+        if let Ok((_, t, _)) = &outcome {
+            probe_target = Some(t.clone());
+        }
+        let deleted = (!no_api)
+            .then(|| self.delete_vm(&name, probe_target.as_ref(), self.cleanup_deadline()));
         let delete_ms = self.host.now_ms().saturating_sub(started);
         diagnostics.extend(deleted.map(|deleted| match &deleted {
-            Ok(_) => step(
+            Ok(true) => step(
                 Severity::Info,
                 "delete-vm",
                 format!("Deleted exe.dev VM {name}."),
+                json!({"durationMs": delete_ms}),
+            ),
+            Ok(false) => step(
+                Severity::Info,
+                "delete-vm",
+                format!("exe.dev VM {name} was already gone."),
                 json!({"durationMs": delete_ms}),
             ),
             Err(e) => step(

@@ -152,9 +152,10 @@ const FATAL_SSH_MARKERS: [&str; 4] = [
 ];
 
 /// SSH failures of a VM that is still booting.
-const TRANSIENT_SSH_MARKERS: [&str; 8] = [
+const TRANSIENT_SSH_MARKERS: [&str; 9] = [
     "Connection refused",
     "Connection timed out",
+    "Operation timed out",
     "No route to host",
     "Could not resolve hostname",
     "Connection closed",

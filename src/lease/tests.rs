@@ -1030,3 +1030,57 @@ fn no_secret_reaches_logs_metadata_or_errors() {
         Identity::KeyMaterial(secrets[4].into())
     );
 }
+
+#[test]
+fn probe_inspect_failure_and_ssh_denied() {
+    // SSH works but the workspace cannot be created: ssh-ready ok, inspect failed.
+    let host = FakeHost::new();
+    host.http(200, r#"{"vm_name":"paperclip-probe-89abcdef"}"#)
+        .ssh(Some(3), b"", b"mkdir: read-only file system\n")
+        .http(200, "{}");
+    let r = run_probe(&host, &ctx(default_cfg()));
+    assert!(!r.ok);
+    let codes: Vec<_> = r
+        .diagnostics
+        .iter()
+        .map(|d| (d.code.clone().unwrap(), d.severity))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("create-vm".to_string(), Severity::Info),
+            ("ssh-ready".to_string(), Severity::Info),
+            ("inspect".to_string(), Severity::Error),
+            ("delete-vm".to_string(), Severity::Info)
+        ]
+    );
+    assert_eq!(host.disconnects.borrow().len(), 1);
+
+    // The host denies SSH to the VM: the VM is still deleted.
+    let host = FakeHost::new();
+    host.http(200, r#"{"vm_name":"paperclip-probe-89abcdef"}"#)
+        .ssh_err(SshError::Denied("paperclip-probe-89abcdef.exe.xyz".into()))
+        .http(200, "{}");
+    let r = run_probe(&host, &ctx(default_cfg()));
+    assert!(!r.ok);
+    assert_eq!(host.bodies()[1], "rm --json 'paperclip-probe-89abcdef'");
+    assert!(r.metadata["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("denied by host policy: SSH to paperclip-probe-89abcdef.exe.xyz"));
+    host.assert_drained();
+}
+
+#[test]
+fn probe_reports_vm_already_gone() {
+    let host = FakeHost::new();
+    host.http(200, r#"{"vm_name":"paperclip-probe-89abcdef"}"#)
+        .ssh(Some(0), PREPARED, b"")
+        .http(422, "{\"error\":\"vm not found\"}");
+    let r = run_probe(&host, &ctx(default_cfg()));
+    assert!(r.ok);
+    assert_eq!(
+        r.diagnostics.last().unwrap().message,
+        "exe.dev VM paperclip-probe-89abcdef was already gone."
+    );
+}
