@@ -1,0 +1,560 @@
+//! One VM's SSH server (russh 0.65): public-key auth with the simulator's client key, `exec`
+//! (and `shell`) sessions that run `sh -c <command>` in the VM's home directory, multiplexed
+//! channels, and byte-exact streaming with SSH flow control in both directions.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use russh::keys::PublicKey;
+use russh::server::{Auth, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelWriteHalf, Sig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot};
+
+use super::faults::{Faults, ONBOARDING_MARKER};
+
+/// Login user of exe.dev's default image.
+pub(crate) const VM_USER: &str = "exedev";
+
+/// What every connection to one VM shares.
+pub(crate) struct VmRuntime {
+    pub(crate) name: String,
+    pub(crate) home: PathBuf,
+    pub(crate) tmp: PathBuf,
+    /// `--env` values given to `new`, present in every session.
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) client_key: PublicKey,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) path_env: String,
+    /// Process groups started in this VM (sessions and the setup script); killed on `rm`.
+    pub(crate) pgids: Mutex<HashSet<i32>>,
+    /// Live SSH sessions by connection number, so `rm` can disconnect them.
+    pub(crate) sessions: Mutex<HashMap<u64, russh::server::Handle>>,
+}
+
+impl VmRuntime {
+    /// The environment of a process in this VM: cleared, like a fresh login, except for the
+    /// variables sshd/login would set, the VM's `--env`, and (last) the client's `env` requests.
+    pub(crate) fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("HOME", &self.home)
+            .env("USER", VM_USER)
+            .env("LOGNAME", VM_USER)
+            .env("PATH", &self.path_env)
+            .env("SHELL", "/bin/sh")
+            .env("LANG", "C.UTF-8")
+            // VMs share the host's /tmp; a per-VM TMPDIR keeps well-behaved tools isolated and
+            // keeps VM litter out of the host's TMPDIR.
+            .env("TMPDIR", &self.tmp)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.home)
+            // Own process group, like sshd's setsid(), so `rm` can kill the whole tree.
+            .process_group(0)
+            .kill_on_drop(false);
+        cmd
+    }
+
+    fn lock_pgids(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.pgids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, russh::server::Handle>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn track(&self, pgid: i32) {
+        self.lock_pgids().insert(pgid);
+    }
+
+    /// Process groups that still have a member (zombies included until reaped).
+    pub(crate) fn live_groups(&self) -> usize {
+        let mut set = self.lock_pgids();
+        // SAFETY: kill with signal 0 only checks for existence; no memory is involved.
+        set.retain(|&pg| unsafe { libc::kill(-pg, 0) } == 0);
+        set.len()
+    }
+
+    /// SIGKILLs every process group this VM started.
+    pub(crate) fn kill_all(&self) {
+        for pg in self.lock_pgids().drain() {
+            // SAFETY: plain syscall; a stale pgid just fails with ESRCH.
+            unsafe {
+                libc::kill(-pg, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Disconnects every live SSH session.
+    pub(crate) fn disconnect_all(&self) {
+        let sessions = std::mem::take(&mut *self.lock_sessions());
+        // May run from a Drop outside the runtime; then the sessions die with the runtime.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (_, h) in sessions {
+            rt.spawn(async move {
+                let _ = h
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "vm deleted".into(),
+                        String::new(),
+                    )
+                    .await;
+            });
+        }
+    }
+}
+
+/// Builds the russh server configuration for one VM's host key.
+pub(crate) fn server_config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+        // OpenSSH first tries "none"; don't make every connection pay a rejection delay.
+        auth_rejection_time: std::time::Duration::from_millis(20),
+        auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+        keys: vec![host_key],
+        // ControlMaster connections may idle for long; sshd has no idle timeout by default.
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Accepts connections until the task is aborted (VM deleted), honouring the drop fault.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    vm: Arc<VmRuntime>,
+    config: Arc<russh::server::Config>,
+) {
+    let mut next_conn: u64 = 0;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Transient accept errors (EMFILE…) must not end the VM; back off briefly.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if vm.faults.take_ssh_drop(&vm.name) {
+            drop(stream);
+            continue;
+        }
+        let handler = SessionHandler {
+            vm: vm.clone(),
+            channels: HashMap::new(),
+        };
+        let config = config.clone();
+        let vm = vm.clone();
+        next_conn += 1;
+        let conn = next_conn;
+        tokio::spawn(async move {
+            match russh::server::run_stream(config, stream, handler).await {
+                Ok(running) => {
+                    vm.lock_sessions().insert(conn, running.handle());
+                    if let Err(e) = running.await {
+                        tracing::debug!(vm = %vm.name, "ssh session ended: {e}");
+                    }
+                    vm.lock_sessions().remove(&conn);
+                }
+                Err(e) => tracing::debug!(vm = %vm.name, "ssh handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Stdin of a session before and after its command starts.
+enum Stdin {
+    /// Data or EOF that arrived before the exec request.
+    Pending(Vec<Bytes>, bool),
+    /// Feeding the running child.
+    Live(mpsc::UnboundedSender<Bytes>),
+    Closed,
+}
+
+struct ChanState {
+    write: Option<ChannelWriteHalf<Msg>>,
+    env: Vec<(String, String)>,
+    stdin: Stdin,
+    /// Dropped when the client closes the channel or the connection ends: the exec task then
+    /// stops forwarding output and closes the child's pipes, as sshd does.
+    _cancel: Option<oneshot::Sender<()>>,
+}
+
+struct SessionHandler {
+    vm: Arc<VmRuntime>,
+    channels: HashMap<ChannelId, ChanState>,
+}
+
+impl Handler for SessionHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.key_auth(offer.public_key))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.key_auth(key.public_key))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Incoming data reaches us through the handler callbacks; the read half is dropped so
+        // russh's session loop never blocks on a full per-channel queue.
+        let (_read, write) = channel.split();
+        self.channels.insert(
+            write.id(),
+            ChanState {
+                write: Some(write),
+                env: Vec::new(),
+                stdin: Stdin::Pending(Vec::new(), false),
+                _cancel: None,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(st) => {
+                st.env.push((name.to_owned(), value.to_owned()));
+                session.channel_success(channel)
+            }
+            None => session.channel_failure(channel),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No pty is allocated; accepting keeps `ssh -t` working with plain pipes.
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, Some(data.to_vec()), session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, None, session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(st) = self.channels.get_mut(&channel) {
+            match &mut st.stdin {
+                Stdin::Pending(buf, false) => buf.push(Bytes::copy_from_slice(data)),
+                Stdin::Live(tx) => {
+                    // Unbounded on purpose: the session loop must keep reading (window
+                    // adjusts for our output arrive on the same connection), so stdin is
+                    // queued here and written to the child by its own task.
+                    let _ = tx.send(Bytes::copy_from_slice(data));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(st) = self.channels.get_mut(&channel) {
+            st.stdin = match std::mem::replace(&mut st.stdin, Stdin::Closed) {
+                Stdin::Pending(buf, _) => Stdin::Pending(buf, true),
+                // Dropping the sender lets the writer task close the child's stdin.
+                _ => Stdin::Closed,
+            };
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+}
+
+impl SessionHandler {
+    fn key_auth(&self, key: &PublicKey) -> Auth {
+        if key.key_data() == self.vm.client_key.key_data() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
+    }
+
+    /// Starts the session's command (`None`: a shell reading commands from stdin).
+    fn start(
+        &mut self,
+        channel: ChannelId,
+        command: Option<Vec<u8>>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(st) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        let Some(write) = st.write.take() else {
+            // A second exec on the same channel is a protocol error; refuse it.
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        match std::mem::replace(&mut st.stdin, Stdin::Closed) {
+            Stdin::Pending(buf, eof) => {
+                for b in buf {
+                    let _ = tx.send(b);
+                }
+                if !eof {
+                    st.stdin = Stdin::Live(tx);
+                }
+            }
+            _ => {}
+        }
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        st._cancel = Some(cancel_tx);
+        let job = Job {
+            vm: self.vm.clone(),
+            handle: session.handle(),
+            write,
+            env: std::mem::take(&mut st.env),
+            command,
+            stdin: rx,
+            cancel: cancel_rx,
+        };
+        tokio::spawn(job.run());
+        Ok(())
+    }
+}
+
+/// One running session command.
+struct Job {
+    vm: Arc<VmRuntime>,
+    handle: russh::server::Handle,
+    write: ChannelWriteHalf<Msg>,
+    env: Vec<(String, String)>,
+    command: Option<Vec<u8>>,
+    stdin: mpsc::UnboundedReceiver<Bytes>,
+    cancel: oneshot::Receiver<()>,
+}
+
+/// How a session command ended.
+enum Exit {
+    Code(u32),
+    Signal(i32),
+}
+
+impl Job {
+    async fn run(self) {
+        let Job {
+            vm,
+            handle,
+            write,
+            env,
+            command,
+            stdin,
+            mut cancel,
+        } = self;
+        let id = write.id();
+        if vm.faults.onboarding(&vm.name) {
+            let _ = write
+                .data_bytes(Bytes::from_static(ONBOARDING_MARKER.as_bytes()))
+                .await;
+            finish(&handle, &write, Exit::Code(1)).await;
+            return;
+        }
+        let mut cmd = vm.command("/bin/sh");
+        match &command {
+            Some(c) => {
+                cmd.arg("-c").arg(OsStr::from_bytes(c));
+            }
+            // No command: a non-interactive shell reading its script from stdin.
+            None => {
+                cmd.arg("-s");
+            }
+        }
+        cmd.envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("sh: cannot start: {e}\n");
+                let _ = write.extended_data_bytes(1, Bytes::from(msg)).await;
+                finish(&handle, &write, Exit::Code(127)).await;
+                return;
+            }
+        };
+        if let Some(pid) = child.id() {
+            vm.track(pid as i32);
+        }
+        if let Some(child_stdin) = child.stdin.take() {
+            tokio::spawn(feed_stdin(child_stdin, stdin));
+        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let forward = async {
+            tokio::join!(pump(stdout, &write, None), pump(stderr, &write, Some(1)));
+        };
+        let cancelled = tokio::select! {
+            _ = forward => false,
+            _ = &mut cancel => true,
+        };
+        // Reap the child either way. After a cancel its pipes are closed, so it sees SIGPIPE or
+        // EOF like under sshd, and keeps running otherwise (tests can see it with
+        // `Simulator::vm_process_count`).
+        let status = child.wait().await;
+        if cancelled {
+            return;
+        }
+        let exit = match status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (s.code(), s.signal()) {
+                    (Some(c), _) => Exit::Code(c as u32),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    (None, None) => Exit::Code(255),
+                }
+            }
+            Err(_) => Exit::Code(255),
+        };
+        finish(&handle, &write, exit).await;
+        tracing::trace!(vm = %vm.name, channel = ?id, "session command finished");
+    }
+}
+
+/// exit-status (or exit-signal), then EOF and close, in order on the session's queue.
+async fn finish(handle: &russh::server::Handle, write: &ChannelWriteHalf<Msg>, exit: Exit) {
+    let id = write.id();
+    match exit {
+        Exit::Code(c) => {
+            let _ = write.exit_status(c).await;
+        }
+        Exit::Signal(sig) => {
+            let _ = handle
+                .exit_signal_request(id, signal_name(sig), false, String::new(), String::new())
+                .await;
+        }
+    }
+    let _ = write.eof().await;
+    let _ = write.close().await;
+}
+
+fn signal_name(sig: i32) -> Sig {
+    match sig {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(format!("SIG{other}")),
+    }
+}
+
+/// Writes queued stdin to the child; closes its stdin when the client sends EOF.
+async fn feed_stdin(
+    mut child_stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    while let Some(chunk) = rx.recv().await {
+        if child_stdin.write_all(&chunk).await.is_err() {
+            // The child stopped reading; drop the rest like a broken pipe would.
+            return;
+        }
+    }
+    let _ = child_stdin.shutdown().await;
+}
+
+/// Copies one child pipe to the channel. `send_bytes` waits for the client's window, so a
+/// 20 MiB output never piles up in memory and the child is paused by its pipe instead.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    write: &ChannelWriteHalf<Msg>,
+    ext: Option<u32>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        let sent = match ext {
+            None => write.data_bytes(chunk).await,
+            Some(code) => write.extended_data_bytes(code, chunk).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
