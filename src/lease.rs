@@ -210,6 +210,14 @@ pub struct Provider<'h> {
     environment_id: String,
 }
 
+/// Whether a failed `rm` means the VM no longer exists: 404 (except exe.dev's "unknown
+/// command"), or a 422 whose error text says "not found".
+fn vm_is_gone(e: &crate::error::ApiError) -> bool {
+    let msg = e.message.to_ascii_lowercase();
+    (e.status == 404 && !msg.contains("unknown command"))
+        || (e.status == 422 && msg.contains("not found"))
+}
+
 /// Decode bytes once, on the whole buffer.
 pub fn decode(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
@@ -337,15 +345,25 @@ impl<'h> Provider<'h> {
                 if let Some(vm) = VmRecord::from_value(&body) {
                     return Ok(vm);
                 }
-                match self.lookup_vm(name, deadline)? {
-                    Some(vm) => Ok(vm),
-                    None => Err(ProviderError::Api(crate::error::ApiError {
+                let err = match self.lookup_vm(name, deadline) {
+                    Ok(Some(vm)) => return Ok(vm),
+                    Ok(None) => ProviderError::Api(crate::error::ApiError {
                         status: 200,
                         command: cmd.redacted.clone(),
                         message: format!("exe.dev did not return VM metadata for {name}."),
                         hint: None,
-                    })),
+                    }),
+                    Err(e) => e,
+                };
+                // The create succeeded, so a VM may exist that nobody will own: remove it.
+                if let Err(rm_err) = self.delete_vm(name, None, self.cleanup_deadline()) {
+                    self.log(
+                        LogLevel::Error,
+                        "could not delete a VM whose create returned no metadata",
+                        &[("vmName", name.to_string()), ("error", rm_err.to_string())],
+                    );
                 }
+                Err(err)
             }
             Err(err) => {
                 self.log(
@@ -396,11 +414,7 @@ impl<'h> Provider<'h> {
         let api = self.api()?;
         let result = match api.run(&api::rm_command(name), deadline) {
             Ok(_) => Ok(true),
-            Err(ProviderError::Api(e))
-                if e.status == 404
-                    || (e.status == 422
-                        && e.message.to_ascii_lowercase().contains("not found")) =>
-            {
+            Err(ProviderError::Api(e)) if vm_is_gone(&e) => {
                 self.log(
                     LogLevel::Info,
                     "exe.dev VM was already gone",

@@ -191,10 +191,27 @@ fn create_failure_with_no_vm_returns_the_create_error_and_creates_nothing_else()
 #[test]
 fn create_ok_without_metadata_falls_back_to_lookup() {
     let host = FakeHost::new();
-    host.http(200, "{}").http(200, "{\"vms\":[]}");
+    host.http(200, "{}")
+        .http(200, &format!("{{\"vms\":[{NEW_OK}]}}"))
+        .ssh(Some(0), PREPARED, b"");
+    let lease = provider(&host, default_cfg())
+        .acquire("run-1", None)
+        .unwrap();
+    assert_eq!(
+        lease.metadata["httpsUrl"],
+        json!("https://paperclip-env1-run1.exe.xyz")
+    );
+    assert_eq!(host.bodies()[1], "ls --json 'paperclip-env1-run1'");
+
+    let host = FakeHost::new();
+    host.http(200, "{}")
+        .http(200, "{\"vms\":[]}")
+        .http(422, "{\"error\":\"vm not found\"}");
     let err = provider(&host, default_cfg())
         .acquire("run-1", None)
         .unwrap_err();
+    assert_eq!(host.bodies()[2], "rm --json 'paperclip-env1-run1'");
+    host.assert_drained();
     assert!(
         matches!(&err, ProviderError::Api(e) if e.message == "exe.dev did not return VM metadata for paperclip-env1-run1."),
         "{err:?}"
@@ -1083,4 +1100,14 @@ fn probe_reports_vm_already_gone() {
         r.diagnostics.last().unwrap().message,
         "exe.dev VM paperclip-probe-89abcdef was already gone."
     );
+}
+
+#[test]
+fn rm_unknown_command_is_not_gone() {
+    let host = FakeHost::new();
+    host.http(404, "{\"error\":\"unknown command\"}");
+    let err = provider(&host, default_cfg())
+        .destroy(Some("vm1"), &Map::new())
+        .unwrap_err();
+    assert!(matches!(&err, ProviderError::Api(e) if e.status == 404));
 }
