@@ -327,16 +327,19 @@ mod wasm {
             let outgoing_body = request.body().map_err(|_| bad("body"))?;
             let future = outgoing_handler::handle(request, Some(options))
                 .map_err(|e| map_error_code(&e, &authority))?;
+            // A request refused or failed early closes the body stream; the real reason is
+            // then in the response future, so a write failure only ends the writing.
+            let mut write_error = None;
             {
                 let stream = outgoing_body.write().map_err(|_| bad("body stream"))?;
                 for chunk in body.chunks(4096) {
-                    stream
-                        .blocking_write_and_flush(chunk)
-                        .map_err(|e| HttpError::Other(format!("writing request body: {e:?}")))?;
+                    if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                        write_error = Some(format!("writing request body: {e:?}"));
+                        break;
+                    }
                 }
             }
-            OutgoingBody::finish(outgoing_body, None)
-                .map_err(|e| map_error_code(&e, &authority))?;
+            let finish = OutgoingBody::finish(outgoing_body, None);
 
             let pollable = future.subscribe();
             if !wait_until(&pollable, deadline) {
@@ -349,6 +352,12 @@ mod wasm {
                 Some(Err(())) => return Err(HttpError::Other("response already taken".into())),
                 None => return Err(HttpError::Timeout),
             };
+            if let Some(e) = write_error {
+                return Err(HttpError::Other(e));
+            }
+            if let Err(e) = finish {
+                return Err(map_error_code(&e, &authority));
+            }
             let status = response.status();
             let incoming = response
                 .consume()
