@@ -1,6 +1,14 @@
 //! `paperclip-wasm-host`: runs the exe.dev provider WebAssembly component as a Paperclip plugin
 //! worker, granting it outbound HTTP and SSH under an allow-list policy.
 
+pub mod bindings;
 pub mod caps;
+pub mod convert;
+pub mod engine;
+pub mod grants;
+mod imports;
 pub mod policy;
 pub mod sim;
+pub mod state;
+pub mod statedir;
+pub mod worker;

@@ -1,0 +1,53 @@
+//! Builds the guest component (`paperclip_exe_dev.wasm`) so the host binary can embed it and
+//! tests can load it: one `cargo build` of the workspace gives a working worker.
+//!
+//! The guest is built by a nested cargo into its own target directory (so the outer build's
+//! lock is not contended) with the small `guest` profile. Set `PAPERCLIP_EXE_DEV_WASM` to use
+//! a prebuilt component instead.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=PAPERCLIP_EXE_DEV_WASM");
+    if let Ok(prebuilt) = env::var("PAPERCLIP_EXE_DEV_WASM") {
+        println!("cargo:rustc-env=PAPERCLIP_EXE_DEV_WASM={prebuilt}");
+        return;
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir
+        .parent()
+        .expect("host-shim sits in the workspace root");
+    for input in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(input).display());
+    }
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guest");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
+        .args(["-p", "paperclip-exe-dev", "--target-dir"])
+        .arg(&target_dir)
+        // The outer build's wrappers and flags are for the host; clippy's wrapper in particular
+        // must not run on the nested guest build.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo to build the guest component");
+    if !status.success() {
+        panic!(
+            "building the guest component failed (is the target installed? \
+             `rustup target add wasm32-wasip2`)"
+        );
+    }
+    let wasm = target_dir.join("wasm32-wasip2/guest/paperclip_exe_dev.wasm");
+    println!("cargo:rustc-env=PAPERCLIP_EXE_DEV_WASM={}", wasm.display());
+}

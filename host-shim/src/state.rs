@@ -1,0 +1,63 @@
+//! The per-call store data: what one invocation of the component may touch.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::bindings::ssh;
+use crate::caps::log::CallSink;
+
+/// A boxed future, as trait objects need.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The SSH capability as the component sees it. The production implementation runs the system
+/// OpenSSH client under the host's policy; tests substitute scripted doubles.
+pub trait SshBackend: Send + Sync {
+    /// Run one remote command. `sink` receives live output when the request asks for it.
+    fn exec(
+        &self,
+        request: ssh::ExecRequest,
+        sink: CallSink,
+    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>>;
+
+    /// Drop any pooled connection to `target`.
+    fn disconnect(&self, target: ssh::Target) -> BoxFuture<()>;
+}
+
+/// Builds the HTTP hooks (the HTTP policy point) for each new store.
+pub type HooksFactory = Arc<dyn Fn() -> Box<dyn WasiHttpHooks> + Send + Sync>;
+
+/// Store data for one call.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) hooks: Box<dyn WasiHttpHooks>,
+    pub(crate) ssh: Arc<dyn SshBackend>,
+    pub(crate) sink: CallSink,
+    pub(crate) limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut *self.hooks,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The Paperclip plugin-worker protocol: newline-delimited JSON-RPC 2.0 on stdin/stdout.
+//!
+//! Requests are handled concurrently (one task each); every line written to stdout goes through
+//! one writer task. `shutdown` is answered, flushed, and ends the loop; so does stdin EOF.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::bindings::provider::Guest;
+use crate::caps::log::{CallSink, Outbox, Outgoing};
+use crate::convert::{self, codes, RpcError};
+use crate::engine::ProviderHost;
+
+/// Every method this worker answers, as announced in `initialize`.
+pub const SUPPORTED_METHODS: &[&str] = &[
+    "environmentValidateConfig",
+    "environmentProbe",
+    "environmentAcquireLease",
+    "environmentResumeLease",
+    "environmentReleaseLease",
+    "environmentDestroyLease",
+    "environmentRealizeWorkspace",
+    "environmentExecute",
+    "health",
+    "shutdown",
+];
+
+/// Plugin methods Paperclip knows that this plugin does not implement: they get `-32004`
+/// rather than `-32601`, as the SDK does.
+const KNOWN_UNIMPLEMENTED: &[&str] = &[
+    "configChanged",
+    "validateConfig",
+    "onEvent",
+    "runJob",
+    "handleWebhook",
+    "getData",
+    "performAction",
+    "executeTool",
+];
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The host sent `shutdown`.
+    Shutdown,
+    /// stdin closed.
+    Eof,
+}
+
+/// Serve the protocol until `shutdown` or EOF. All stdout lines are flushed before returning.
+pub async fn serve(
+    host: Arc<ProviderHost>,
+    input: impl AsyncRead + Unpin,
+    output: impl AsyncWrite + Unpin + Send + 'static,
+) -> anyhow::Result<Exit> {
+    let (outbox, rx) = Outbox::new();
+    let writer = tokio::spawn(write_lines(rx, output));
+    let mut in_flight = JoinSet::new();
+    let mut lines = BufReader::new(input).lines();
+    let exit = loop {
+        // Reap finished calls as we go so the set only holds what is running.
+        while in_flight.try_join_next().is_some() {}
+        let Some(line) = lines.next_line().await? else {
+            break Exit::Eof;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match classify(&line) {
+            Incoming::Request { id, method, .. } if method == "shutdown" => {
+                // Answer what is already running first: nothing accepted is dropped.
+                while in_flight.join_next().await.is_some() {}
+                outbox.send_line(response(&id, Ok(Value::Null)));
+                break Exit::Shutdown;
+            }
+            Incoming::Request { id, method, params } => {
+                let host = host.clone();
+                let outbox = outbox.clone();
+                in_flight.spawn(async move {
+                    let sink = CallSink::new(invocation_id(&params), Some(outbox.clone()));
+                    let result = dispatch(&host, &method, params, sink).await;
+                    outbox.send_line(response(&id, result));
+                });
+            }
+            Incoming::Ignored => {}
+            Incoming::Invalid { id, error } => outbox.send_line(response(&id, Err(error))),
+        }
+    };
+    // On EOF, calls already accepted still get their answers (each is bounded by its deadline).
+    while in_flight.join_next().await.is_some() {}
+    outbox.flush().await;
+    drop(outbox);
+    drop(writer);
+    Ok(exit)
+}
+
+async fn write_lines(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut output: impl AsyncWrite + Unpin,
+) -> std::io::Result<()> {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Outgoing::Line(mut line) => {
+                line.push('\n');
+                output.write_all(line.as_bytes()).await?;
+                // Flush per line unless more is queued: Paperclip reads line by line and a
+                // response must not sit in a buffer.
+                if rx.is_empty() {
+                    output.flush().await?;
+                }
+            }
+            Outgoing::Flush(ack) => {
+                output.flush().await?;
+                let _ = ack.send(());
+            }
+        }
+    }
+    output.flush().await
+}
+
+enum Incoming {
+    Request {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    Ignored,
+    Invalid {
+        id: Value,
+        error: RpcError,
+    },
+}
+
+fn classify(line: &str) -> Incoming {
+    let msg: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Incoming::Invalid {
+                id: Value::Null,
+                error: RpcError::new(codes::PARSE_ERROR, format!("Parse error: {e}")),
+            }
+        }
+    };
+    let Some(obj) = msg.as_object() else {
+        return Incoming::Invalid {
+            id: Value::Null,
+            error: RpcError::new(codes::INVALID_REQUEST, "Invalid request: not an object"),
+        };
+    };
+    let id = obj.get("id").cloned().unwrap_or(Value::Null);
+    match obj.get("method") {
+        // A notification (no id): nothing to answer; Paperclip's events are not needed here.
+        Some(Value::String(_)) if !obj.contains_key("id") || id.is_null() => Incoming::Ignored,
+        Some(Value::String(method)) => Incoming::Request {
+            method: method.clone(),
+            params: obj.get("params").cloned().unwrap_or_else(|| json!({})),
+            id,
+        },
+        Some(_) => Incoming::Invalid {
+            id,
+            error: RpcError::new(codes::INVALID_REQUEST, "Invalid request: bad method"),
+        },
+        // A response to a worker→host request; this worker sends none, so nothing waits on it.
+        None if obj.contains_key("result") || obj.contains_key("error") => Incoming::Ignored,
+        None => Incoming::Invalid {
+            id,
+            error: RpcError::new(codes::INVALID_REQUEST, "Invalid request: no method"),
+        },
+    }
+}
+
+fn response(id: &Value, result: Result<Value, RpcError>) -> String {
+    match result {
+        Ok(v) => json!({ "jsonrpc": "2.0", "id": id, "result": v }),
+        Err(e) => json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() }),
+    }
+    .to_string()
+}
+
+fn invocation_id(params: &Value) -> Option<String> {
+    params
+        .pointer("/paperclipInvocation/id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Answer one request. Also used by the operator CLI, which builds the same params.
+pub async fn dispatch(
+    host: &ProviderHost,
+    method: &str,
+    params: Value,
+    sink: CallSink,
+) -> Result<Value, RpcError> {
+    let timeout = convert::call_timeout(&params);
+    let trapped = |e: wasmtime::Error| trap_error(method, e);
+    let perr = |e| convert::provider_error(method, e);
+    match method {
+        "initialize" => Ok(json!({ "ok": true, "supportedMethods": SUPPORTED_METHODS })),
+        "health" => {
+            let h = host
+                .call(sink, timeout, async |s, g: &Guest| g.call_health(s).await)
+                .await
+                .map_err(trapped)?;
+            Ok(convert::health_json(h))
+        }
+        "environmentValidateConfig" => {
+            let config = convert::validate_params(&params);
+            let v = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_validate_config(s, &config).await
+                })
+                .await
+                .map_err(trapped)?;
+            Ok(convert::validation_json(v))
+        }
+        "environmentProbe" => {
+            let ctx = convert::call_context(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| g.call_probe(s, &ctx).await)
+                .await
+                .map_err(trapped)?;
+            r.map(convert::probe_json).map_err(perr)
+        }
+        "environmentAcquireLease" => {
+            let req = convert::acquire_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_acquire_lease(s, &req).await
+                })
+                .await
+                .map_err(trapped)?;
+            r.map(convert::lease_json).map_err(perr)
+        }
+        "environmentResumeLease" => {
+            let req = convert::resume_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_resume_lease(s, &req).await
+                })
+                .await
+                .map_err(trapped)?;
+            r.map(convert::lease_json).map_err(perr)
+        }
+        "environmentReleaseLease" => {
+            let req = convert::release_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_release_lease(s, &req).await
+                })
+                .await
+                .map_err(trapped)?;
+            r.map(convert::receipt_json).map_err(perr)
+        }
+        "environmentDestroyLease" => {
+            let req = convert::release_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_destroy_lease(s, &req).await
+                })
+                .await
+                .map_err(trapped)?;
+            r.map(convert::receipt_json).map_err(perr)
+        }
+        "environmentRealizeWorkspace" => {
+            let req = convert::realize_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_realize_workspace(s, &req).await
+                })
+                .await
+                .map_err(trapped)?;
+            r.map(convert::realized_json).map_err(perr)
+        }
+        "environmentExecute" => {
+            let req = convert::execute_params(&params)?;
+            let r = host
+                .call(sink, timeout, async |s, g: &Guest| g.call_execute(s, &req).await)
+                .await
+                .map_err(trapped)?;
+            r.map(convert::execute_json).map_err(perr)
+        }
+        m if m.starts_with("environment") || KNOWN_UNIMPLEMENTED.contains(&m) => Err(RpcError::new(
+            codes::METHOD_NOT_IMPLEMENTED,
+            format!("{m} is not implemented by this plugin"),
+        )),
+        m => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {m}"),
+        )),
+    }
+}
+
+/// A trap or instantiation failure: the call failed, the worker carries on (the store is gone).
+fn trap_error(method: &str, e: wasmtime::Error) -> RpcError {
+    let detail = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            "it ran past its deadline and was stopped".to_string()
+        }
+        Some(trap) => format!("it trapped: {trap}"),
+        None => format!("{e:#}"),
+    };
+    tracing::error!("{method}: the provider component failed: {detail}");
+    RpcError {
+        code: codes::WORKER_ERROR,
+        message: format!("{method} failed: the provider component failed: {detail}"),
+        data: Some(json!({ "kind": "trap" })),
+    }
+}

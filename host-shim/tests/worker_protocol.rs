@@ -1,0 +1,187 @@
+//! The Paperclip worker protocol through the real binary and the real component.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn error_code(v: &Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+#[test]
+fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
+    // Exactly the acceptance script: everything written at once, as `printf … | worker` does.
+    let mut w = Worker::spawn(&["--component", product_wasm()]);
+    let lines = [
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params": initialize_params()}),
+        json!({"jsonrpc":"2.0","id":2,"method":"environmentValidateConfig",
+               "params":{"driverKey":"exe-dev","config":{"apiKey":"tok-123"}}}),
+        json!({"jsonrpc":"2.0","id":3,"method":"environmentValidateConfig",
+               "params":{"driverKey":"exe-dev","config":{"apiKey":"tok-123","timeoutMs":0}}}),
+        json!({"jsonrpc":"2.0","id":4,"method":"health","params":{}}),
+        json!({"jsonrpc":"2.0","id":5,"method":"noSuchMethod","params":{}}),
+    ];
+    for l in &lines {
+        w.send_raw(&l.to_string());
+    }
+    let (init, _) = w.response(1);
+    assert_eq!(init["result"]["ok"], true);
+    let supported: Vec<&str> = init["result"]["supportedMethods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for m in [
+        "environmentValidateConfig",
+        "environmentProbe",
+        "environmentAcquireLease",
+        "environmentResumeLease",
+        "environmentReleaseLease",
+        "environmentDestroyLease",
+        "environmentRealizeWorkspace",
+        "environmentExecute",
+        "health",
+        "shutdown",
+    ] {
+        assert!(supported.contains(&m), "{m} missing from {supported:?}");
+    }
+
+    // Responses to concurrent requests may come in any order: collect them by id.
+    let mut by_id = std::collections::HashMap::new();
+    while by_id.len() < 4 {
+        let msg = w.recv();
+        if let Some(id) = msg.get("id").and_then(Value::as_u64) {
+            by_id.insert(id, msg);
+        }
+    }
+    let good = &by_id[&2]["result"];
+    assert_eq!(good["ok"], true, "{good}");
+    assert_eq!(good["normalizedConfig"]["timeoutMs"], 300000);
+    assert_eq!(good["normalizedConfig"]["apiKey"], "tok-123");
+
+    let bad = &by_id[&3]["result"];
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(
+        bad["errors"][0],
+        "timeoutMs must be between 1 and 86400000."
+    );
+
+    assert_eq!(by_id[&4]["result"]["status"], "ok");
+    assert_eq!(error_code(&by_id[&5]), -32601);
+
+    w.send_raw(r#"{"jsonrpc":"2.0","id":6,"method":"shutdown","params":{}}"#);
+    let (bye, _) = w.response(6);
+    assert_eq!(bye["result"], Value::Null);
+    assert!(
+        w.drain().is_empty(),
+        "nothing may follow the shutdown reply"
+    );
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn exits_zero_on_stdin_eof() {
+    let mut w = Worker::spawn(&[]);
+    let r = w.call(1, "initialize", initialize_params());
+    assert_eq!(r["result"]["ok"], true);
+    w.close_stdin();
+    assert!(w.drain().is_empty());
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn known_but_unimplemented_methods_are_32004_and_garbage_is_32700() {
+    let mut w = Worker::spawn(&[]);
+    let r = w.call(1, "environmentSyncIn", json!({}));
+    assert_eq!(error_code(&r), -32004);
+    assert_eq!(
+        r["error"]["message"],
+        "environmentSyncIn is not implemented by this plugin"
+    );
+    w.send_raw("this is not json");
+    let r = w.recv();
+    assert_eq!(error_code(&r), -32700);
+    assert_eq!(r["id"], Value::Null);
+    // Notifications get no answer; the next request still works.
+    w.send_raw(r#"{"jsonrpc":"2.0","method":"onEvent","params":{}}"#);
+    let r = w.call(2, "health", json!({}));
+    assert_eq!(r["result"]["status"], "ok");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn malformed_params_are_32602_not_a_crash() {
+    let mut w = Worker::spawn(&[]);
+    let r = w.call(1, "environmentExecute", json!({"command": 42}));
+    assert_eq!(error_code(&r), -32602);
+    let r = w.call(2, "environmentValidateConfig", json!({"config": [1, 2, 3]}));
+    assert_eq!(r["result"]["ok"], false, "{r}");
+    let r = w.call(3, "environmentValidateConfig", json!({}));
+    assert_eq!(r["result"]["ok"], false, "{r}");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn a_trapping_guest_becomes_an_error_and_the_worker_keeps_serving() {
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let mut w = Worker::spawn(&["--component", &fixture]);
+    let r = w.call(
+        1,
+        "environmentValidateConfig",
+        json!({"config": {"x": "trap"}}),
+    );
+    assert_eq!(error_code(&r), -32002, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("trapped"), "{msg}");
+    let r = w.call(
+        2,
+        "environmentValidateConfig",
+        json!({"config": {"x": "fine"}}),
+    );
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn a_runaway_guest_is_stopped_at_its_deadline_and_the_worker_keeps_serving() {
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let mut w = Worker::spawn(&["--component", &fixture, "--call-grace-ms", "200"]);
+    let started = std::time::Instant::now();
+    let r = w.call(
+        1,
+        "environmentValidateConfig",
+        json!({"config": {"x": "loop", "timeoutMs": 300}}),
+    );
+    assert_eq!(error_code(&r), -32002, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("deadline"),
+        "{r}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let r = w.call(2, "health", json!({}));
+    assert_eq!(r["result"]["message"], "fixture");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let mut w = Worker::spawn(&["--component", &fixture, "--max-memory-mb", "64"]);
+    let r = w.call(
+        1,
+        "environmentValidateConfig",
+        json!({"config": {"x": "oom"}}),
+    );
+    assert_eq!(error_code(&r), -32002, "{r}");
+    let r = w.call(
+        2,
+        "environmentValidateConfig",
+        json!({"config": {"x": "ok"}}),
+    );
+    assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(w.wait(), 0);
+}
