@@ -405,3 +405,163 @@ mod tests {
         .contains("onboarding"));
     }
 }
+
+/// The scripts really run under the local `/bin/sh` (Linux: the kill script needs `/proc`).
+#[cfg(all(test, target_os = "linux"))]
+mod shell_tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn temp_home(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "paperclip-guest-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Run a remote command line the way sshd does: `$SHELL -c '<command line>'`.
+    fn run(home: &std::path::Path, command_line: &str, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command_line)
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn prepare_script_creates_the_workspace() {
+        let home = temp_home("prepare");
+        std::fs::write(home.join(".profile"), "echo noisy profile\n").unwrap();
+        let out = run(&home, &prepare_command(None), b"");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let p = parse_prepared(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        assert_eq!(p.home, home.to_str().unwrap());
+        assert!(p.shell == "bash" || p.shell == "sh");
+        assert_eq!(p.cwd, format!("{}/paperclip-workspace", home.display()));
+        assert!(home.join("paperclip-workspace").is_dir());
+
+        let odd = home.join("it's a dir");
+        let out = run(&home, &prepare_command(Some(odd.to_str().unwrap())), b"");
+        let p = parse_prepared(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        assert_eq!(p.cwd, odd.to_str().unwrap());
+        assert!(odd.is_dir());
+
+        std::fs::write(home.join("file"), "").unwrap();
+        let out = run(
+            &home,
+            &prepare_command(Some(home.join("file/sub").to_str().unwrap())),
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(PREPARE_MKDIR_FAILED));
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn exec_wrapper_runs_the_command_verbatim() {
+        let home = temp_home("exec");
+        std::fs::write(
+            home.join(".profile"),
+            "echo profile noise; export FROM_PROFILE=yes\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(home.join("w d")).unwrap();
+        let script = exec_script(
+            "feedc0de",
+            Some(home.join("w d").to_str().unwrap()),
+            &[("GREETING".into(), "it's \"quoted\" $HOME".into())],
+            "sh",
+            &[
+                "-c".into(),
+                "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
+            ],
+        );
+        let out = run(&home, &sh_c(&script), &[b'a', 0, 0xff, b'\n']);
+        assert_eq!(out.status.code(), Some(7));
+        let mut expected = format!(
+            "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
+            home.display()
+        )
+        .into_bytes();
+        expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
+        assert_eq!(out.stdout, expected);
+        assert_eq!(out.stderr, b"err\n");
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn kill_script_ends_only_the_marked_tree() {
+        let home = temp_home("kill");
+        let spawn = |id: &str| {
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(sh_c(&exec_script(
+                    id,
+                    None,
+                    &[],
+                    "sh",
+                    &["-c".into(), "sleep 30 & sleep 30; wait".into()],
+                )))
+                .env_clear()
+                .env("HOME", &home)
+                .env("PATH", "/usr/bin:/bin")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut victim = spawn("0000aaaa");
+        let mut bystander = spawn("0000bbbb");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let marked = |id: &str| -> usize {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| std::fs::read(e.ok()?.path().join("environ")).ok())
+                .filter(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|v| v == format!("PAPERCLIP_EXEC_ID={id}").as_bytes())
+                })
+                .count()
+        };
+        assert!(
+            marked("0000aaaa") >= 2,
+            "the command and its children carry the marker"
+        );
+        let out = run(&home, &sh_c(&kill_script(Some("0000aaaa"))), b"");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let status = victim.wait().unwrap();
+        assert!(!status.success());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(marked("0000aaaa"), 0);
+        assert!(marked("0000bbbb") >= 2, "other executions survive");
+        // (`kill_script(None)` would also end other test suites' executions on this machine.)
+        let out = run(&home, &sh_c(&kill_script(Some("0000bbbb"))), b"");
+        assert_eq!(out.status.code(), Some(0));
+        let _ = bystander.wait();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(marked("0000bbbb"), 0);
+        // Nothing to kill is still success.
+        assert_eq!(
+            run(&home, &sh_c(&kill_script(Some("ffff"))), b"")
+                .status
+                .code(),
+            Some(0)
+        );
+        let _ = std::fs::remove_dir_all(&home);
+    }
+}
