@@ -299,3 +299,15 @@ fn token_and_secrets_never_logged() {
     }
     assert!(host.bodies()[0].contains("v4lue"));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn default_setup_script_is_valid_sh() {
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(default_setup_script())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
