@@ -749,7 +749,8 @@ impl<'h> Provider<'h> {
             .or_else(|| nonblank(&workspace.local_path))
             .unwrap_or_else(|| DEFAULT_REALIZE_CWD.to_string());
         let id = lease.provider_lease_id.as_deref().filter(|s| !s.is_empty());
-        if let (Some(id), true) = (id, lease_cwd != Some(cwd.as_str())) {
+        // When the lease names the cwd, acquire/resume created it in their SSH round trip.
+        if let (Some(id), None) = (id, lease_cwd) {
             let target = self.target_for_lease(id, &lease.metadata);
             let out = self.ssh(
                 &SshRequest {
