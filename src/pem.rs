@@ -21,14 +21,14 @@ pub fn check_private_key(raw: &str) -> Result<(), String> {
     {
         return Err("sshPrivateKey contains a public key; paste the private key (the file without .pub) instead.".to_string());
     }
+    if !text.contains('\n') && text.contains("\\n") {
+        return Err("sshPrivateKey contains literal \\n sequences instead of line breaks; paste the key file's contents as they are.".to_string());
+    }
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    let Some(begin_idx) = lines
-        .iter()
-        .position(|l| l.starts_with("-----BEGIN ") && l.ends_with("-----"))
-    else {
+    let Some(begin_idx) = lines.iter().position(|l| armor_label(l, "BEGIN").is_some()) else {
         return Err("sshPrivateKey must be a PEM private key that starts with a -----BEGIN … PRIVATE KEY----- line.".to_string());
     };
-    let begin_label = &lines[begin_idx]["-----BEGIN ".len()..lines[begin_idx].len() - 5];
+    let begin_label = armor_label(lines[begin_idx], "BEGIN").unwrap_or_default();
     if !begin_label.ends_with("PRIVATE KEY") {
         return Err(format!(
             "sshPrivateKey must be a private key, but its BEGIN line is -----BEGIN {begin_label}-----."
@@ -36,14 +36,14 @@ pub fn check_private_key(raw: &str) -> Result<(), String> {
     }
     let Some(end_rel) = lines[begin_idx + 1..]
         .iter()
-        .position(|l| l.starts_with("-----END ") && l.ends_with("-----"))
+        .position(|l| armor_label(l, "END").is_some())
     else {
         return Err(format!(
             "sshPrivateKey is missing its -----END {begin_label}----- line; paste the whole key."
         ));
     };
     let end_idx = begin_idx + 1 + end_rel;
-    let end_label = &lines[end_idx]["-----END ".len()..lines[end_idx].len() - 5];
+    let end_label = armor_label(lines[end_idx], "END").unwrap_or_default();
     if end_label != begin_label {
         return Err(format!(
             "sshPrivateKey's END line (-----END {end_label}-----) does not match its BEGIN line (-----BEGIN {begin_label}-----)."
@@ -105,6 +105,22 @@ pub fn check_private_key(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The label of a `-----BEGIN <label>-----` / `-----END <label>-----` line. Labels are short
+/// runs of `[A-Z0-9 ]`, so a label never carries key material into a message.
+fn armor_label<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
+    let label = line
+        .strip_prefix("-----")?
+        .strip_prefix(kind)?
+        .strip_prefix(' ')?
+        .strip_suffix("-----")?;
+    let ok = !label.is_empty()
+        && label.len() <= 40
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ');
+    ok.then_some(label)
+}
+
 /// The cipher name of an `openssh-key-v1` blob.
 fn openssh_cipher(blob: &[u8]) -> Option<&[u8]> {
     let rest = blob.strip_prefix(OPENSSH_MAGIC)?;
@@ -133,6 +149,35 @@ mod tests {
             "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
             body.join("\n")
         )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn errors_never_quote_the_key(body in "[A-Za-z0-9+/=!@#_ -]{24,80}", framed in proptest::bool::ANY) {
+            let key = if framed {
+                format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----")
+            } else {
+                body.clone()
+            };
+            if let Err(e) = check_private_key(&key) {
+                proptest::prop_assert!(!e.contains(body.trim()), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn never_echoes_key_material() {
+        let one_line = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAA\\n-----END OPENSSH PRIVATE KEY-----";
+        let err = check_private_key(one_line).unwrap_err();
+        assert!(err.contains("literal \\n"), "{err}");
+        assert!(!err.contains("b3Bl"));
+        let weird = "-----BEGIN OPENSSH PRIVATE KEY-----b3BlbnNzaC1rZXktdjEAAAAA-----";
+        let err = check_private_key(weird).unwrap_err();
+        assert!(!err.contains("b3Bl"), "{err}");
+        let bad_end =
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nQUJD\n-----END b3BlbnNzaC1rZXktdjEAAAAA-----";
+        let err = check_private_key(bad_end).unwrap_err();
+        assert!(!err.contains("b3Bl"), "{err}");
     }
 
     #[test]
