@@ -213,18 +213,7 @@ pub fn normalize_name_prefix(raw: &str) -> String {
 
 /// Parse `apiUrl`: any base URL is normalised to end in `/exec`.
 pub fn normalize_api_url(raw: &str) -> Option<String> {
-    let mut url = url::Url::parse(raw.trim()).ok()?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return None;
-    }
-    url.set_fragment(None);
-    let path = url.path().trim_end_matches('/').to_string();
-    if !path.ends_with("/exec") {
-        url.set_path(&format!("{path}/exec"));
-    } else {
-        url.set_path(&path);
-    }
-    Some(url.to_string())
+    crate::endpoint::Endpoint::parse(raw).map(|e| e.with_exec_path().to_string())
 }
 
 fn parse_text(text: &str, check_key: bool) -> Parsed {

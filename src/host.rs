@@ -275,23 +275,15 @@ mod wasm {
             body: &[u8],
             timeout_ms: u64,
         ) -> Result<HttpResponse, HttpError> {
-            let parsed =
-                url::Url::parse(url).map_err(|e| HttpError::Other(format!("bad URL: {e}")))?;
-            let scheme = match parsed.scheme() {
-                "https" => Scheme::Https,
-                "http" => Scheme::Http,
-                other => Scheme::Other(other.to_string()),
+            let parsed = crate::endpoint::Endpoint::parse(url)
+                .ok_or_else(|| HttpError::Other("the API URL is not a valid http(s) URL".into()))?;
+            let scheme = if parsed.https {
+                Scheme::Https
+            } else {
+                Scheme::Http
             };
-            let host = parsed.host_str().unwrap_or_default().to_string();
-            let authority = match parsed.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host,
-            };
-            let mut path = parsed.path().to_string();
-            if let Some(q) = parsed.query() {
-                path.push('?');
-                path.push_str(q);
-            }
+            let authority = parsed.authority();
+            let path = parsed.path_with_query();
             let deadline = monotonic_clock::now() + timeout_ms.saturating_mul(NS_PER_MS);
 
             let mut list: Vec<(String, Vec<u8>)> = headers

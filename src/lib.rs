@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod host;
 pub mod lease;
