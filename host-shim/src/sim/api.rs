@@ -9,13 +9,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::faults::{ApiFault, default_error_text};
+use super::faults::{default_error_text, ApiFault};
 use super::flags::{self, Kind};
-use super::{ApiCall, Inner, VmSpec, names, vm_json};
+use super::{names, vm_json, ApiCall, Inner, VmSpec};
 
 /// exe.dev reads at most 64KB+1 bytes of body; reaching that size is a 413.
 const BODY_LIMIT: usize = 64 * 1024;

@@ -37,7 +37,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use tokio::task::JoinHandle;
 
-pub use faults::{ANY, Faults, ONBOARDING_MARKER};
+pub use faults::{Faults, ANY, ONBOARDING_MARKER};
 
 /// How the simulator is configured.
 #[derive(Clone, Debug)]
