@@ -1,1 +1,767 @@
-//! TODO
+//! The `ssh` capability: run one remote command through the system OpenSSH client.
+//!
+//! Plain-Rust API, independent of the generated bindings: the bindgen `Host` impl converts the
+//! WIT records into [`SshExec`] / [`SshTarget`] and back from [`SshOutput`] / [`SshError`].
+//!
+//! Security properties (each one is tested in `tests/caps.rs`):
+//! - the destination host is checked against the [`Policy`] and syntax-validated before anything
+//!   is spawned, and `--` separates the destination from the remote command, because OpenSSH
+//!   resumes option parsing after the destination (`ssh host -oProxyCommand=…` would otherwise
+//!   run a local command);
+//! - `ssh` is executed directly (never through a shell) with a from-scratch environment;
+//! - `-F /dev/null` unless the operator passed `--ssh-config FILE`, so neither `~/.ssh/config`
+//!   nor `/etc/ssh/ssh_config` applies; our `-o` options come first on the command line and
+//!   therefore win over anything in an operator config file (OpenSSH keeps the first value);
+//! - pasted key material lives in a fresh `0700` temp dir as a `0600` file that is removed when
+//!   the call ends, whichever way it ends (RAII: success, error, timeout, panic, cancellation);
+//!   it never appears in argv, logs or errors;
+//! - on timeout (or if the caller drops the future) the ssh client's whole process group is
+//!   SIGKILLed, so a `ProxyCommand` or any other helper dies with it.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::policy::{normalize_hostname, Policy};
+
+/// Hard ceiling for each of stdout and stderr, whatever the guest asks for: the host holds both
+/// in memory and Paperclip's own frame limit is 128 Mi characters.
+pub const DEFAULT_MAX_OUTPUT_CEILING: u64 = 64 * 1024 * 1024;
+
+/// How long to keep reading stdout/stderr after the ssh client exited. Only a leftover helper
+/// (e.g. a `ProxyCommand` child) can hold the pipes open that long; it is then killed.
+const POST_EXIT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Read buffer per stream; also the largest chunk handed to the `on_chunk` callback.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Largest pasted private key accepted (the manifest limits the field to 8192 characters).
+const MAX_KEY_MATERIAL: usize = 64 * 1024;
+
+/// Which private key authenticates the connection (mirrors WIT `identity`).
+#[derive(Clone)]
+pub enum Identity {
+    /// The host's SSH agent (`SSH_AUTH_SOCK`) and the client's default keys.
+    Agent,
+    /// A key file on the host, by absolute path.
+    KeyFile(PathBuf),
+    /// Pasted OpenSSH private key material. Never printed: `Debug` redacts it.
+    KeyMaterial(String),
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Agent => f.write_str("Agent"),
+            Self::KeyFile(p) => f.debug_tuple("KeyFile").field(p).finish(),
+            Self::KeyMaterial(_) => f.write_str("KeyMaterial([REDACTED])"),
+        }
+    }
+}
+
+/// OpenSSH `StrictHostKeyChecking` (mirrors WIT `host-key-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Only host keys already in the state dir's `known_hosts` are accepted.
+    Yes,
+    /// Unknown hosts are added to `known_hosts`; changed keys are refused.
+    AcceptNew,
+    /// Any host key is accepted (and nothing is recorded, see [`SshRunner`]).
+    No,
+}
+
+impl HostKeyPolicy {
+    fn as_ssh_value(self) -> &'static str {
+        match self {
+            Self::Yes => "yes",
+            Self::AcceptNew => "accept-new",
+            Self::No => "no",
+        }
+    }
+}
+
+/// Where and as whom to connect (mirrors WIT `target`).
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Host name to dial (e.g. `vm.exe.xyz`); must be allowed by the policy.
+    pub host: String,
+    /// TCP port (1..=65535).
+    pub port: u16,
+    /// Login user; `None` lets the SSH client choose.
+    pub user: Option<String>,
+    /// The key to authenticate with.
+    pub identity: Identity,
+    /// Host-key checking policy.
+    pub host_key_policy: HostKeyPolicy,
+}
+
+/// One remote command (mirrors WIT `exec-request`; `stream-output` is expressed by passing an
+/// `on_chunk` callback to [`SshRunner::exec`]).
+#[derive(Debug, Clone)]
+pub struct SshExec {
+    /// Where to run it.
+    pub target: SshTarget,
+    /// The remote command line, interpreted by the remote login shell. May contain secrets
+    /// (environment values), so it is never logged.
+    pub command: String,
+    /// Bytes written to the command's stdin; `None` closes stdin at once.
+    pub stdin: Option<Vec<u8>>,
+    /// Deadline for the whole call, in milliseconds (must be > 0).
+    pub timeout_ms: u32,
+    /// Cap for each of stdout and stderr (further limited by the runner's ceiling).
+    pub max_output_bytes: u64,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Live output callback: called with each chunk (up to the cap) as it arrives.
+pub type ChunkCallback = Box<dyn FnMut(StreamKind, &[u8]) + Send>;
+
+/// What the ssh client produced (mirrors WIT `exec-output`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshOutput {
+    /// Exit status of the `ssh` client (255 when SSH itself failed); `None` on a signal or
+    /// timeout.
+    pub exit_code: Option<i32>,
+    /// Signal name (e.g. `SIGKILL`) when the client process died from a signal.
+    pub signal: Option<String>,
+    /// True when the deadline passed and the host killed the client's process group.
+    pub timed_out: bool,
+    /// Standard output bytes, exactly as received (up to the cap).
+    pub stdout: Vec<u8>,
+    /// Standard error bytes, exactly as received (up to the cap).
+    pub stderr: Vec<u8>,
+    /// True when stdout exceeded the cap.
+    pub stdout_truncated: bool,
+    /// True when stderr exceeded the cap.
+    pub stderr_truncated: bool,
+}
+
+/// Why the command could not be run at all (mirrors WIT `ssh-error`). Messages never contain
+/// key material or the remote command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshError {
+    /// The destination is not allow-listed by the host.
+    #[error("SSH to {0} is not allowed by the host policy")]
+    Denied(String),
+    /// The request is malformed (e.g. a host name with spaces).
+    #[error("invalid SSH request: {0}")]
+    InvalidRequest(String),
+    /// The host could not start the SSH client or write the key.
+    #[error("could not run ssh: {0}")]
+    Spawn(String),
+}
+
+/// Settings of an [`SshRunner`], from the CLI.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// The OpenSSH client to run (`--ssh-binary`; default `ssh`, looked up on `PATH`).
+    pub ssh_binary: PathBuf,
+    /// The host's state directory; `known_hosts` lives at `<state_dir>/known_hosts`. Created
+    /// `0700` if missing.
+    pub state_dir: PathBuf,
+    /// `--ssh-config FILE`, passed as `-F FILE`; `None` passes `-F /dev/null`.
+    pub ssh_config: Option<PathBuf>,
+    /// Where private temp dirs for pasted keys are created; `None` uses `$TMPDIR` (or `/tmp`).
+    pub temp_root: Option<PathBuf>,
+    /// Ceiling for `max_output_bytes` (per stream).
+    pub max_output_ceiling: u64,
+}
+
+impl SshSettings {
+    /// Defaults: `ssh` from `PATH`, no config file, system temp dir, 64 MiB output ceiling.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            ssh_binary: PathBuf::from("ssh"),
+            state_dir: state_dir.into(),
+            ssh_config: None,
+            temp_root: None,
+            max_output_ceiling: DEFAULT_MAX_OUTPUT_CEILING,
+        }
+    }
+}
+
+/// Runs remote commands with the system OpenSSH client under the host policy.
+///
+/// Cheap to share (`Arc<SshRunner>`); every call is independent. Connection reuse
+/// (`ControlMaster`) is not implemented yet: [`SshRunner::connection_options`] is where the
+/// `-o ControlMaster/ControlPath/ControlPersist` options will go, and [`SshRunner::disconnect`]
+/// where `ssh -O exit` will.
+#[derive(Debug)]
+pub struct SshRunner {
+    settings: SshSettings,
+    policy: Arc<Policy>,
+    known_hosts: PathBuf,
+}
+
+impl SshRunner {
+    /// Create a runner, creating the state directory (mode `0700`) when it does not exist.
+    pub fn new(settings: SshSettings, policy: Arc<Policy>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&settings.state_dir)
+            .with_context(|| {
+                format!(
+                    "creating the state directory {}",
+                    settings.state_dir.display()
+                )
+            })?;
+        let known_hosts = settings.state_dir.join("known_hosts");
+        Ok(Self {
+            settings,
+            policy,
+            known_hosts,
+        })
+    }
+
+    /// The `known_hosts` file host keys are recorded in and checked against.
+    pub fn known_hosts_path(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// Run one remote command and wait for it (or for its deadline).
+    ///
+    /// `on_chunk` receives every stdout/stderr chunk as it arrives (only the part within the
+    /// cap, so streamed output never exceeds the returned output).
+    pub async fn exec(
+        &self,
+        req: SshExec,
+        mut on_chunk: Option<ChunkCallback>,
+    ) -> Result<SshOutput, SshError> {
+        let target = &req.target;
+        let destination = self.check_target(target)?;
+        if req.command.trim().is_empty() {
+            // An empty command would make ssh start an interactive login shell.
+            return Err(SshError::InvalidRequest(
+                "the remote command is empty".into(),
+            ));
+        }
+        if req.command.contains('\0') {
+            return Err(SshError::InvalidRequest(
+                "the remote command contains a NUL byte".into(),
+            ));
+        }
+        if req.timeout_ms == 0 {
+            return Err(SshError::InvalidRequest("timeout-ms must be > 0".into()));
+        }
+        let cap = req.max_output_bytes.min(self.settings.max_output_ceiling);
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+
+        // Held until the end of this function: dropping it removes the key file and its dir.
+        let key_dir = match &target.identity {
+            Identity::KeyMaterial(material) => Some(self.write_key(material)?),
+            _ => None,
+        };
+        let key_path = key_dir.as_ref().map(|d| d.path().join("id"));
+
+        let args = self.build_args(&req, &destination, key_path.as_deref());
+        let mut cmd = Command::new(&self.settings.ssh_binary);
+        cmd.args(&args)
+            .env_clear()
+            .envs(self.child_env(&target.identity))
+            .stdin(if req.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group, so a timeout can kill ssh and everything it started.
+            .process_group(0)
+            .kill_on_drop(true);
+
+        let started = Instant::now();
+        tracing::info!(
+            host = %target.host,
+            port = target.port,
+            user = target.user.as_deref().unwrap_or(""),
+            command_bytes = req.command.len(),
+            stdin_bytes = req.stdin.as_ref().map_or(0, Vec::len),
+            timeout_ms = req.timeout_ms,
+            "ssh exec"
+        );
+        let mut child = cmd.spawn().map_err(|e| {
+            SshError::Spawn(format!(
+                "cannot start {}: {e}",
+                self.settings.ssh_binary.display()
+            ))
+        })?;
+        let mut group = GroupKill::new(child.id());
+
+        // stdin is fed by its own task so that a large upload and large output can never
+        // deadlock each other on full pipe buffers.
+        let stdin_task = match (child.stdin.take(), req.stdin) {
+            (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
+                // EPIPE just means the remote side stopped reading; that is its business.
+                let _ = pipe.write_all(&data).await;
+                let _ = pipe.shutdown().await;
+            })),
+            _ => None,
+        };
+
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let mut sink = OutputSink::new(cap);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
+
+        let outcome = {
+            let drain = sink.drain(&mut stdout, &mut stderr, &mut on_chunk);
+            tokio::pin!(drain);
+            let wait = child.wait();
+            tokio::pin!(wait);
+            tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    status = &mut wait => {
+                        // ssh is gone (not reaped by anyone else), output may still be in the
+                        // pipes; a helper that keeps them open is given a short grace only.
+                        let drained = tokio::time::timeout(POST_EXIT_DRAIN, &mut drain).await;
+                        (status, drained.is_ok())
+                    }
+                    () = &mut drain => (wait.await, true),
+                }
+            })
+            .await
+        };
+
+        let result = match outcome {
+            Ok((status, drained)) => {
+                let status =
+                    status.map_err(|e| SshError::Spawn(format!("waiting for ssh: {e}")))?;
+                if !drained {
+                    // The group outlives ssh only through a helper holding the pipes.
+                    group.kill();
+                }
+                group.disarm();
+                let (exit_code, signal) = split_status(status);
+                sink.finish(exit_code, signal, false)
+            }
+            Err(_elapsed) => {
+                // The child has not been reaped, so its pid (= the group id) cannot have been
+                // reused: killing the group here hits exactly ssh and its helpers.
+                group.kill();
+                let status = child.wait().await.ok();
+                group.disarm();
+                let signal = status.and_then(|s| s.signal()).map(signal_name);
+                sink.finish(None, signal, true)
+            }
+        };
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        drop(key_dir);
+
+        tracing::info!(
+            host = %target.host,
+            exit_code = result.exit_code,
+            signal = result.signal.as_deref().unwrap_or(""),
+            timed_out = result.timed_out,
+            stdout_bytes = result.stdout.len(),
+            stderr_bytes = result.stderr.len(),
+            stdout_truncated = result.stdout_truncated,
+            stderr_truncated = result.stderr_truncated,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ssh exec finished"
+        );
+        Ok(result)
+    }
+
+    /// Close any pooled connection to `target`. Connections are not pooled yet, so this only
+    /// validates nothing and returns; it exists so callers are already wired for
+    /// `ControlMaster` reuse (`ssh -O exit`).
+    pub async fn disconnect(&self, target: &SshTarget) {
+        tracing::debug!(host = %target.host, port = target.port, "ssh disconnect (no pooled connection)");
+    }
+
+    /// Check the target against the policy and syntax rules; returns the `[user@]host`
+    /// destination argument.
+    fn check_target(&self, target: &SshTarget) -> Result<String, SshError> {
+        let host = normalize_hostname(&target.host).ok_or_else(|| {
+            SshError::InvalidRequest(format!(
+                "host {:?} is not a valid host name (letters, digits, `-` and `.`)",
+                target.host
+            ))
+        })?;
+        if !self.policy.allows_ssh(&host) {
+            tracing::warn!(host = %host, "ssh destination denied by policy");
+            return Err(SshError::Denied(host));
+        }
+        if target.port == 0 {
+            return Err(SshError::InvalidRequest(
+                "port 0 is not a valid SSH port".into(),
+            ));
+        }
+        match &target.identity {
+            Identity::KeyFile(path) => {
+                if !path.is_absolute() {
+                    return Err(SshError::InvalidRequest(
+                        "the SSH identity file must be an absolute path".into(),
+                    ));
+                }
+                if path.as_os_str().as_encoded_bytes().contains(&0) {
+                    return Err(SshError::InvalidRequest(
+                        "the SSH identity file path contains a NUL byte".into(),
+                    ));
+                }
+            }
+            Identity::KeyMaterial(material) => {
+                if material.trim().is_empty() {
+                    return Err(SshError::InvalidRequest(
+                        "the pasted SSH private key is empty".into(),
+                    ));
+                }
+                if material.len() > MAX_KEY_MATERIAL || material.contains('\0') {
+                    return Err(SshError::InvalidRequest(
+                        "the pasted SSH private key is not a plausible OpenSSH key".into(),
+                    ));
+                }
+            }
+            Identity::Agent => {}
+        }
+        match &target.user {
+            None => Ok(host),
+            Some(user) if valid_user(user) => Ok(format!("{user}@{host}")),
+            Some(user) => Err(SshError::InvalidRequest(format!(
+                "user {user:?} is not a valid login name (letters, digits, `.`, `_`, `+`, `-`; \
+                 not starting with `-`)"
+            ))),
+        }
+    }
+
+    /// Write pasted key material into a fresh private temp dir. OpenSSH refuses keys without a
+    /// trailing newline and (on some versions) with CRLF line ends, so both are normalised.
+    fn write_key(&self, material: &str) -> Result<tempfile::TempDir, SshError> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = self
+            .settings
+            .temp_root
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("paperclip-ssh-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&root)
+            .map_err(|e| {
+                SshError::Spawn(format!(
+                    "cannot create a private temp dir in {}: {e}",
+                    root.display()
+                ))
+            })?;
+        let mut body = material.replace("\r\n", "\n");
+        let trimmed_len = body.trim_end().len();
+        body.truncate(trimmed_len);
+        body.push('\n');
+        let path = dir.path().join("id");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(body.as_bytes()).map(|()| f))
+            .map_err(|e| SshError::Spawn(format!("cannot write the SSH key file: {e}")))?;
+        file.flush()
+            .map_err(|e| SshError::Spawn(format!("cannot write the SSH key file: {e}")))?;
+        Ok(dir)
+    }
+
+    /// Options that shape the connection itself; the place where `ControlMaster`,
+    /// `ControlPath` and `ControlPersist` will be added for connection reuse.
+    fn connection_options(&self, target: &SshTarget) -> Vec<OsString> {
+        // `no` must not record unverified keys in the file `yes`/`accept-new` trust.
+        let known_hosts: &Path = match target.host_key_policy {
+            HostKeyPolicy::No => Path::new("/dev/null"),
+            _ => &self.known_hosts,
+        };
+        let mut opts: Vec<OsString> = Vec::new();
+        let mut o = |kv: String| {
+            opts.push("-o".into());
+            opts.push(kv.into());
+        };
+        o("BatchMode=yes".into());
+        o(format!(
+            "StrictHostKeyChecking={}",
+            target.host_key_policy.as_ssh_value()
+        ));
+        o(format!("UserKnownHostsFile={}", known_hosts.display()));
+        o("ConnectTimeout=15".into());
+        o("ServerAliveInterval=15".into());
+        o("ServerAliveCountMax=3".into());
+        o("ForwardAgent=no".into());
+        o("ClearAllForwardings=yes".into());
+        // Keeps "Permanently added … to the list of known hosts" out of the command's stderr,
+        // which is returned to Paperclip byte for byte. Real errors are still printed.
+        o("LogLevel=ERROR".into());
+        opts
+    }
+
+    /// The full argv after the program name.
+    fn build_args(&self, req: &SshExec, destination: &str, key: Option<&Path>) -> Vec<OsString> {
+        let target = &req.target;
+        let mut args: Vec<OsString> = vec!["-F".into()];
+        args.push(match &self.settings.ssh_config {
+            Some(cfg) => cfg.clone().into(),
+            None => "/dev/null".into(),
+        });
+        args.push("-T".into());
+        args.extend(self.connection_options(target));
+        args.push("-p".into());
+        args.push(target.port.to_string().into());
+        let key_file = match &target.identity {
+            Identity::KeyFile(path) => Some(path.as_path()),
+            Identity::KeyMaterial(_) => key,
+            Identity::Agent => None,
+        };
+        if let Some(path) = key_file {
+            args.push("-i".into());
+            args.push(path.into());
+            args.push("-o".into());
+            args.push("IdentitiesOnly=yes".into());
+        }
+        args.push(destination.into());
+        // OpenSSH parses options again after the destination; `--` ends that, so the command
+        // can never be read as an option (e.g. `-oProxyCommand=…`).
+        args.push("--".into());
+        args.push(req.command.clone().into());
+        args
+    }
+
+    /// The child's whole environment, built from scratch: no secret of the host leaks to ssh
+    /// (or to a `ProxyCommand` from an operator config).
+    fn child_env(&self, identity: &Identity) -> Vec<(OsString, OsString)> {
+        let mut env = vec![
+            (
+                "PATH".into(),
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+            // Paperclip runs workers without HOME; point it at the state dir so nothing falls
+            // back to a missing or foreign home.
+            ("HOME".into(), self.settings.state_dir.clone().into()),
+        ];
+        // The agent is only offered when it is the identity (or may hold the key file's
+        // passphrase-protected key); a pasted key must be what authenticates.
+        if matches!(identity, Identity::Agent | Identity::KeyFile(_)) {
+            if let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") {
+                env.push(("SSH_AUTH_SOCK".into(), sock));
+            }
+        }
+        env
+    }
+}
+
+/// Login names: 1 to 64 of `[A-Za-z0-9._+-]`, not starting with `-` (exe.dev routing users look
+/// like `vm+name`).
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
+/// Collects both output streams up to the cap, forwarding kept chunks to the callback.
+struct OutputSink {
+    cap: usize,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+}
+
+impl OutputSink {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }
+    }
+
+    /// Read both pipes to EOF. Reading continues past the cap (bytes are dropped) so the remote
+    /// side never blocks on a full pipe. Cancel-safe: `AsyncReadExt::read` loses no data when a
+    /// `select!` branch is dropped, and whatever was collected stays in `self`.
+    async fn drain(
+        &mut self,
+        stdout: &mut (impl AsyncRead + Unpin),
+        stderr: &mut (impl AsyncRead + Unpin),
+        on_chunk: &mut Option<ChunkCallback>,
+    ) {
+        let mut out_buf = vec![0u8; READ_CHUNK];
+        let mut err_buf = vec![0u8; READ_CHUNK];
+        let (mut out_open, mut err_open) = (true, true);
+        while out_open || err_open {
+            tokio::select! {
+                r = stdout.read(&mut out_buf), if out_open => match r {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => self.keep(StreamKind::Stdout, &out_buf[..n], on_chunk),
+                },
+                r = stderr.read(&mut err_buf), if err_open => match r {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => self.keep(StreamKind::Stderr, &err_buf[..n], on_chunk),
+                },
+            }
+        }
+    }
+
+    fn keep(&mut self, kind: StreamKind, chunk: &[u8], on_chunk: &mut Option<ChunkCallback>) {
+        let (buf, truncated) = match kind {
+            StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
+            StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
+        };
+        let room = self.cap.saturating_sub(buf.len());
+        let kept = &chunk[..chunk.len().min(room)];
+        if kept.len() < chunk.len() {
+            *truncated = true;
+        }
+        if kept.is_empty() {
+            return;
+        }
+        buf.extend_from_slice(kept);
+        if let Some(cb) = on_chunk.as_mut() {
+            cb(kind, kept);
+        }
+    }
+
+    fn finish(
+        &mut self,
+        exit_code: Option<i32>,
+        signal: Option<String>,
+        timed_out: bool,
+    ) -> SshOutput {
+        SshOutput {
+            exit_code,
+            signal,
+            timed_out,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: std::mem::take(&mut self.stderr),
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+        }
+    }
+}
+
+/// SIGKILLs the child's process group when dropped while armed: covers timeouts and a caller
+/// that drops the `exec` future mid-flight.
+struct GroupKill {
+    pgid: Option<i32>,
+}
+
+impl GroupKill {
+    fn new(pid: Option<u32>) -> Self {
+        Self {
+            pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0),
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: plain syscall; a negative pid addresses the process group `pgid`, which
+            // `process_group(0)` made equal to the child's pid.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn split_status(status: ExitStatus) -> (Option<i32>, Option<String>) {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (Some(code), None),
+        (None, Some(sig)) => (None, Some(signal_name(sig))),
+        (None, None) => (None, None),
+    }
+}
+
+/// The conventional name of a signal number (`SIGKILL`), or `SIG<n>` for unusual ones.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return format!("SIG{sig}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names() {
+        for ok in ["root", "exedev", "vm+bloggy", "a.b_c-d"] {
+            assert!(valid_user(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-oProxyCommand=x",
+            "a b",
+            "a@b",
+            "a\nb",
+            "a;b",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_user(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn identity_debug_redacts_key() {
+        let id = Identity::KeyMaterial("-----BEGIN OPENSSH PRIVATE KEY-----secret".into());
+        assert_eq!(format!("{id:?}"), "KeyMaterial([REDACTED])");
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(77), "SIG77");
+    }
+}
