@@ -164,7 +164,7 @@ async fn process(
     }
     call.command = cmd.clone();
     if let Some(allowed) = &inner.opts.allowed_cmds {
-        if !allowed.iter().any(|c| *c == cmd) {
+        if !allowed.contains(&cmd) {
             return Ok(Reply::error(
                 403,
                 "command not allowed by token permissions",

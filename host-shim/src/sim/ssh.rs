@@ -361,16 +361,13 @@ impl SessionHandler {
         };
         session.channel_success(channel)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        match std::mem::replace(&mut st.stdin, Stdin::Closed) {
-            Stdin::Pending(buf, eof) => {
-                for b in buf {
-                    let _ = tx.send(b);
-                }
-                if !eof {
-                    st.stdin = Stdin::Live(tx);
-                }
+        if let Stdin::Pending(buf, eof) = std::mem::replace(&mut st.stdin, Stdin::Closed) {
+            for b in buf {
+                let _ = tx.send(b);
             }
-            _ => {}
+            if !eof {
+                st.stdin = Stdin::Live(tx);
+            }
         }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         st._cancel = Some(cancel_tx);
