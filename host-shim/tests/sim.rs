@@ -698,3 +698,39 @@ async fn ssh_faults_setup_and_cp() {
     sim.shutdown().await;
     assert!(!state.exists());
 }
+
+/// Like sshd without a pty, losing the client does not kill the command; with a (requested)
+/// pty it gets SIGHUP. `rm` kills whatever is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_client_disconnect_semantics() {
+    let sim = start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(exec(&sim, "new --json --name=disc-vm").await.status, 200);
+    let mut ssh = Ssh::new(&sim, tmp.path());
+    assert_eq!(ssh.run("disc-vm", "true", b"").await.code, Some(0));
+
+    let wait_count = |want: usize| {
+        let sim = &sim;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let n = sim.vm_process_count("disc-vm").unwrap();
+                if n == want || Instant::now() > deadline {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    for (pty, survivors) in [(true, 0), (false, 1)] {
+        ssh.extra = if pty { vec!["-tt".into()] } else { Vec::new() };
+        let fut = ssh.run("disc-vm", "sleep 300", b"");
+        // Dropping the future kills the ssh client (kill_on_drop).
+        let _ = tokio::time::timeout(Duration::from_millis(800), fut).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(wait_count(survivors).await, survivors, "pty={pty}");
+    }
+    assert_eq!(exec(&sim, "rm disc-vm").await.status, 200);
+    sim.shutdown().await;
+}

@@ -180,6 +180,8 @@ impl Simulator {
             }
         };
         std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))?;
+        // VMs never outlive a simulator; a caller-chosen dir may hold a crashed run's leftovers.
+        let _ = std::fs::remove_dir_all(state_dir.join("vms"));
         std::fs::create_dir_all(state_dir.join("vms"))?;
 
         let client_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)

@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -181,6 +182,11 @@ struct ChanState {
     write: Option<ChannelWriteHalf<Msg>>,
     env: Vec<(String, String)>,
     stdin: Stdin,
+    /// A pty was requested: none is allocated, but losing the client then sends SIGHUP to the
+    /// command's process group, as the kernel does when sshd closes the pty master.
+    pty: bool,
+    /// Process group of the running command (0 before it starts), for `signal` requests.
+    pgid: Arc<AtomicI32>,
     /// Dropped when the client closes the channel or the connection ends: the exec task then
     /// stops forwarding output and closes the child's pipes, as sshd does.
     _cancel: Option<oneshot::Sender<()>>,
@@ -225,6 +231,8 @@ impl Handler for SessionHandler {
                 write: Some(write),
                 env: Vec::new(),
                 stdin: Stdin::Pending(Vec::new(), false),
+                pty: false,
+                pgid: Arc::new(AtomicI32::new(0)),
                 _cancel: None,
             },
         );
@@ -261,6 +269,9 @@ impl Handler for SessionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // No pty is allocated; accepting keeps `ssh -t` working with plain pipes.
+        if let Some(st) = self.channels.get_mut(&channel) {
+            st.pty = true;
+        }
         session.channel_success(channel)
     }
 
@@ -326,6 +337,25 @@ impl Handler for SessionHandler {
         Ok(())
     }
 
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let pg = self
+            .channels
+            .get(&channel)
+            .map_or(0, |st| st.pgid.load(Ordering::SeqCst));
+        if let (true, Some(signo)) = (pg > 0, signal_number(&signal)) {
+            // SAFETY: plain syscall on a process group this session started.
+            unsafe {
+                libc::kill(-pg, signo);
+            }
+        }
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
@@ -372,6 +402,8 @@ impl SessionHandler {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         st._cancel = Some(cancel_tx);
         let job = Job {
+            pty: st.pty,
+            pgid: st.pgid.clone(),
             vm: self.vm.clone(),
             handle: session.handle(),
             write,
@@ -387,6 +419,8 @@ impl SessionHandler {
 
 /// One running session command.
 struct Job {
+    pty: bool,
+    pgid: Arc<AtomicI32>,
     vm: Arc<VmRuntime>,
     handle: russh::server::Handle,
     write: ChannelWriteHalf<Msg>,
@@ -405,6 +439,8 @@ enum Exit {
 impl Job {
     async fn run(self) {
         let Job {
+            pty,
+            pgid,
             vm,
             handle,
             write,
@@ -446,6 +482,7 @@ impl Job {
         };
         if let Some(pid) = child.id() {
             vm.track(pid as i32);
+            pgid.store(pid as i32, Ordering::SeqCst);
         }
         if let Some(child_stdin) = child.stdin.take() {
             tokio::spawn(feed_stdin(child_stdin, stdin));
@@ -462,6 +499,15 @@ impl Job {
         // Reap the child either way. After a cancel its pipes are closed, so it sees SIGPIPE or
         // EOF like under sshd, and keeps running otherwise (tests can see it with
         // `Simulator::vm_process_count`).
+        if cancelled && pty {
+            let pg = pgid.load(Ordering::SeqCst);
+            if pg > 0 {
+                // SAFETY: plain syscall on the group this job started.
+                unsafe {
+                    libc::kill(-pg, libc::SIGHUP);
+                }
+            }
+        }
         let status = child.wait().await;
         if cancelled {
             return;
@@ -515,6 +561,27 @@ fn signal_name(sig: i32) -> Sig {
         libc::SIGUSR1 => Sig::USR1,
         other => Sig::Custom(format!("SIG{other}")),
     }
+}
+
+fn signal_number(sig: &Sig) -> Option<i32> {
+    Some(match sig {
+        Sig::ABRT => libc::SIGABRT,
+        Sig::ALRM => libc::SIGALRM,
+        Sig::FPE => libc::SIGFPE,
+        Sig::HUP => libc::SIGHUP,
+        Sig::ILL => libc::SIGILL,
+        Sig::INT => libc::SIGINT,
+        Sig::KILL => libc::SIGKILL,
+        Sig::PIPE => libc::SIGPIPE,
+        Sig::QUIT => libc::SIGQUIT,
+        Sig::SEGV => libc::SIGSEGV,
+        Sig::TERM => libc::SIGTERM,
+        Sig::USR1 => libc::SIGUSR1,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => libc::SIGUSR2,
+            _ => return None,
+        },
+    })
 }
 
 /// Writes queued stdin to the child; closes its stdin when the client sends EOF.
