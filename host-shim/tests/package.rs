@@ -24,13 +24,17 @@ fn node_available() -> bool {
     Command::new("node").arg("--version").output().is_ok()
 }
 
-fn run_checker(pkg: &Path, extra: &[&str]) {
-    let out = Command::new("node")
+fn checker_output(pkg: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new("node")
         .arg(checker())
         .arg(pkg)
         .args(extra)
         .output()
-        .expect("running node");
+        .expect("running node")
+}
+
+fn run_checker(pkg: &Path, extra: &[&str]) {
+    let out = checker_output(pkg, extra);
     assert!(
         out.status.success(),
         "check-package.mjs failed:\nstdout: {}\nstderr: {}",
@@ -82,6 +86,32 @@ fn package_layout_and_manifest_follow_paperclips_rules() {
         return;
     }
     run_checker(&out, &["--manifest-only"]);
+
+    // The checker is not vacuous: a driver key Paperclip's strict schema rejects, or a leaked
+    // host-only key, fails it.
+    for (from, to, why) in [
+        (
+            "\"driverKey\"",
+            "\"bogus\": 1, \"driverKey\"",
+            "unknown key bogus",
+        ),
+        (
+            "\"id\"",
+            "\"x-wasm-host\": {}, \"id\"",
+            "host-only key x-wasm-host",
+        ),
+    ] {
+        let original = std::fs::read_to_string(out.join("dist/manifest.js")).unwrap();
+        std::fs::write(out.join("dist/manifest.js"), original.replacen(from, to, 1)).unwrap();
+        let result = checker_output(&out, &["--manifest-only"]);
+        assert!(!result.status.success(), "tampered manifest passed ({why})");
+        assert!(
+            String::from_utf8_lossy(&result.stderr).contains(why),
+            "{why}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        std::fs::write(out.join("dist/manifest.js"), original).unwrap();
+    }
 }
 
 #[test]
