@@ -60,3 +60,172 @@ pub fn nothing(exe_api_key: Option<String>) -> Grants {
         exe_api_key,
     }
 }
+
+/// Operator settings that shape the production grants.
+#[derive(Clone, Debug)]
+pub struct GrantOptions {
+    /// The plugin manifest (its `x-wasm-host` key declares the grants).
+    pub manifest: serde_json::Value,
+    /// `--allow-http` flags.
+    pub allow_http: Vec<String>,
+    /// `--allow-ssh` flags.
+    pub allow_ssh: Vec<String>,
+    /// `--ssh-config`, passed to ssh as `-F`.
+    pub ssh_config: Option<std::path::PathBuf>,
+    /// `--ssh-binary`.
+    pub ssh_binary: std::path::PathBuf,
+    /// The host's private state directory.
+    pub state_dir: std::path::PathBuf,
+    /// `EXE_API_KEY` from the host's environment.
+    pub exe_api_key: Option<String>,
+}
+
+/// The real grants: HTTP through the policy hooks, SSH through the OpenSSH runner.
+pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
+    use crate::caps::http::{HttpLimits, PolicyHttpHooks};
+    use crate::caps::ssh::{SshRunner, SshSettings};
+    use crate::policy::Policy;
+
+    let policy = Arc::new(Policy::from_manifest(
+        &opts.manifest,
+        &opts.allow_http,
+        &opts.allow_ssh,
+    )?);
+    let hooks_policy = policy.clone();
+    let mut settings = SshSettings::new(opts.state_dir);
+    settings.ssh_binary = opts.ssh_binary;
+    settings.ssh_config = opts.ssh_config;
+    let runner = SshRunner::new(settings, policy)?;
+    Ok(Grants {
+        http_hooks: Arc::new(move || {
+            Box::new(PolicyHttpHooks::new(
+                hooks_policy.clone(),
+                HttpLimits::default(),
+            ))
+        }),
+        ssh: Arc::new(OpenSsh(Arc::new(runner))),
+        exe_api_key: opts.exe_api_key,
+    })
+}
+
+/// The OpenSSH runner behind the WIT `ssh` interface.
+struct OpenSsh(Arc<crate::caps::ssh::SshRunner>);
+
+impl SshBackend for OpenSsh {
+    fn exec(
+        &self,
+        request: ssh::ExecRequest,
+        sink: CallSink,
+    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>> {
+        let runner = self.0.clone();
+        Box::pin(async move {
+            let stream = request.stream_output;
+            let exec = crate::caps::ssh::SshExec {
+                target: target_from_wit(request.target),
+                command: request.command,
+                stdin: request.stdin,
+                timeout_ms: request.timeout_ms,
+                max_output_bytes: request.max_output_bytes,
+            };
+            let live = stream.then(|| LiveOutput::new(sink));
+            let on_chunk = live.as_ref().map(LiveOutput::callback);
+            let result = runner.exec(exec, on_chunk).await;
+            if let Some(live) = live {
+                live.finish();
+            }
+            result.map(output_to_wit).map_err(error_to_wit)
+        })
+    }
+
+    fn disconnect(&self, target: ssh::Target) -> BoxFuture<()> {
+        let runner = self.0.clone();
+        Box::pin(async move { runner.disconnect(&target_from_wit(target)).await })
+    }
+}
+
+/// Forwards output chunks as `execute.log` text without splitting UTF-8 characters.
+#[derive(Clone)]
+struct LiveOutput {
+    sink: CallSink,
+    chunkers: Arc<std::sync::Mutex<[crate::caps::log::Utf8Chunker; 2]>>,
+}
+
+impl LiveOutput {
+    fn new(sink: CallSink) -> Self {
+        Self {
+            sink,
+            chunkers: Arc::default(),
+        }
+    }
+
+    fn callback(&self) -> crate::caps::ssh::ChunkCallback {
+        let this = self.clone();
+        Box::new(move |kind, bytes| {
+            let (i, name) = stream_index(kind);
+            let pieces = this.chunkers.lock().unwrap()[i].push(bytes);
+            for piece in pieces {
+                this.sink.execute_chunk(name, &piece);
+            }
+        })
+    }
+
+    fn finish(&self) {
+        for kind in [
+            crate::caps::ssh::StreamKind::Stdout,
+            crate::caps::ssh::StreamKind::Stderr,
+        ] {
+            let (i, name) = stream_index(kind);
+            let pieces = self.chunkers.lock().unwrap()[i].finish();
+            for piece in pieces {
+                self.sink.execute_chunk(name, &piece);
+            }
+        }
+    }
+}
+
+fn stream_index(kind: crate::caps::ssh::StreamKind) -> (usize, &'static str) {
+    match kind {
+        crate::caps::ssh::StreamKind::Stdout => (0, "stdout"),
+        crate::caps::ssh::StreamKind::Stderr => (1, "stderr"),
+    }
+}
+
+fn target_from_wit(t: ssh::Target) -> crate::caps::ssh::SshTarget {
+    use crate::caps::ssh::{HostKeyPolicy, Identity};
+    crate::caps::ssh::SshTarget {
+        host: t.host,
+        port: t.port,
+        user: t.user,
+        identity: match t.identity {
+            ssh::Identity::Agent => Identity::Agent,
+            ssh::Identity::KeyFile(p) => Identity::KeyFile(p.into()),
+            ssh::Identity::KeyMaterial(k) => Identity::KeyMaterial(k),
+        },
+        host_key_policy: match t.host_key_policy {
+            ssh::HostKeyPolicy::Yes => HostKeyPolicy::Yes,
+            ssh::HostKeyPolicy::AcceptNew => HostKeyPolicy::AcceptNew,
+            ssh::HostKeyPolicy::No => HostKeyPolicy::No,
+        },
+    }
+}
+
+fn output_to_wit(o: crate::caps::ssh::SshOutput) -> ssh::ExecOutput {
+    ssh::ExecOutput {
+        exit_code: o.exit_code,
+        signal: o.signal,
+        timed_out: o.timed_out,
+        stdout: o.stdout,
+        stderr: o.stderr,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+    }
+}
+
+fn error_to_wit(e: crate::caps::ssh::SshError) -> ssh::SshError {
+    use crate::caps::ssh::SshError as E;
+    match e {
+        E::Denied(m) => ssh::SshError::Denied(m),
+        E::InvalidRequest(m) => ssh::SshError::InvalidRequest(m),
+        E::Spawn(m) => ssh::SshError::Spawn(m),
+    }
+}

@@ -3,7 +3,9 @@
 
 pub mod bindings;
 pub mod caps;
+pub mod client;
 pub mod convert;
+pub mod demo;
 pub mod engine;
 pub mod grants;
 mod imports;

@@ -7,11 +7,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{grants, statedir, worker};
+use paperclip_wasm_host::{demo, grants, sim, statedir, worker};
+use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
 static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM"));
+
+/// The grants `manifest.json` declares, used when no `--manifest` is given.
+static EMBEDDED_MANIFEST: &str =
+    r#"{"x-wasm-host": {"http": ["https://exe.dev:443"], "ssh": ["*.exe.xyz"]}}"#;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +34,47 @@ struct Cli {
 enum Command {
     /// Speak Paperclip's plugin-worker protocol (JSON-RPC lines) on stdin/stdout.
     Worker(HostArgs),
+    /// Run the full lifecycle offline against the embedded exe.dev simulator.
+    Demo,
+    /// Run the exe.dev simulator until Ctrl-C (prints its API URL, token, ssh config and key).
+    Sim {
+        /// Directory for the simulator's keys, ssh config and VM homes (default: a temp dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a driver config file (JSON) as Paperclip would, and print the result.
+    Validate {
+        /// The environment config, a JSON object.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Probe: create a throwaway VM, check SSH, delete it, and print each step.
+    Probe {
+        /// The environment config, a JSON object (secrets as plaintext).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Run one command in an existing VM by name, printing its output; exits with its code.
+    Exec {
+        /// The environment config, a JSON object (secrets as plaintext).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The VM (lease id) to run in.
+        #[arg(long, value_name = "NAME")]
+        vm: String,
+        /// Working directory in the VM.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
+        #[command(flatten)]
+        host: HostArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Options shared by every command that runs the component.
@@ -46,6 +93,22 @@ struct HostArgs {
     /// Added to each call's own timeout to form its hard deadline, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     call_grace_ms: u64,
+    /// The plugin manifest whose `x-wasm-host` key declares the grants (default: embedded).
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    /// Also allow HTTP to HOST[:PORT] (HTTPS; plus plain HTTP when HOST is loopback), or an
+    /// explicit `https://HOST[:PORT]` / `http://LOOPBACK[:PORT]`. Repeatable.
+    #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
+    allow_http: Vec<String>,
+    /// Also allow SSH to hosts matching PATTERN (e.g. `*.example.internal`). Repeatable.
+    #[arg(long = "allow-ssh", value_name = "PATTERN")]
+    allow_ssh: Vec<String>,
+    /// An OpenSSH client config file, passed to ssh as `-F` (default: none, `-F /dev/null`).
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// The OpenSSH client binary.
+    #[arg(long, default_value = "ssh", value_name = "PATH")]
+    ssh_binary: PathBuf,
 }
 
 impl HostArgs {
@@ -61,13 +124,24 @@ impl HostArgs {
             max_memory_bytes: self.max_memory_mb << 20,
             call_grace: Duration::from_millis(self.call_grace_ms),
         };
-        let exe_api_key = std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty());
-        ProviderHost::load(
-            &wasm,
-            Some(&state_dir.join("cache")),
-            grants::nothing(exe_api_key),
-            limits,
-        )
+        let manifest: serde_json::Value = match &self.manifest {
+            Some(path) => serde_json::from_str(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("reading manifest {}", path.display()))?,
+            )
+            .with_context(|| format!("parsing manifest {}", path.display()))?,
+            None => serde_json::from_str(EMBEDDED_MANIFEST).expect("embedded manifest is JSON"),
+        };
+        let grants = grants::production(grants::GrantOptions {
+            manifest,
+            allow_http: self.allow_http.clone(),
+            allow_ssh: self.allow_ssh.clone(),
+            ssh_config: self.ssh_config.clone(),
+            ssh_binary: self.ssh_binary.clone(),
+            state_dir: state_dir.clone(),
+            exe_api_key: std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty()),
+        })?;
+        ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)
     }
 }
 
@@ -100,7 +174,92 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::debug!("worker exiting: {exit:?}");
             Ok(())
         }
+        Command::Demo => {
+            let me = std::env::current_exe().context("locating this binary")?;
+            demo::run(&me).await
+        }
+        Command::Sim { state_dir } => {
+            let mut opts = sim::SimOptions::default();
+            opts.state_dir = state_dir;
+            sim::serve(opts).await
+        }
+        Command::Validate { config, host } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let params = json!({ "driverKey": "exe-dev", "config": config });
+            let r = ops_call(&provider, "environmentValidateConfig", params).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r["ok"] != true {
+                anyhow::bail!("the config is invalid: {}", r["errors"][0]);
+            }
+            Ok(())
+        }
+        Command::Probe { config, host } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let params =
+                json!({ "driverKey": "exe-dev", "environmentId": "cli-probe", "config": config });
+            let r = ops_call(&provider, "environmentProbe", params).await?;
+            for d in r["diagnostics"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "  {:<7} {:<12} {}  {}",
+                    d["severity"].as_str().unwrap_or(""),
+                    d["code"].as_str().unwrap_or(""),
+                    d["message"].as_str().unwrap_or(""),
+                    d.get("details").map(|v| v.to_string()).unwrap_or_default()
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r["ok"] != true {
+                anyhow::bail!("{}", r["summary"].as_str().unwrap_or("probe failed"));
+            }
+            Ok(())
+        }
+        Command::Exec {
+            config,
+            vm,
+            cwd,
+            host,
+            command,
+        } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let (program, args) = command.split_first().expect("clap requires a command");
+            let params = json!({
+                "driverKey": "exe-dev", "environmentId": "cli-exec", "config": config,
+                "lease": { "providerLeaseId": vm, "metadata": {} },
+                "command": program, "args": args, "cwd": cwd,
+            });
+            let r = ops_call(&provider, "environmentExecute", params).await?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(r["stdout"].as_str().unwrap_or("").as_bytes())?;
+            std::io::stderr().write_all(r["stderr"].as_str().unwrap_or("").as_bytes())?;
+            if r["timedOut"] == true {
+                anyhow::bail!("the command timed out and was terminated");
+            }
+            let code = r["exitCode"].as_i64().unwrap_or(1);
+            std::process::exit(code as i32);
+        }
     }
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("parsing config {} as JSON", path.display()))
+}
+
+/// Call the component directly (no worker process), logging guest progress to stderr.
+async fn ops_call(
+    provider: &ProviderHost,
+    method: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("paperclip-wasm-host: {method}…");
+    worker::dispatch(provider, method, params, CallSink::stderr_only())
+        .await
+        .map_err(|e| anyhow::anyhow!("{method} failed ({}): {}", e.code, e.message))
 }
 
 /// Logs go to stderr only: stdout carries protocol lines.

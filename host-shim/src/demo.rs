@@ -1,0 +1,200 @@
+//! The offline demo: the whole provider lifecycle through the real worker binary and component,
+//! against the embedded exe.dev simulator over real HTTP and real SSH.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context as _};
+use serde_json::{json, Value};
+
+use crate::client::WorkerClient;
+use crate::sim::{SimOptions, Simulator};
+
+/// Run the demo, printing each step with its duration. Fails if any step fails or a VM is left.
+pub async fn run(host_binary: &Path) -> anyhow::Result<()> {
+    let total = Instant::now();
+    println!("paperclip-exe-dev demo: the full lifecycle against the embedded exe.dev simulator\n");
+    let sim = Simulator::start(SimOptions::default())
+        .await
+        .context("starting the simulator")?;
+    println!(
+        "  simulator  API {}  (SSH routed by {})",
+        sim.api_url(),
+        sim.ssh_config_path().display()
+    );
+    let state = tempfile::tempdir()?;
+    let outcome = lifecycle(host_binary, &sim, state.path()).await;
+    let left = sim.vm_names();
+    sim.shutdown().await;
+    outcome?;
+    ensure!(left.is_empty(), "VMs left behind: {left:?}");
+    println!(
+        "\ndone in {} ms: every step passed, 0 VMs left on the simulator.",
+        total.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+async fn lifecycle(host_binary: &Path, sim: &Simulator, state: &Path) -> anyhow::Result<()> {
+    let args = vec![
+        "--state-dir".to_string(),
+        state.display().to_string(),
+        "--allow-http".to_string(),
+        sim.api_authority(),
+        "--ssh-config".to_string(),
+        sim.ssh_config_path().display().to_string(),
+    ];
+    let t = Instant::now();
+    // The worker's own progress lines would drown the demo's; keep its warnings and errors.
+    let quiet = [("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
+    let worker = WorkerClient::spawn(host_binary, &args, &quiet).await?;
+    let init = worker
+        .request(
+            "initialize",
+            json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+        )
+        .await?;
+    ensure!(init["ok"] == true, "initialize answered {init}");
+    step("worker ready (spawn + initialize)", t, "ok");
+
+    let config = json!({
+        "apiKey": sim.token(),
+        "apiUrl": sim.api_url(),
+        "sshPrivateKey": sim.client_key_pem(),
+        "timeoutMs": 60000,
+    });
+    let base = |extra: Value| {
+        let mut p = json!({
+            "driverKey": "exe-dev",
+            "companyId": "demo-company",
+            "environmentId": "demo-env",
+            "config": config,
+            "paperclipInvocation": {"id": "demo-invocation"},
+        });
+        if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
+            p.extend(extra.clone());
+        }
+        p
+    };
+
+    let t = Instant::now();
+    let v = worker
+        .request(
+            "environmentValidateConfig",
+            json!({"driverKey": "exe-dev", "config": config}),
+        )
+        .await?;
+    ensure!(v["ok"] == true, "validate-config: {v}");
+    step(
+        "validate-config",
+        t,
+        &format!(
+            "ok, {} warning(s)",
+            v["warnings"].as_array().map_or(0, Vec::len)
+        ),
+    );
+
+    let t = Instant::now();
+    let probe = worker.request("environmentProbe", base(json!({}))).await?;
+    ensure!(probe["ok"] == true, "probe: {probe}");
+    step(
+        "probe (create, SSH, inspect, delete)",
+        t,
+        probe["summary"].as_str().unwrap_or(""),
+    );
+
+    let t = Instant::now();
+    let lease = worker
+        .request(
+            "environmentAcquireLease",
+            base(json!({"runId": "demo-run-1"})),
+        )
+        .await?;
+    let vm = lease["providerLeaseId"]
+        .as_str()
+        .context("acquire returned no lease id")?
+        .to_string();
+    step(
+        "acquire-lease",
+        t,
+        &format!("VM {vm}, cwd {}", lease["metadata"]["remoteCwd"]),
+    );
+
+    let t = Instant::now();
+    let realized = worker
+        .request(
+            "environmentRealizeWorkspace",
+            base(json!({"lease": lease, "workspace": {"localPath": "/tmp/demo-workspace"}})),
+        )
+        .await?;
+    let cwd = realized["cwd"].as_str().unwrap_or_default().to_string();
+    step("realize-workspace", t, &cwd);
+
+    let exec = |command: &str, stdin: Option<&str>| {
+        let mut p = base(json!({
+            "lease": lease,
+            "command": "sh",
+            "args": ["-c", command],
+            "cwd": cwd,
+            "env": {"GREETING": "hello from Paperclip"},
+        }));
+        if let Some(s) = stdin {
+            p["stdin"] = json!(s);
+        }
+        p
+    };
+    let runs = [
+        ("execute: stdout", exec("echo \"$GREETING\"; pwd", None), 0),
+        (
+            "execute: stderr + exit code",
+            exec("echo oops >&2; exit 3", None),
+            3,
+        ),
+        (
+            "execute: stdin",
+            exec("wc -c; cat", Some("bytes through stdin\n")),
+            0,
+        ),
+        (
+            "execute: non-ASCII",
+            exec("printf 'héllo wörld €\\n'", None),
+            0,
+        ),
+    ];
+    for (name, params, expected_code) in runs {
+        let t = Instant::now();
+        let r = worker.request("environmentExecute", params).await?;
+        if r["exitCode"] != json!(expected_code) {
+            bail!("{name}: expected exit {expected_code}, got {r}");
+        }
+        let shown = format!(
+            "exit {} stdout={:?} stderr={:?}",
+            r["exitCode"],
+            r["stdout"].as_str().unwrap_or_default(),
+            r["stderr"].as_str().unwrap_or_default()
+        );
+        step(name, t, &shown);
+    }
+
+    let t = Instant::now();
+    let receipt = worker
+        .request(
+            "environmentReleaseLease",
+            base(json!({"providerLeaseId": vm, "leaseMetadata": lease["metadata"]})),
+        )
+        .await?;
+    step("release-lease", t, &receipt.to_string());
+
+    let t = Instant::now();
+    let code = worker.shutdown().await?;
+    ensure!(code == 0, "worker exited with {code}");
+    step("shutdown", t, "exit 0");
+    Ok(())
+}
+
+fn step(name: &str, started: Instant, detail: &str) {
+    println!(
+        "  ok  {name:<38} {:>6} ms  {detail}",
+        started.elapsed().as_millis()
+    );
+}
