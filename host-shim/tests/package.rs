@@ -112,6 +112,18 @@ fn package_layout_and_manifest_follow_paperclips_rules() {
         );
         std::fs::write(out.join("dist/manifest.js"), original).unwrap();
     }
+
+    // A malformed operator flags file stops the launcher with EX_CONFIG, silently.
+    for bad in ["{\"not\": \"an array\"}", "[1]", "not json"] {
+        std::fs::write(out.join("bin/worker-args.json"), bad).unwrap();
+        let run = Command::new("node")
+            .arg(out.join("dist/worker.js"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(78), "{bad}");
+        assert!(run.stdout.is_empty() && run.stderr.is_empty(), "{bad}");
+    }
 }
 
 #[test]
@@ -157,5 +169,22 @@ fn packaged_worker_initializes_and_shuts_down_through_node() {
         &repo_root().join("manifest.json"),
     )
     .unwrap();
+    // Operator flags reach the host through bin/worker-args.json.
+    let state = dir.path().join("state");
+    std::fs::write(
+        out.join("bin/worker-args.json"),
+        serde_json::to_string(&[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--allow-ssh",
+            "127.0.0.1",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
     run_checker(&out, &[]);
+    assert!(
+        state.is_dir(),
+        "--state-dir from worker-args.json was not used"
+    );
 }
