@@ -210,7 +210,7 @@ pub struct Provider<'h> {
     environment_id: String,
 }
 
-/// Whether a failed `rm` means the VM no longer exists: 404 (except exe.dev's "unknown
+/// Whether a failed `rm` (or `ls <name>`) means the VM does not exist: 404 (except exe.dev's "unknown
 /// command"), or a 422 whose error text says "not found".
 fn vm_is_gone(e: &crate::error::ApiError) -> bool {
     let msg = e.message.to_ascii_lowercase();
@@ -329,7 +329,12 @@ impl<'h> Provider<'h> {
         deadline: Deadline,
     ) -> Result<Option<VmRecord>, ProviderError> {
         let api = self.api()?;
-        let body = api.run(&api::ls_command(name), deadline)?;
+        let body = match api.run(&api::ls_command(name), deadline) {
+            Ok(body) => body,
+            // `ls <name>` may answer "not found" for an exact name instead of an empty list.
+            Err(ProviderError::Api(e)) if vm_is_gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(VmRecord::list_from_value(&body)
             .into_iter()
             .find(|vm| vm.matches(name)))

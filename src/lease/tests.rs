@@ -1111,3 +1111,17 @@ fn rm_unknown_command_is_not_gone() {
         .unwrap_err();
     assert!(matches!(&err, ProviderError::Api(e) if e.status == 404));
 }
+
+#[test]
+fn resume_treats_ls_not_found_as_expired() {
+    let host = FakeHost::new();
+    host.http(
+        422,
+        "{\"error\":\"vm \\\"paperclip-env-run\\\" not found\"}",
+    );
+    let lease = provider(&host, default_cfg())
+        .resume("paperclip-env-run", &Map::new())
+        .unwrap();
+    assert_eq!(lease.provider_lease_id, None);
+    assert_eq!(Value::Object(lease.metadata), json!({"expired": true}));
+}
