@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use paperclip_wasm_host::sim::{SimOptions, Simulator, ANY, ONBOARDING_MARKER};
+use paperclip_wasm_host::sim::{Routing, SimOptions, Simulator, ANY, ONBOARDING_MARKER};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -26,9 +26,13 @@ impl Resp {
 }
 
 async fn start() -> Simulator {
-    Simulator::start(SimOptions::with_token(TOKEN))
-        .await
-        .expect("sim start")
+    start_with(Routing::default()).await
+}
+
+async fn start_with(routing: Routing) -> Simulator {
+    let mut opts = SimOptions::with_token(TOKEN);
+    opts.routing = routing;
+    Simulator::start(opts).await.expect("sim start")
 }
 
 /// One request on a fresh connection; `Err` when the connection dies without a response.
@@ -170,7 +174,7 @@ async fn api_request_checks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn new_ls_rm_round_trip() {
-    let sim = start().await;
+    let sim = start_with(Routing::DirectPorts).await;
     let r = exec(
         &sim,
         "new --json --no-email --name='sim-alpha' --cpu='4' --memory='4GB' --disk='20GB' \
@@ -198,7 +202,8 @@ async fn new_ls_rm_round_trip() {
     assert_eq!(v["vm_name"], "sim-alpha");
     assert_eq!(v["ssh_dest"], "sim-alpha.exe.xyz");
     assert_eq!(v["ssh_host"], "sim-alpha.exe.xyz");
-    assert_eq!(v["ssh_port"], 22);
+    // Direct-port routing reports the real loopback port (an explicit `-p` must carry it).
+    assert_eq!(v["ssh_port"], sim.vm_ssh_port("sim-alpha").unwrap());
     assert_eq!(v["https_url"], "https://sim-alpha.exe.xyz");
     assert_eq!(v["status"], "running");
     assert_eq!(v["region"], "lon");
@@ -452,8 +457,17 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ssh_exec_streams_and_isolation() {
-    let sim = start().await;
+async fn ssh_exec_via_gateway() {
+    streams_and_isolation(Routing::Gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_exec_via_direct_ports() {
+    streams_and_isolation(Routing::DirectPorts).await;
+}
+
+async fn streams_and_isolation(routing: Routing) {
+    let sim = start_with(routing).await;
     let tmp = tempfile::tempdir().unwrap();
     let ssh = Ssh::new(&sim, tmp.path());
     assert_eq!(
@@ -539,11 +553,23 @@ async fn ssh_exec_streams_and_isolation() {
     assert_ne!(o.code, Some(0));
     let o = ssh.run("ssh-two", "true", b"").await;
     assert_eq!(o.code, Some(255));
+    // Direct ports: "Connection refused"; gateway: the jump reports "stdio forwarding failed".
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("refused"),
+        err.contains("refused") || err.contains("forwarding failed"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    if routing == Routing::Gateway {
+        // An explicit `-p 22` (as a client that always passes the port does) still routes.
+        let mut p22 = Ssh::new(&sim, tmp.path());
+        p22.extra = vec!["-p".into(), "22".into()];
+        assert_eq!(
+            p22.run("ssh-one", "echo routed", b"").await.stdout,
+            b"routed\n"
+        );
+    }
 
     assert_eq!(exec(&sim, "rm ssh-one").await.status, 200);
     sim.shutdown().await;

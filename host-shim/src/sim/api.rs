@@ -424,7 +424,7 @@ fn cmd_ls(inner: &Arc<Inner>, args: &[String]) -> Result<Value, Reply> {
         .live
         .iter()
         .filter(|(name, _)| pattern.is_none_or(|pat| glob_match(pat, name)))
-        .map(|(name, vm)| vm_json(name, vm, true))
+        .map(|(name, vm)| vm_json(name, vm, true, inner.opts.routing))
         .collect();
     Ok(json!({ "vms": vms }))
 }

@@ -6,11 +6,13 @@
 //! * **VMs**: each VM has its own directory `<state>/vms/<name>/` with `home/` (the session cwd
 //!   and `$HOME`), `tmp/` (`$TMPDIR`) and, while it runs, `setup`; its own ed25519 host key; and
 //!   its own SSH server (russh) on `127.0.0.1:<ephemeral>`.
-//! * **Routing**: no `/etc/hosts` changes. The simulator keeps an OpenSSH client config
-//!   ([`Simulator::ssh_config_path`]) with a `Host <vm>.exe.xyz` block per live VM
-//!   (`HostName 127.0.0.1`, `Port`, `HostKeyAlias`), rewritten atomically on every change, and a
-//!   final catch-all `Host *.exe.xyz` pointing at a reserved, never-listening port, so a deleted
-//!   or unknown VM gets "connection refused" and never leaks to real DNS. Use `ssh -F <config>`.
+//! * **Routing**: no `/etc/hosts` changes; clients use `ssh -F <`[`Simulator::ssh_config_path`]`>`.
+//!   The config is rewritten atomically (temp file + rename) on every change. See [`Routing`]:
+//!   by default `Host *.exe.xyz` jumps (`ProxyJump`) through the simulator's SSH gateway, which
+//!   forwards to the VM named by the destination host, so it works even when the client passes
+//!   `-p 22` explicitly; [`Routing::DirectPorts`] instead writes a `Host <vm>.exe.xyz` block per
+//!   VM (`HostName 127.0.0.1`, `Port`, `HostKeyAlias`). Either way an unknown or deleted VM gets
+//!   "connection refused" locally and never reaches real DNS.
 //! * **Keys**: one ed25519 client key is generated at start ([`Simulator::client_key_path`],
 //!   mode 0600, in the 0700 state dir); every VM accepts exactly that key.
 //! * **Setup script**: like exe.dev, `--setup-script` runs asynchronously at "boot": it is written
@@ -22,6 +24,7 @@
 mod api;
 mod faults;
 mod flags;
+mod gateway;
 mod names;
 mod ssh;
 
@@ -39,6 +42,20 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, ANY, ONBOARDING_MARKER};
 
+/// How `<vm>.exe.xyz` reaches a VM's loopback SSH server through the generated ssh config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// `Host *.exe.xyz` → `ProxyJump` through the simulator's SSH gateway (authenticated with
+    /// the simulator's client key, configured in the file), which picks the VM by host name,
+    /// like exe.dev's proxy. Robust to an explicit `-p 22` on the command line. Costs one extra
+    /// `ssh -W` process and handshake per connection.
+    #[default]
+    Gateway,
+    /// One `Host <vm>.exe.xyz` block per live VM with `HostName 127.0.0.1`, `Port <vm port>` and
+    /// `HostKeyAlias`. Simplest, but an explicit `-p` on the ssh command line overrides `Port`.
+    DirectPorts,
+}
+
 /// How the simulator is configured.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -54,6 +71,8 @@ pub struct SimOptions {
     pub exec_timeout: Duration,
     /// Reported by `whoami`.
     pub email: String,
+    /// How the generated ssh config routes `<vm>.exe.xyz`.
+    pub routing: Routing,
 }
 
 impl Default for SimOptions {
@@ -64,6 +83,7 @@ impl Default for SimOptions {
             state_dir: None,
             exec_timeout: Duration::from_secs(30),
             email: "sim@example.com".to_owned(),
+            routing: Routing::default(),
         }
     }
 }
@@ -95,6 +115,7 @@ pub struct Simulator {
     inner: Arc<Inner>,
     api_port: u16,
     api_task: JoinHandle<()>,
+    gateway_task: Option<JoinHandle<()>>,
 }
 
 /// Shared state behind the API server and the VMs.
@@ -111,6 +132,8 @@ struct Inner {
     /// A bound, never-listening socket: its port is the catch-all route (connection refused).
     dead_port: u16,
     _dead_socket: tokio::net::TcpSocket,
+    /// The SSH gateway's port with [`Routing::Gateway`].
+    gateway_port: Option<u16>,
     path_env: String,
 }
 
@@ -205,6 +228,19 @@ impl Simulator {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
             });
 
+        let gateway_listener = match opts.routing {
+            Routing::Gateway => Some(
+                tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .context("binding the SSH gateway")?,
+            ),
+            Routing::DirectPorts => None,
+        };
+        let gateway_port = match &gateway_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
+
         let inner = Arc::new(Inner {
             opts,
             state_dir,
@@ -216,6 +252,7 @@ impl Simulator {
             log: Mutex::new(Vec::new()),
             dead_port,
             _dead_socket: dead_socket,
+            gateway_port,
             path_env,
         });
         inner.write_ssh_config(&inner.lock_vms())?;
@@ -225,10 +262,31 @@ impl Simulator {
             .context("binding the API listener")?;
         let api_port = listener.local_addr()?.port();
         let api_task = tokio::spawn(api::serve(listener, inner.clone()));
+        let gateway_task = match gateway_listener {
+            Some(l) => {
+                // Weak: the gateway must not keep the VM table alive after the simulator.
+                let weak = Arc::downgrade(&inner);
+                let resolve: gateway::Resolver = Arc::new(move |host: &str| {
+                    let inner = weak.upgrade()?;
+                    let name = host.strip_suffix(".exe.xyz")?;
+                    let port = inner.lock_vms().live.get(name).map(|vm| vm.port);
+                    port
+                });
+                let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
+                Some(tokio::spawn(gateway::accept_loop(
+                    l,
+                    ssh::server_config(host_key),
+                    inner.client_pub.clone(),
+                    resolve,
+                )))
+            }
+            None => None,
+        };
         Ok(Simulator {
             inner,
             api_port,
             api_task,
+            gateway_task,
         })
     }
 
@@ -328,6 +386,9 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.api_task.abort();
+        if let Some(g) = &self.gateway_task {
+            g.abort();
+        }
         let vms = std::mem::take(&mut self.inner.lock_vms().live);
         drop(vms);
         if let Some(t) = self
@@ -383,19 +444,36 @@ impl Inner {
     /// Rewrites the ssh config (temp file + rename, so a concurrent `ssh` never reads half a
     /// file). Called with the VM table locked, which also serialises writers.
     fn write_ssh_config(&self, table: &VmTable) -> anyhow::Result<()> {
-        let mut text = String::from(
-            "# Written by the exe.dev simulator: routes <vm>.exe.xyz to loopback ports.\n",
-        );
-        for (name, vm) in &table.live {
-            text.push_str(&format!(
-                "\nHost {name}.exe.xyz\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias {name}.exe.xyz\n",
-                vm.port
-            ));
+        let mut text =
+            String::from("# Written by the exe.dev simulator: routes <vm>.exe.xyz to loopback.\n");
+        match self.gateway_port {
+            Some(gw) => {
+                // The jump hop is the simulator's own business: its key, no prompts, no
+                // known_hosts noise. The hop to the VM keeps the caller's options and key. No
+                // HostName for *.exe.xyz: `-W %h:%p` must carry the VM name to the gateway.
+                let key = self.state_dir.join("id_ed25519");
+                text.push_str("\nHost *.exe.xyz\n  ProxyJump exe-sim-gateway\n");
+                text.push_str(&format!(
+                    "\nHost exe-sim-gateway\n  HostName 127.0.0.1\n  Port {gw}\n  User exedev\n  \
+                     IdentityFile \"{}\"\n  IdentitiesOnly yes\n  BatchMode yes\n  \
+                     StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+                    key.display()
+                ));
+            }
+            None => {
+                for (name, vm) in &table.live {
+                    text.push_str(&format!(
+                        "\nHost {name}.exe.xyz\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias {name}.exe.xyz\n",
+                        vm.port
+                    ));
+                }
+                text.push_str(&format!(
+                    "\n# Unknown or deleted VMs: a reserved port nobody listens on (refused).\n\
+                     Host *.exe.xyz\n  HostName 127.0.0.1\n  Port {}\n",
+                    self.dead_port
+                ));
+            }
         }
-        text.push_str(&format!(
-            "\n# Unknown or deleted VMs: a reserved port nobody listens on (connection refused).\nHost *.exe.xyz\n  HostName 127.0.0.1\n  Port {}\n",
-            self.dead_port
-        ));
         let path = self.state_dir.join("ssh_config");
         let tmp = self.state_dir.join(".ssh_config.tmp");
         std::fs::write(&tmp, text)?;
@@ -424,7 +502,7 @@ impl Inner {
         let mut t = self.lock_vms();
         match result {
             Ok(vm) => {
-                let json = vm_json(&name, &vm, false);
+                let json = vm_json(&name, &vm, false, self.opts.routing);
                 t.live.insert(name.clone(), vm);
                 self.write_ssh_config(&t).map_err(|e| internal(&e))?;
                 Ok(json)
@@ -550,15 +628,26 @@ fn spawn_setup(rt: Arc<ssh::VmRuntime>, dir: PathBuf) {
 }
 
 /// The JSON exe.dev returns for a VM (`new`, `cp`), plus the `ls` extras when `long`.
-fn vm_json(name: &str, vm: &Vm, long: bool) -> serde_json::Value {
+fn vm_json(name: &str, vm: &Vm, long: bool, routing: Routing) -> serde_json::Value {
     let host = format!("{name}.exe.xyz");
+    // With the gateway, port 22 routes like on exe.dev. With direct ports, an ssh `-p` on the
+    // command line overrides the config's `Port`, so report the VM's real loopback port (a
+    // client that takes `ssh_port` from the API then still connects).
+    let port = match routing {
+        Routing::Gateway => 22,
+        Routing::DirectPorts => vm.port,
+    };
+    let ssh_command = match routing {
+        Routing::Gateway => format!("ssh {host}"),
+        Routing::DirectPorts => format!("ssh -p {port} {host}"),
+    };
     let ready = vm.ready.load(std::sync::atomic::Ordering::SeqCst);
     let mut v = serde_json::json!({
         "vm_name": name,
         "ssh_dest": host,
         "ssh_host": host,
-        "ssh_port": 22,
-        "ssh_command": format!("ssh {host}"),
+        "ssh_port": port,
+        "ssh_command": ssh_command,
         "https_url": format!("https://{host}"),
         "status": if ready { "running" } else { "starting" },
         "region": "lon",
