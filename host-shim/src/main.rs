@@ -9,15 +9,15 @@ use clap::{Args, Parser, Subcommand};
 
 use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{demo, grants, sim, statedir, worker};
+use paperclip_wasm_host::{demo, grants, package, sim, statedir, worker};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
 static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM"));
 
-/// The grants `manifest.json` declares, used when no `--manifest` is given.
-static EMBEDDED_MANIFEST: &str =
-    r#"{"x-wasm-host": {"http": ["https://exe.dev:443"], "ssh": ["*.exe.xyz"]}}"#;
+/// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
+/// `--manifest` is given.
+static EMBEDDED_MANIFEST: &str = include_str!("../../manifest.json");
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,18 @@ enum Command {
     Worker(HostArgs),
     /// Run the full lifecycle offline against the embedded exe.dev simulator.
     Demo,
+    /// Build an installable Paperclip plugin folder (package.json, dist/, bin/).
+    Package {
+        /// The folder to create (or update).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The component to ship (default: the one embedded in this binary).
+        #[arg(long, value_name = "PATH")]
+        component: Option<PathBuf>,
+        /// The manifest to ship (default: the embedded manifest.json).
+        #[arg(long, value_name = "PATH")]
+        manifest: Option<PathBuf>,
+    },
     /// Run the exe.dev simulator until Ctrl-C (prints its API URL, token, ssh config and key).
     Sim {
         /// Directory for the simulator's keys, ssh config and VM homes (default: a temp dir).
@@ -177,6 +189,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => {
             let me = std::env::current_exe().context("locating this binary")?;
             demo::run(&me).await
+        }
+        Command::Package { out, component, manifest } => {
+            let scratch = tempfile::tempdir()?;
+            let component = match component {
+                Some(p) => p,
+                None => {
+                    let p = scratch.path().join("paperclip_exe_dev.wasm");
+                    std::fs::write(&p, EMBEDDED_COMPONENT)?;
+                    p
+                }
+            };
+            let manifest = match manifest {
+                Some(p) => p,
+                None => {
+                    let p = scratch.path().join("manifest.json");
+                    std::fs::write(&p, EMBEDDED_MANIFEST)?;
+                    p
+                }
+            };
+            let me = std::env::current_exe().context("locating this binary")?;
+            package::build_package(&out, &me, &component, &manifest)?;
+            println!("Paperclip plugin package written to {}", out.display());
+            Ok(())
         }
         Command::Sim { state_dir } => {
             let mut opts = sim::SimOptions::default();
