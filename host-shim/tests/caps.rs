@@ -841,3 +841,108 @@ async fn real_openssh_accepts_the_argv_and_never_parses_the_command_as_options()
     assert!(!stderr.contains("Bad configuration option"), "{stderr}");
     assert!(!marker.exists(), "the command was parsed as an ssh option");
 }
+
+/// End to end with the real OpenSSH client against the exe.dev simulator: the VM is created
+/// through the HTTP hooks (allowed loopback), then commands run through [`SshRunner`] with a
+/// pasted key, the simulator's `--ssh-config` and the state dir's `known_hosts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_ssh_through_the_simulator() {
+    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    if !Path::new("/usr/bin/ssh").exists() {
+        eprintln!("skipping: /usr/bin/ssh not installed");
+        return;
+    }
+    let sim = Simulator::start(SimOptions::with_token("caps-token"))
+        .await
+        .unwrap();
+
+    // Create the VM through the policy hooks, like the component does.
+    let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
+    let body = http_body_util::Full::new(Bytes::from_static(b"new --json --name=capsvm"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(sim.api_url())
+        .header("authorization", "Bearer caps-token")
+        .body(body)
+        .unwrap();
+    let (resp, io) = Pin::from(hooks.send_request(req, None, Box::new(async { Ok(()) })))
+        .await
+        .unwrap();
+    tokio::spawn(Pin::from(io));
+    assert_eq!(resp.status(), 200);
+    let created = resp.into_body().collect().await.unwrap().to_bytes();
+    let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    assert_eq!(created["vm_name"], "capsvm");
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("tmp")).unwrap();
+    let mut settings = SshSettings::new(dir.path().join("state"));
+    settings.ssh_binary = "/usr/bin/ssh".into();
+    settings.ssh_config = Some(sim.ssh_config_path());
+    settings.temp_root = Some(dir.path().join("tmp"));
+    let runner = SshRunner::new(settings, policy(&[])).unwrap();
+    let request = |command: &str, host_key_policy| SshExec {
+        target: SshTarget {
+            host: "capsvm.exe.xyz".into(),
+            port: 22,
+            user: Some("exedev".into()),
+            identity: Identity::KeyMaterial(sim.client_key_pem()),
+            host_key_policy,
+        },
+        command: command.into(),
+        stdin: None,
+        timeout_ms: 60_000,
+        max_output_bytes: 64 * 1024 * 1024,
+    };
+
+    // First contact: accept-new records the key, and says nothing about it on stderr.
+    let out = runner
+        .exec(
+            request("echo hi; echo err >&2", HostKeyPolicy::AcceptNew),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice(), out.stderr.as_slice()),
+        (Some(0), &b"hi\n"[..], &b"err\n"[..]),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = fs::read_to_string(runner.known_hosts_path()).unwrap();
+    assert!(known.contains("capsvm.exe.xyz"), "{known}");
+
+    // Now the key is known, `yes` works; the remote exit code comes back.
+    let out = runner
+        .exec(request("exit 7", HostKeyPolicy::Yes), None)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(7));
+
+    // Byte-exact stdin -> stdout over a real SSH channel.
+    let data = pattern(8 * 1024 * 1024, 99);
+    let mut req = request("cat", HostKeyPolicy::Yes);
+    req.stdin = Some(data.clone());
+    let out = runner.exec(req, None).await.unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    assert!(out.stdout == data, "stdout differs from stdin over ssh");
+
+    // Deadline: the local client (and its ProxyJump helper) is killed.
+    let mut req = request("sleep 30", HostKeyPolicy::Yes);
+    req.timeout_ms = 1_500;
+    let started = Instant::now();
+    let out = runner.exec(req, None).await.unwrap();
+    assert!(out.timed_out);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    assert!(
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a temp key survived"
+    );
+    sim.shutdown().await;
+}
