@@ -26,6 +26,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("guest");
+    ensure_wasm_target();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
@@ -50,4 +51,30 @@ fn main() {
     }
     let wasm = target_dir.join("wasm32-wasip2/guest/paperclip_exe_dev.wasm");
     println!("cargo:rustc-env=PAPERCLIP_EXE_DEV_WASM={}", wasm.display());
+}
+
+/// A fresh rustup install has no wasm32-wasip2 standard library; add it so `cargo build` of the
+/// workspace works as the first command on a new machine.
+fn ensure_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = sysroot
+        .as_ref()
+        .is_some_and(|s| s.join("lib/rustlib/wasm32-wasip2").is_dir());
+    if installed {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (needed to build the component)");
+    let ok = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand");
+    }
 }
