@@ -280,6 +280,25 @@ async fn new_ls_rm_round_trip() {
         .unwrap()
         .contains("Host sim-alpha"));
 
+    // Go flag forms: `-name v`, flags after positionals, `--help` without side effects.
+    let r = exec(&sim, "new -name sim-bravo -json --no-email=true").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = exec(&sim, "cp sim-bravo --json sim-charlie --copy-tags=false").await;
+    assert_eq!(r.json()["vm_name"], "sim-charlie");
+    let r = exec(&sim, "cp no-such-vm").await;
+    assert_eq!(r.status, 422);
+    assert!(error_of(&r).contains("not found"));
+    let r = exec(&sim, "new --help").await;
+    assert_eq!(r.json()["command"], "new");
+    let r = exec(&sim, "ls 'sim-*' --json").await;
+    assert_eq!(r.json()["vms"].as_array().unwrap().len(), 2);
+    // Several names: all deleted, or none when one is missing.
+    let r = exec(&sim, "rm sim-bravo sim-missing").await;
+    assert_eq!(r.status, 422);
+    assert_eq!(sim.vm_names().len(), 3);
+    let r = exec(&sim, "rm sim-bravo sim-charlie --json").await;
+    assert_eq!(r.json()["vms"].as_array().unwrap().len(), 2);
+
     assert_eq!(exec(&sim, &format!("rm {auto}")).await.status, 200);
     assert!(sim.vm_names().is_empty());
     assert_eq!(
