@@ -1,7 +1,8 @@
 //! VM names and VM records.
 //!
-//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g. `paperclip-env1-run1`)
-//! but is always valid for exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most
+//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g. `paperclip-env1-run1`),
+//! plus a 6-character digest of both full ids when either was cut to 8 characters (so runs whose
+//! ids share a prefix never share a VM), and is always valid for exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most
 //! 63 characters, and never ends in `-<digits>`, `-p<digits>` or `-port<digits>` (which exe.dev
 //! rejects as port suffixes). The last segment gets an `r` in front when it would otherwise look
 //! like such a suffix (e.g. an all-digit run id part `12345678` becomes `r12345678`).
@@ -13,12 +14,34 @@ pub const MAX_VM_NAME_LEN: usize = 63;
 /// Characters of the environment/run ids that go into a name.
 pub const ID_PART_LEN: usize = 8;
 
-/// Lowercased ASCII alphanumerics of `id`, at most 8.
-fn id_part(id: &str) -> String {
+/// Lowercased ASCII alphanumerics of `id`.
+fn alnum_lower(id: &str) -> String {
     id.chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
-        .take(ID_PART_LEN)
+        .collect()
+}
+
+/// Lowercased ASCII alphanumerics of `id`, at most 8.
+fn id_part(id: &str) -> String {
+    alnum_lower(id).chars().take(ID_PART_LEN).collect()
+}
+
+/// A short, stable digest of both full ids (FNV-1a, 6 base-36 characters), so ids that share
+/// their first 8 characters (`bench-run-1`, `bench-run-2`) still get different VMs.
+fn ids_digest(environment_id: &str, run_id: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in environment_id.bytes().chain([0]).chain(run_id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..6)
+        .map(|_| {
+            let d = DIGITS[(h % 36) as usize] as char;
+            h /= 36;
+            d
+        })
         .collect()
 }
 
@@ -74,7 +97,16 @@ pub fn lease_vm_name(
     } else {
         run
     };
-    cut(format!("{prefix}-{env}-{}", safe_last_segment(run)))
+    // Short ids keep the seed's exact shape; when an id was cut to 8 characters (Paperclip's
+    // UUIDs always are), a digest of both full ids keeps distinct runs on distinct VMs.
+    let cut_short = alnum_lower(environment_id).len() > ID_PART_LEN
+        || alnum_lower(run_id).len() > ID_PART_LEN;
+    if cut_short {
+        let digest = ids_digest(environment_id, run_id);
+        cut(format!("{prefix}-{env}-{run}-{}", safe_last_segment(digest)))
+    } else {
+        cut(format!("{prefix}-{env}-{}", safe_last_segment(run)))
+    }
 }
 
 /// A probe VM name: `<prefix>-probe-<8 random hex>`.
@@ -263,15 +295,30 @@ mod tests {
                 "0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff",
                 0
             ),
-            "paperclip-5a3f9c2e-0b1c2d3e"
+            "paperclip-5a3f9c2e-0b1c2d3e-xcvbp9"
         );
+    }
+
+    #[test]
+    fn runs_sharing_an_eight_character_prefix_get_different_vms() {
+        let a = lease_vm_name("paperclip", "bench-env", "bench-run-1", 0);
+        let b = lease_vm_name("paperclip", "bench-env", "bench-run-2", 0);
+        assert_ne!(a, b);
+        assert!(is_valid_vm_name(&a) && is_valid_vm_name(&b), "{a} {b}");
+        // Deterministic: a retried acquire finds the same VM.
+        assert_eq!(a, lease_vm_name("paperclip", "bench-env", "bench-run-1", 7));
     }
 
     #[test]
     fn digit_only_run_part_gets_a_letter() {
         assert_eq!(
+            lease_vm_name("paperclip", "env-1", "1234", 0),
+            "paperclip-env1-r1234"
+        );
+        // A cut id keeps its digits in the middle; the digest ends the name.
+        assert_eq!(
             lease_vm_name("paperclip", "env-1", "12345678-aaaa", 0),
-            "paperclip-env1-r12345678"
+            "paperclip-env1-12345678-po4e57"
         );
         assert_eq!(
             lease_vm_name("paperclip", "e", "p123", 0),

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{demo, grants, package, sim, statedir, worker};
+use paperclip_wasm_host::{bench, demo, grants, package, sim, statedir, worker};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
@@ -36,6 +36,18 @@ enum Command {
     Worker(HostArgs),
     /// Run the full lifecycle offline against the embedded exe.dev simulator.
     Demo,
+    /// Measure against the simulator, beside raw-ssh baselines from the same run.
+    Bench {
+        /// Serial executes (and master-connection baseline commands).
+        #[arg(long, default_value_t = 40)]
+        serial: usize,
+        /// Rounds of 8 concurrent executes.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Fresh-connection ssh baseline commands.
+        #[arg(long, default_value_t = 10)]
+        fresh: usize,
+    },
     /// Build an installable Paperclip plugin folder (package.json, dist/, bin/).
     Package {
         /// The folder to create (or update).
@@ -189,6 +201,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => {
             let me = std::env::current_exe().context("locating this binary")?;
             demo::run(&me).await
+        }
+        Command::Bench { serial, rounds, fresh } => {
+            let me = std::env::current_exe().context("locating this binary")?;
+            let opts = bench::BenchOptions { serial, rounds, fresh };
+            bench::run(&me, EMBEDDED_COMPONENT.len(), opts).await
         }
         Command::Package { out, component, manifest } => {
             let scratch = tempfile::tempdir()?;
