@@ -432,10 +432,7 @@ mod tests {
     #[test]
     fn non_string_env_values_are_invalid_params() {
         let p = json!({"command": "true", "env": {"A": 1}});
-        assert_eq!(
-            execute_params(&p).unwrap_err().code,
-            codes::INVALID_PARAMS
-        );
+        assert_eq!(execute_params(&p).unwrap_err().code, codes::INVALID_PARAMS);
     }
 
     #[test]
@@ -446,7 +443,10 @@ mod tests {
 
     #[test]
     fn call_timeout_prefers_params_then_config() {
-        assert_eq!(call_timeout(&json!({"timeoutMs": 7})), Duration::from_millis(7));
+        assert_eq!(
+            call_timeout(&json!({"timeoutMs": 7})),
+            Duration::from_millis(7)
+        );
         assert_eq!(
             call_timeout(&json!({"config": {"timeoutMs": 9}})),
             Duration::from_millis(9)

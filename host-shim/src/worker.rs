@@ -220,7 +220,9 @@ pub async fn dispatch(
         "environmentProbe" => {
             let ctx = convert::call_context(&params)?;
             let r = host
-                .call(sink, timeout, async |s, g: &Guest| g.call_probe(s, &ctx).await)
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_probe(s, &ctx).await
+                })
                 .await
                 .map_err(trapped)?;
             r.map(convert::probe_json).map_err(perr)
@@ -278,15 +280,19 @@ pub async fn dispatch(
         "environmentExecute" => {
             let req = convert::execute_params(&params)?;
             let r = host
-                .call(sink, timeout, async |s, g: &Guest| g.call_execute(s, &req).await)
+                .call(sink, timeout, async |s, g: &Guest| {
+                    g.call_execute(s, &req).await
+                })
                 .await
                 .map_err(trapped)?;
             r.map(convert::execute_json).map_err(perr)
         }
-        m if m.starts_with("environment") || KNOWN_UNIMPLEMENTED.contains(&m) => Err(RpcError::new(
-            codes::METHOD_NOT_IMPLEMENTED,
-            format!("{m} is not implemented by this plugin"),
-        )),
+        m if m.starts_with("environment") || KNOWN_UNIMPLEMENTED.contains(&m) => {
+            Err(RpcError::new(
+                codes::METHOD_NOT_IMPLEMENTED,
+                format!("{m} is not implemented by this plugin"),
+            ))
+        }
         m => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("Method not found: {m}"),
@@ -297,9 +303,7 @@ pub async fn dispatch(
 /// A trap or instantiation failure: the call failed, the worker carries on (the store is gone).
 fn trap_error(method: &str, e: wasmtime::Error) -> RpcError {
     let detail = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            "it ran past its deadline and was stopped".to_string()
-        }
+        Some(wasmtime::Trap::Interrupt) => "it ran past its deadline and was stopped".to_string(),
         Some(trap) => format!("it trapped: {trap}"),
         None => format!("{e:#}"),
     };
