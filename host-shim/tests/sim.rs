@@ -779,3 +779,56 @@ async fn ssh_client_disconnect_semantics() {
     assert_eq!(exec(&sim, "rm disc-vm").await.status, 200);
     sim.shutdown().await;
 }
+
+/// 8 VMs × 8 concurrent sessions through the gateway, as the provider's concurrency test does.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_eight_vms_by_eight_sessions() {
+    let sim = start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ssh = std::sync::Arc::new(Ssh::new(&sim, tmp.path()));
+    let vms: Vec<String> = (0..8)
+        .map(|i| format!("fleet-vm-{}", char::from(b'a' + i)))
+        .collect();
+    for vm in &vms {
+        assert_eq!(
+            exec(&sim, &format!("new --json --name={vm}")).await.status,
+            200
+        );
+        // Prime known_hosts (accept-new writers would otherwise race on the file).
+        assert_eq!(ssh.run(vm, "true", b"").await.code, Some(0));
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for vm in &vms {
+        for i in 0..8u8 {
+            let ssh = ssh.clone();
+            let vm = vm.clone();
+            tasks.push(tokio::spawn(async move {
+                let input = pattern(64 * 1024 + usize::from(i), i);
+                let o = ssh
+                    .run(
+                        &vm,
+                        &format!("cat; printf '%s' {vm}-{i} >&2; exit {i}"),
+                        &input,
+                    )
+                    .await;
+                assert_eq!(
+                    o.code,
+                    Some(i32::from(i)),
+                    "{vm}/{i}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                assert!(o.stdout == input, "{vm}/{i} stdout differs");
+                assert_eq!(o.stderr, format!("{vm}-{i}").into_bytes());
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("64 sessions in {:?}", t.elapsed());
+    let names = vms.join(" ");
+    assert_eq!(exec(&sim, &format!("rm {names}")).await.status, 200);
+    assert!(sim.vm_names().is_empty());
+    sim.shutdown().await;
+}
