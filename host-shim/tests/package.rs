@@ -25,7 +25,13 @@ fn node_available() -> bool {
 }
 
 fn checker_output(pkg: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new("node")
+    checker_output_with("node", pkg, extra)
+}
+
+/// `fork()` runs the worker with the checker's own node, so the node chosen here decides
+/// which launcher path runs: `process.execve` (Node >= 22.15) or the spawn fallback.
+fn checker_output_with(node: &str, pkg: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(node)
         .arg(checker())
         .arg(pkg)
         .args(extra)
@@ -34,7 +40,11 @@ fn checker_output(pkg: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn run_checker(pkg: &Path, extra: &[&str]) {
-    let out = checker_output(pkg, extra);
+    run_checker_with("node", pkg, extra);
+}
+
+fn run_checker_with(node: &str, pkg: &Path, extra: &[&str]) {
+    let out = checker_output_with(node, pkg, extra);
     assert!(
         out.status.success(),
         "check-package.mjs failed:\nstdout: {}\nstderr: {}",
@@ -182,9 +192,14 @@ fn packaged_worker_initializes_and_shuts_down_through_node() {
         .unwrap(),
     )
     .unwrap();
+    // The system node (20 here: no `process.execve`, so the spawn fallback runs) ...
     run_checker(&out, &[]);
     assert!(
         state.is_dir(),
         "--state-dir from worker-args.json was not used"
     );
+    // ... and, when given, a newer node for the execve path Paperclip's Node >= 24.11 takes.
+    if let Ok(node) = std::env::var("PAPERCLIP_TEST_NODE") {
+        run_checker_with(&node, &out, &[]);
+    }
 }

@@ -196,11 +196,13 @@ function launch() {
   return { child, call, exited, lines, stderrTail };
 }
 
-const withTimeout = (promise, ms, what) =>
-  Promise.race([
-    promise,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`${what} timed out`)), ms)),
-  ]);
+const withTimeout = (promise, ms, what) => {
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out`)), ms);
+  });
+  return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+};
 
 const initializeParams = {
   manifest,
@@ -275,4 +277,6 @@ if (failures.length > 0) {
   for (const f of failures) console.error(`FAIL: ${f}`);
   process.exit(1);
 }
-console.log(`ok: ${pkgDir}`);
+const mode = typeof process.execve === "function" ? "execve" : "spawn fallback";
+console.log(`ok: ${pkgDir} (node ${process.version}, launcher path: ${mode})`);
+process.exit(0);
