@@ -9,7 +9,8 @@
 // 3. dist/worker.js: forked like plugin-worker-manager.js does (stdio pipe/pipe/pipe/ipc, a
 //    scrubbed env without HOME, an unrelated cwd); `initialize` and `shutdown` are completed
 //    through it, every stdout line must be a JSON-RPC 2.0 object, and the process must exit 0.
-//    A second launch checks that SIGTERM to the launcher stops the host too.
+//    A second launch checks that SIGTERM to the launcher stops the host too; under the spawn
+//    fallback a third checks that a SIGKILLed launcher leaves no orphaned host.
 //
 // Exits 0 when everything holds; otherwise prints the failures to stderr and exits 1.
 
@@ -204,6 +205,32 @@ const withTimeout = (promise, ms, what) => {
   return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
 };
 
+/** Direct children of `pid` (empty when the kernel lacks /proc children lists). */
+function childPids(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Waits up to 5 s for `pid` to be gone (or a zombie awaiting its reaper). */
+async function diesSoon(pid) {
+  for (let i = 0; i < 50; i++) {
+    try {
+      if (/\)\s+Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"))) return true;
+    } catch {
+      return true;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
 const initializeParams = {
   manifest,
   config: {},
@@ -241,34 +268,34 @@ if (!manifestOnly && failures.length === 0) {
     try {
       const init = await t.call("initialize", initializeParams, 15000);
       check(init.result?.ok === true, "second initialize failed");
-      let hostPids = [];
-      try {
-        hostPids = readFileSync(`/proc/${t.child.pid}/task/${t.child.pid}/children`, "utf8")
-          .trim()
-          .split(/\s+/)
-          .filter(Boolean)
-          .map(Number);
-      } catch {
-        // /proc children lists are optional kernel support; then only the launcher is checked.
-      }
+      const hostPids = childPids(t.child.pid);
       t.child.kill("SIGTERM");
       await withTimeout(t.exited, 10000, "exit after SIGTERM");
       for (const pid of hostPids) {
-        let alive = true;
-        for (let i = 0; i < 50 && alive; i++) {
-          try {
-            const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-            alive = !/\)\s+Z/.test(stat);
-          } catch {
-            alive = false;
-          }
-          if (alive) await new Promise((r) => setTimeout(r, 100));
-        }
-        check(!alive, `host process ${pid} survived SIGTERM to the launcher`);
+        check(await diesSoon(pid), `host process ${pid} survived SIGTERM to the launcher`);
       }
     } catch (e) {
       failures.push(`${e.message}`);
       t.child.kill("SIGKILL");
+    }
+  }
+
+  // SIGKILL to a spawn-fallback launcher: the host is left with stdin EOF (the server destroys
+  // its end of the pipe when the child exits) and must exit on it, leaving no orphan.
+  if (failures.length === 0 && typeof process.execve !== "function") {
+    const k = launch();
+    try {
+      const init = await k.call("initialize", initializeParams, 15000);
+      check(init.result?.ok === true, "third initialize failed");
+      const hostPids = childPids(k.child.pid);
+      k.child.kill("SIGKILL");
+      await withTimeout(k.exited, 10000, "exit after SIGKILL");
+      k.child.stdin.destroy();
+      for (const pid of hostPids) {
+        check(await diesSoon(pid), `host process ${pid} orphaned after the launcher was killed`);
+      }
+    } catch (e) {
+      failures.push(`${e.message}`);
     }
   }
 }
