@@ -383,9 +383,9 @@ impl SshRunner {
         Ok(result)
     }
 
-    /// Close any pooled connection to `target`. Connections are not pooled yet, so this only
-    /// validates nothing and returns; it exists so callers are already wired for
-    /// `ControlMaster` reuse (`ssh -O exit`).
+    /// Close any pooled connection to `target`. Connections are not pooled yet, so this does
+    /// nothing; callers are already wired for `ControlMaster` reuse, where it will run
+    /// `ssh -O exit` for the target's control socket.
     pub async fn disconnect(&self, target: &SshTarget) {
         tracing::debug!(host = %target.host, port = target.port, "ssh disconnect (no pooled connection)");
     }
