@@ -832,3 +832,10 @@ async fn ssh_eight_vms_by_eight_sessions() {
     assert!(sim.vm_names().is_empty());
     sim.shutdown().await;
 }
+
+/// Tests and the demo share one simulator across tasks.
+#[test]
+fn simulator_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Simulator>();
+}
