@@ -6,13 +6,16 @@
 //! * **VMs**: each VM has its own directory `<state>/vms/<name>/` with `home/` (the session cwd
 //!   and `$HOME`), `tmp/` (`$TMPDIR`) and, while it runs, `setup`; its own ed25519 host key; and
 //!   its own SSH server (russh) on `127.0.0.1:<ephemeral>`.
-//! * **Routing**: no `/etc/hosts` changes; clients use `ssh -F <`[`Simulator::ssh_config_path`]`>`.
-//!   The config is rewritten atomically (temp file + rename) on every change. See [`Routing`]:
-//!   by default `Host *.exe.xyz` jumps (`ProxyJump`) through the simulator's SSH gateway, which
-//!   forwards to the VM named by the destination host, so it works even when the client passes
-//!   `-p 22` explicitly; [`Routing::DirectPorts`] instead writes a `Host <vm>.exe.xyz` block per
-//!   VM (`HostName 127.0.0.1`, `Port`, `HostKeyAlias`). Either way an unknown or deleted VM gets
-//!   "connection refused" locally and never reaches real DNS.
+//! * **Routing**: no `/etc/hosts` changes; clients pass the generated OpenSSH config
+//!   ([`Simulator::ssh_config_path`]) with `ssh -F`. It is rewritten atomically (temp file +
+//!   rename) on every change. See [`Routing`]: by default `Host *.exe.xyz` jumps (`ProxyJump`)
+//!   through the simulator's SSH gateway, which forwards to the VM named by the destination host,
+//!   so it works even when the client passes `-p 22` explicitly; [`Routing::DirectPorts`]
+//!   instead writes a `Host <vm>.exe.xyz` block per VM (`HostName 127.0.0.1`, `Port`,
+//!   `HostKeyAlias`). Either way an unknown or deleted VM fails locally (gateway: "stdio
+//!   forwarding failed"; direct ports: "Connection refused") and never reaches real DNS.
+//! * **Sessions with a pty request** get no pty (stdout and stderr stay separate), but losing the
+//!   client sends SIGHUP to the command's process group, as closing a real pty would.
 //! * **Keys**: one ed25519 client key is generated at start ([`Simulator::client_key_path`],
 //!   mode 0600, in the 0700 state dir); every VM accepts exactly that key.
 //! * **Setup script**: like exe.dev, `--setup-script` runs asynchronously at "boot": it is written
