@@ -503,6 +503,14 @@ async fn streams_and_isolation(routing: Routing) {
     assert_eq!(o.stdout, b"out\n");
     assert_eq!(o.stderr, b"err\n");
     assert_eq!(o.code, Some(3));
+    let logged = sim.ssh_log();
+    let last = logged.last().unwrap();
+    assert_eq!(last.vm, "ssh-one");
+    assert_eq!(
+        last.command.as_deref(),
+        Some("echo out; echo err >&2; exit 3")
+    );
+    assert_eq!(last.exit_code, Some(3));
 
     let o = ssh
         .run(

@@ -112,6 +112,17 @@ pub struct ApiCall {
     pub status: u16,
 }
 
+/// One SSH session command as a VM ran it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshCall {
+    /// The VM's name.
+    pub vm: String,
+    /// The exec request's command (lossily decoded); `None` for a shell session.
+    pub command: Option<String>,
+    /// The exit status sent; `None` when killed by a signal or the client went away first.
+    pub exit_code: Option<u32>,
+}
+
 /// A running simulator. Dropping it kills VM processes and removes a temp state dir, but
 /// [`Simulator::shutdown`] is the orderly way.
 pub struct Simulator {
@@ -132,6 +143,7 @@ struct Inner {
     faults: Arc<Faults>,
     vms: Mutex<VmTable>,
     log: Mutex<Vec<ApiCall>>,
+    ssh_log: Arc<Mutex<Vec<SshCall>>>,
     /// A bound, never-listening socket: its port is the catch-all route (connection refused).
     dead_port: u16,
     _dead_socket: tokio::net::TcpSocket,
@@ -253,6 +265,7 @@ impl Simulator {
             faults: Arc::new(Faults::default()),
             vms: Mutex::new(VmTable::default()),
             log: Mutex::new(Vec::new()),
+            ssh_log: Arc::default(),
             dead_port,
             _dead_socket: dead_socket,
             gateway_port,
@@ -372,6 +385,15 @@ impl Simulator {
     pub fn api_log(&self) -> Vec<ApiCall> {
         self.inner
             .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every finished SSH session command so far (all VMs), in completion order.
+    pub fn ssh_log(&self) -> Vec<SshCall> {
+        self.inner
+            .ssh_log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -539,6 +561,7 @@ impl Inner {
             env: spec.env,
             client_key: self.client_pub.clone(),
             faults: self.faults.clone(),
+            log: self.ssh_log.clone(),
             path_env: self.path_env.clone(),
             pgids: Mutex::default(),
             sessions: Mutex::default(),

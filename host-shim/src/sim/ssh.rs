@@ -34,6 +34,8 @@ pub(crate) struct VmRuntime {
     pub(crate) client_key: PublicKey,
     pub(crate) faults: Arc<Faults>,
     pub(crate) path_env: String,
+    /// The simulator-wide session log.
+    pub(crate) log: Arc<Mutex<Vec<super::SshCall>>>,
     /// Process groups started in this VM (sessions and the setup script); killed on `rm`.
     pub(crate) pgids: Mutex<HashSet<i32>>,
     /// Live SSH sessions by connection number, so `rm` can disconnect them.
@@ -69,6 +71,19 @@ impl VmRuntime {
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, russh::server::Handle>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, command: &Option<Vec<u8>>, exit_code: Option<u32>) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(super::SshCall {
+                vm: self.name.clone(),
+                command: command
+                    .as_deref()
+                    .map(|c| String::from_utf8_lossy(c).into_owned()),
+                exit_code,
+            });
     }
 
     pub(crate) fn track(&self, pgid: i32) {
@@ -455,6 +470,7 @@ impl Job {
                 .data_bytes(Bytes::from_static(ONBOARDING_MARKER.as_bytes()))
                 .await;
             finish(&handle, &write, Exit::Code(1)).await;
+            vm.record(&command, Some(1));
             return;
         }
         let mut cmd = vm.command("/bin/sh");
@@ -477,6 +493,7 @@ impl Job {
                 let msg = format!("sh: cannot start: {e}\n");
                 let _ = write.extended_data_bytes(1, Bytes::from(msg)).await;
                 finish(&handle, &write, Exit::Code(127)).await;
+                vm.record(&command, Some(127));
                 return;
             }
         };
@@ -510,6 +527,7 @@ impl Job {
         }
         let status = child.wait().await;
         if cancelled {
+            vm.record(&command, None);
             return;
         }
         let exit = match status {
@@ -523,6 +541,13 @@ impl Job {
             }
             Err(_) => Exit::Code(255),
         };
+        vm.record(
+            &command,
+            match exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            },
+        );
         finish(&handle, &write, exit).await;
         tracing::trace!(vm = %vm.name, channel = ?id, "session command finished");
     }
