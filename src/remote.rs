@@ -105,6 +105,10 @@ pub fn exec_script(
     for (k, v) in env {
         exec.push_str(&format!(" {k}={}", shell_quote(v)));
     }
+    if command.contains('=') {
+        // `env` would take the command for one more assignment: let `sh` exec it instead.
+        exec.push_str(" sh -c 'exec \"$0\" \"$@\"'");
+    }
     exec.push(' ');
     exec.push_str(&shell_quote(command));
     for a in args {
@@ -317,6 +321,13 @@ mod tests {
         assert!(
             bare.ends_with("fi && exec env PAPERCLIP_EXEC_ID=ab 'ls'"),
             "{bare}"
+        );
+        let eq = exec_script("ab", None, &[], "./a=b", &["x".into()]);
+        assert!(
+            eq.ends_with(
+                "fi && exec env PAPERCLIP_EXEC_ID=ab sh -c 'exec \"$0\" \"$@\"' './a=b' 'x'"
+            ),
+            "{eq}"
         );
     }
 
