@@ -32,6 +32,24 @@ impl WorkerClient {
         args: &[String],
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
+        Self::spawn_with_stderr(program, args, env, None).await
+    }
+
+    /// Like [`spawn`](Self::spawn), but the worker's stderr goes to `stderr_file` (created or
+    /// truncated) when given, e.g. so a test can inspect everything the worker logged.
+    pub async fn spawn_with_stderr(
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        stderr_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let stderr = match stderr_file {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(program);
         cmd.arg("worker")
             .args(args)
@@ -39,7 +57,7 @@ impl WorkerClient {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);

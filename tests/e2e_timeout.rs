@@ -1,0 +1,84 @@
+//! An execute past its `timeoutMs` answers promptly and leaves no remote process behind.
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::{eventually, logs_of, processes_with_exec_id, run_id, Env};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_is_prompt_and_kills_the_remote_tree() {
+    let env = Env::start().await;
+    let lease = env.acquire(&run_id("timeout")).await;
+    let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
+    // The (quick) setup script has finished: the VM runs nothing.
+    assert!(
+        eventually(Duration::from_secs(10), || env.sim.vm_process_count(&vm) == Some(0)).await,
+        "setup still running: {:?}",
+        env.sim.vm_process_count(&vm)
+    );
+    env.take_notifications();
+
+    // A command with a background grandchild; both would run for 30 s.
+    let params = env.exec_params(
+        &lease,
+        "sh",
+        &["-c", "(sleep 30; echo late) & echo started; sleep 30; echo never"],
+        json!({"timeoutMs": 1500}),
+    );
+    let inv = params["paperclipInvocation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    let x = env.ok("environmentExecute", params).await;
+    let took = started.elapsed();
+    assert_eq!(x["timedOut"], true, "{x}");
+    assert_eq!(x["exitCode"], Value::Null, "{x}");
+    assert_eq!(x["stdout"], "started\n", "{x}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "answered before the deadline: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(2500),
+        "answered {took:?} after the call started: more than 1 s past the 1.5 s deadline"
+    );
+
+    // The execution's marker (from the worker's own log line) is on no process any more.
+    let notes = env.take_notifications();
+    let exec_id = logs_of(&notes, &inv)
+        .into_iter()
+        .find(|n| n["params"]["message"] == "executing on exe.dev VM")
+        .and_then(|n| n["params"]["meta"]["execId"].as_str())
+        .expect("the execute logged its execId")
+        .to_string();
+    assert_eq!(exec_id.len(), 16);
+    assert!(
+        eventually(Duration::from_secs(2), || processes_with_exec_id(&exec_id)
+            .is_empty())
+        .await,
+        "processes of the timed-out command survive: {:?}",
+        processes_with_exec_id(&exec_id)
+    );
+    // The simulator agrees: no process group of any session is left in the VM.
+    assert!(
+        eventually(Duration::from_secs(2), || env.sim.vm_process_count(&vm) == Some(0)).await,
+        "VM still runs {:?} process groups",
+        env.sim.vm_process_count(&vm)
+    );
+    // And from inside the VM: no `sleep 30` of that execution (scan /proc for the marker).
+    let scan = format!(
+        "for d in /proc/[0-9]*; do tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID={exec_id}' && echo \"$d\"; done; true"
+    );
+    let x = env.sh(&lease, &scan).await;
+    assert_eq!(x["exitCode"], 0);
+    assert_eq!(x["stdout"], "", "{x}");
+
+    // The lease is still usable.
+    let x = env.sh(&lease, "echo alive").await;
+    assert_eq!(x["stdout"], "alive\n");
+    env.destroy(&lease).await;
+    env.finish().await;
+}
