@@ -694,8 +694,18 @@ async fn ssh_faults_setup_and_cp() {
     let o = ssh.run("setup-copy", "cat booted.txt", b"").await;
     assert_eq!(o.stdout, b"booted\nexedev\n");
 
-    // Dropped connections, N times.
+    // Dropped connections, N times; a connection already open is cut too.
+    let open = {
+        let ssh = Ssh::new(&sim, tmp.path());
+        tokio::spawn(async move { ssh.run("setup-vm", "sleep 30", b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
     sim.faults().drop_ssh("setup-vm", 1);
+    let o = tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .expect("open session cut")
+        .unwrap();
+    assert_eq!(o.code, Some(255));
     assert_eq!(ssh.run("setup-vm", "true", b"").await.code, Some(255));
     assert_eq!(ssh.run("setup-vm", "true", b"").await.code, Some(0));
 

@@ -33,9 +33,21 @@ struct State {
 ///
 /// Command keys are exe.dev command names (`"new"`, `"ls"`, `"rm"`, `"cp"`, `"whoami"`) or
 /// [`ANY`]; VM keys are VM names or [`ANY`].
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Faults {
     state: Mutex<State>,
+    /// Cuts the live SSH connections of a VM (or of all VMs for [`ANY`]); set by the simulator.
+    disconnect: Mutex<Option<DisconnectHook>>,
+}
+
+type DisconnectHook = Box<dyn Fn(&str) + Send + Sync>;
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("state", &*self.lock())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the API should do instead of (or after) running a command.
@@ -98,9 +110,17 @@ impl Faults {
     }
 
     /// The next `times` SSH connections to `vm` (or any VM with [`ANY`]) are accepted and closed
-    /// at once, before the SSH version exchange.
+    /// at once, before the SSH version exchange; connections already open to it are cut now,
+    /// as a network blip would, so a pooled (ControlMaster) connection cannot hide the fault.
     pub fn drop_ssh(&self, vm: &str, times: u32) {
         self.lock().ssh_drops.insert(vm.to_owned(), times);
+        if let Some(hook) = &*self.disconnect.lock().unwrap_or_else(|e| e.into_inner()) {
+            hook(vm);
+        }
+    }
+
+    pub(crate) fn set_disconnect_hook(&self, hook: DisconnectHook) {
+        *self.disconnect.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// While on, every exec on `vm` (or every VM with [`ANY`]) prints [`ONBOARDING_MARKER`] to

@@ -272,6 +272,23 @@ impl Simulator {
             path_env,
         });
         inner.write_ssh_config(&inner.lock_vms())?;
+        {
+            // Weak: the hook lives inside `inner` (in its Faults) and must not keep it alive.
+            let weak = Arc::downgrade(&inner);
+            inner.faults.set_disconnect_hook(Box::new(move |vm: &str| {
+                let Some(inner) = weak.upgrade() else { return };
+                let runtimes: Vec<_> = inner
+                    .lock_vms()
+                    .live
+                    .iter()
+                    .filter(|(name, _)| vm == ANY || name.as_str() == vm)
+                    .map(|(_, v)| v.runtime.clone())
+                    .collect();
+                for rt in runtimes {
+                    rt.disconnect_all();
+                }
+            }));
+        }
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
