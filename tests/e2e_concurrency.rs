@@ -100,10 +100,7 @@ async fn eight_leases_times_eight_concurrent_executes() {
         assert_eq!(out, x["stdout"].as_str().unwrap());
         assert_eq!(err, *token);
     }
-    assert!(
-        took < Duration::from_secs(60),
-        "64 executes took {took:?}"
-    );
+    assert!(took < Duration::from_secs(60), "64 executes took {took:?}");
 
     // Release all 8 concurrently.
     let mut releases = JoinSet::new();

@@ -103,7 +103,9 @@ async fn slow_new_past_the_client_timeout_leaves_nothing() {
     })
     .await;
     // `new` takes effect at once, but its answer comes after the client gave up.
-    env.sim.faults().delay_command("new", Duration::from_secs(6));
+    env.sim
+        .faults()
+        .delay_command("new", Duration::from_secs(6));
     let started = Instant::now();
     let resp = env
         .call(
@@ -136,9 +138,7 @@ async fn ls_503_and_429_are_retried_rm_429_too() {
     let env = Env::start().await;
     let lease = env.acquire(&run_id("retry")).await;
     let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
-    let resume = || {
-        env.params(json!({"providerLeaseId": vm, "leaseMetadata": lease["metadata"]}))
-    };
+    let resume = || env.params(json!({"providerLeaseId": vm, "leaseMetadata": lease["metadata"]}));
     let ls_before = env.api_calls("ls").len();
     env.sim.faults().fail_command("ls", 503, 2);
     let r = env.ok("environmentResumeLease", resume()).await;
@@ -165,7 +165,10 @@ async fn ls_503_and_429_are_retried_rm_429_too() {
     // rm 429 twice, then it works.
     env.sim.faults().fail_command("rm", 429, 2);
     let receipt = env.destroy(&lease).await;
-    assert_eq!(receipt, json!({"providerLeaseId": vm, "state": "destroyed"}));
+    assert_eq!(
+        receipt,
+        json!({"providerLeaseId": vm, "state": "destroyed"})
+    );
     assert_eq!(statuses(&env, "rm"), [429, 429, 200]);
     env.finish().await;
 }
@@ -189,7 +192,10 @@ async fn unauthorized_401_names_the_token() {
     assert!(message(&err).contains("apiKey"), "{err}");
     assert!(!message(&err).contains("not-the-right-token"), "{err}");
     let probe = env
-        .ok("environmentProbe", env.params_with_config(&wrong, json!({})))
+        .ok(
+            "environmentProbe",
+            env.params_with_config(&wrong, json!({})),
+        )
         .await;
     assert_eq!(probe["ok"], false);
     assert!(
@@ -224,10 +230,17 @@ async fn rm_403_names_rm_and_the_token_cmds() {
         "{err}"
     );
     assert_eq!(statuses(&env, "rm"), [403], "403 is not retried");
-    assert_eq!(env.sim.vm_names(), vec![vm.clone()], "the VM is still there");
+    assert_eq!(
+        env.sim.vm_names(),
+        vec![vm.clone()],
+        "the VM is still there"
+    );
     // With a token that may `rm`, the VM goes away.
     let receipt = env.destroy(&lease).await;
-    assert_eq!(receipt, json!({"providerLeaseId": vm, "state": "destroyed"}));
+    assert_eq!(
+        receipt,
+        json!({"providerLeaseId": vm, "state": "destroyed"})
+    );
     env.finish().await;
 }
 

@@ -29,10 +29,7 @@ async fn every_provider_method_through_the_worker() {
         )
         .await;
     assert_eq!(bad["ok"], false, "{bad}");
-    assert!(
-        bad["errors"][0].as_str().unwrap().contains("1BAD"),
-        "{bad}"
-    );
+    assert!(bad["errors"][0].as_str().unwrap().contains("1BAD"), "{bad}");
     assert!(bad.get("normalizedConfig").is_none(), "{bad}");
 
     // probe: create, SSH, inspect, delete.
@@ -104,7 +101,10 @@ async fn every_provider_method_through_the_worker() {
 
     // execute: default cwd is the lease's, stdout/stderr/exit code.
     let x = env
-        .sh(&lease, "pwd; echo to-stderr >&2; printf '%s' \"$PAPERCLIP_EXEC_ID\" | wc -c; exit 3")
+        .sh(
+            &lease,
+            "pwd; echo to-stderr >&2; printf '%s' \"$PAPERCLIP_EXEC_ID\" | wc -c; exit 3",
+        )
         .await;
     assert_eq!(
         x["stdout"],
@@ -135,10 +135,7 @@ async fn every_provider_method_through_the_worker() {
         .exec(&json!({"providerLeaseId": null}), "true", &[], json!({}))
         .await;
     assert_eq!(x["exitCode"], 1);
-    assert_eq!(
-        x["stderr"],
-        "No provider lease ID available for execution."
-    );
+    assert_eq!(x["stderr"], "No provider lease ID available for execution.");
 
     // resume while present
     let resumed = env
@@ -149,7 +146,10 @@ async fn every_provider_method_through_the_worker() {
         .await;
     assert_eq!(resumed["providerLeaseId"], vm);
     assert_eq!(resumed["metadata"]["resumedLease"], true);
-    assert_eq!(resumed["metadata"]["remoteCwd"], remote_cwd.to_str().unwrap());
+    assert_eq!(
+        resumed["metadata"]["remoteCwd"],
+        remote_cwd.to_str().unwrap()
+    );
 
     // release (reuseLease false) destroys
     let receipt = env.release(&lease).await;
@@ -224,10 +224,7 @@ async fn reuse_lease_release_keeps_the_vm_then_destroy() {
     let started = std::time::Instant::now();
     let (ran, receipt) = tokio::join!(running, release);
     let ran = ran.unwrap();
-    assert_eq!(
-        receipt,
-        json!({"providerLeaseId": vm, "state": "stopped"})
-    );
+    assert_eq!(receipt, json!({"providerLeaseId": vm, "state": "stopped"}));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the running command was stopped"
@@ -280,19 +277,19 @@ async fn live_output_streams_execute_log() {
         let call = env.worker().call("environmentExecute", params);
         tokio::pin!(call);
         loop {
-        tokio::select! {
-            r = &mut call => break r.unwrap(),
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                if first_live.is_none() {
-                    let notes = env.take_notifications();
-                    if notes.iter().any(|n| n["method"] == "execute.log") {
-                        first_live = Some(started.elapsed());
+            tokio::select! {
+                r = &mut call => break r.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if first_live.is_none() {
+                        let notes = env.take_notifications();
+                        if notes.iter().any(|n| n["method"] == "execute.log") {
+                            first_live = Some(started.elapsed());
+                        }
+                        // keep them for the comparison below
+                        kept.extend(notes);
                     }
-                    // keep them for the comparison below
-                    kept.extend(notes);
                 }
             }
-        }
         }
     };
     let total = started.elapsed();
@@ -304,10 +301,7 @@ async fn live_output_streams_execute_log() {
     }
     expected_out.push_str(&"ü😀x\n".repeat(40_000));
     assert_eq!(x["stdout"].as_str().unwrap(), expected_out);
-    assert_eq!(
-        x["stderr"],
-        "err 0\nerr 1\nerr 2\nerr 3\nerr 4\n"
-    );
+    assert_eq!(x["stderr"], "err 0\nerr 1\nerr 2\nerr 3\nerr 4\n");
     let first_live = first_live.expect("execute.log arrived before the result");
     assert!(
         first_live + Duration::from_millis(500) < total,

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 /// Characters a shell would love to interpret, plus non-ASCII.
 const POOL: &[&str] = &[
     "'", "\"", "$", "$(id)", "`id`", "(", ")", "*", "?", "[a]", "{b,c}", "~", "!", "#", ";", "&",
-    "|", "<", ">", "\\", "\\n", " ", "  ", "\t", "\n", "%s", "%", "-", "--x", "=", "é", "€", "日本",
-    "😀", "\u{202e}", "a", "b", "Z", "0", "9", "_", ".",
+    "|", "<", ">", "\\", "\\n", " ", "  ", "\t", "\n", "%s", "%", "-", "--x", "=", "é", "€",
+    "日本", "😀", "\u{202e}", "a", "b", "Z", "0", "9", "_", ".",
 ];
 
 fn weird(max: usize) -> impl Strategy<Value = String> {
@@ -58,14 +58,19 @@ async fn command_args_env_cwd_round_trip_exactly() {
     // Fixed cases first (a command containing `=` once ran as an `env` assignment), then
     // random ones.
     let fixed = [
-        ("it's $(x) `y` *", "a=b c", vec!["--", "$HOME", "\n", ""], "'\"", "日本😀\n"),
+        (
+            "it's $(x) `y` *",
+            "a=b c",
+            vec!["--", "$HOME", "\n", ""],
+            "'\"",
+            "日本😀\n",
+        ),
         ("-n", "-x=1", vec!["-e"], "", " "),
     ];
     for (i, (dir, name, args, v1, v2)) in fixed.into_iter().enumerate() {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
         let cwd = base.join(format!("fixed{i}")).join(dir);
-        if let Err(e) = check_case(&env, &lease, cwd.to_str().unwrap(), name, &args, v1, v2).await
-        {
+        if let Err(e) = check_case(&env, &lease, cwd.to_str().unwrap(), name, &args, v1, v2).await {
             panic!("fixed case {i}: {e}");
         }
     }
@@ -202,7 +207,13 @@ async fn large_output_is_byte_exact() {
         .exec(
             &lease,
             "sh",
-            &["-c", "yes \"$1\" | head -n \"$2\"", "sh", unit, &lines_20m.to_string()],
+            &[
+                "-c",
+                "yes \"$1\" | head -n \"$2\"",
+                "sh",
+                unit,
+                &lines_20m.to_string(),
+            ],
             json!({}),
         )
         .await;
@@ -245,9 +256,7 @@ async fn stdin_and_stderr_round_trip() {
         input.pop();
     }
     assert!(input.len() >= (8 << 20) - 4);
-    let x = env
-        .exec(&lease, "cat", &[], json!({"stdin": input}))
-        .await;
+    let x = env.exec(&lease, "cat", &[], json!({"stdin": input})).await;
     assert_eq!(x["exitCode"], 0);
     assert_eq!(x["stdout"].as_str().unwrap().len(), input.len());
     assert!(x["stdout"] == input.as_str(), "stdin did not round-trip");
@@ -268,7 +277,12 @@ async fn stdin_and_stderr_round_trip() {
         .exec(
             &lease,
             "sh",
-            &["-c", "printf 'partial out'; printf '%s' \"$1\" >&2; exit 42", "sh", msg],
+            &[
+                "-c",
+                "printf 'partial out'; printf '%s' \"$1\" >&2; exit 42",
+                "sh",
+                msg,
+            ],
             json!({}),
         )
         .await;
@@ -282,15 +296,15 @@ async fn stdin_and_stderr_round_trip() {
         .await;
     assert_eq!(x["exitCode"], 127, "{x}");
     assert!(
-        x["stderr"].as_str().unwrap().contains("no-such-command-e2e"),
+        x["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-command-e2e"),
         "{x}"
     );
     // A signal-terminated command reports no exit code
     let x: Value = env.sh(&lease, "kill -9 $$").await;
-    assert!(
-        x["exitCode"] == Value::Null || x["exitCode"] == 137,
-        "{x}"
-    );
+    assert!(x["exitCode"] == Value::Null || x["exitCode"] == 137, "{x}");
     env.destroy(&lease).await;
     env.finish().await;
 }

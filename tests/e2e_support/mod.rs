@@ -171,7 +171,10 @@ impl Env {
     /// Acquire a lease for `run_id`; returns the lease (`{providerLeaseId, metadata, expiresAt}`).
     pub async fn acquire(&self, run_id: &str) -> Value {
         let lease = self
-            .ok("environmentAcquireLease", self.params(json!({"runId": run_id})))
+            .ok(
+                "environmentAcquireLease",
+                self.params(json!({"runId": run_id})),
+            )
             .await;
         assert!(
             lease["providerLeaseId"].is_string(),
@@ -285,7 +288,11 @@ impl Merged for Value {
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A fresh run id (Paperclip sends a UUID-like string).
