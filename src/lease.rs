@@ -22,8 +22,10 @@ pub const READY_ATTEMPT_MAX_MS: u64 = 30_000;
 pub const READY_BACKOFF_BASE_MS: u64 = 1_000;
 /// Largest readiness backoff.
 pub const READY_BACKOFF_MAX_MS: u64 = 5_000;
-/// Deadline for cleanup (`rm` after a failed acquire/probe).
-pub const CLEANUP_TIMEOUT_MS: u64 = 60_000;
+/// Deadline for cleanup (`rm` after a failed acquire/probe). Paperclip (and the host) give a
+/// call `timeoutMs + 30 s`, so cleanup after a step that used the whole deadline must fit in
+/// what is left.
+pub const CLEANUP_TIMEOUT_MS: u64 = 20_000;
 /// Output cap for provider-run scripts (prepare, mkdir, kill).
 const SCRIPT_OUTPUT_CAP: u64 = 1024 * 1024;
 

@@ -89,6 +89,11 @@ impl ProviderHost {
         })
     }
 
+    /// Close the capabilities' pooled connections (SSH masters); call when the worker exits.
+    pub async fn close_connections(&self) {
+        self.grants.ssh.close_all().await;
+    }
+
     /// The names of every interface the component imports (for audits).
     pub fn component_imports(&self) -> Vec<String> {
         self.component

@@ -141,6 +141,11 @@ impl SshBackend for OpenSsh {
         let runner = self.0.clone();
         Box::pin(async move { runner.disconnect(&target_from_wit(target)).await })
     }
+
+    fn close_all(&self) -> BoxFuture<()> {
+        let runner = self.0.clone();
+        Box::pin(async move { runner.close_all().await })
+    }
 }
 
 /// Forwards output chunks as `execute.log` text without splitting UTF-8 characters.

@@ -194,20 +194,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => {
             clear_nonblocking_stdio();
             let host = Arc::new(args.load()?);
-            let exit = worker::serve(host, tokio::io::stdin(), tokio::io::stdout()).await?;
-            tracing::debug!("worker exiting: {exit:?}");
+            let exit = worker::serve(host.clone(), tokio::io::stdin(), tokio::io::stdout()).await;
+            // Masters would otherwise idle on until ControlPersist ends them.
+            host.close_connections().await;
+            tracing::debug!("worker exiting: {:?}", exit?);
             Ok(())
         }
         Command::Demo => {
             let me = std::env::current_exe().context("locating this binary")?;
             demo::run(&me).await
         }
-        Command::Bench { serial, rounds, fresh } => {
+        Command::Bench {
+            serial,
+            rounds,
+            fresh,
+        } => {
             let me = std::env::current_exe().context("locating this binary")?;
-            let opts = bench::BenchOptions { serial, rounds, fresh };
+            let opts = bench::BenchOptions {
+                serial,
+                rounds,
+                fresh,
+            };
             bench::run(&me, EMBEDDED_COMPONENT.len(), opts).await
         }
-        Command::Package { out, component, manifest } => {
+        Command::Package {
+            out,
+            component,
+            manifest,
+        } => {
             let scratch = tempfile::tempdir()?;
             let component = match component {
                 Some(p) => p,
@@ -231,9 +245,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim { state_dir } => {
-            let mut opts = sim::SimOptions::default();
-            opts.state_dir = state_dir;
-            sim::serve(opts).await
+            sim::serve(sim::SimOptions {
+                state_dir,
+                ..Default::default()
+            })
+            .await
         }
         Command::Validate { config, host } => {
             let config = read_config(&config)?;

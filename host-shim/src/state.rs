@@ -27,6 +27,11 @@ pub trait SshBackend: Send + Sync {
 
     /// Drop any pooled connection to `target`.
     fn disconnect(&self, target: ssh::Target) -> BoxFuture<()>;
+
+    /// Drop every pooled connection (the worker is exiting).
+    fn close_all(&self) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
 }
 
 /// Builds the HTTP hooks (the HTTP policy point) for each new store.

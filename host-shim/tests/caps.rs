@@ -429,6 +429,16 @@ async fn argv_is_exact_and_carries_no_key_material() {
     let key_path = PathBuf::from(&argv[i + 1]);
     assert!(key_path.starts_with(fake.path("tmp")), "{key_path:?}");
     let known_hosts = fake.path("state").join("known_hosts");
+    // Connection sharing: one control socket per target, named by a keyed hash, in the state
+    // dir's private `cm` directory.
+    let control = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("ControlPath="))
+        .expect("ControlPath present")
+        .to_string();
+    let control_dir = fake.path("state").join("cm");
+    let name = Path::new(&control).strip_prefix(&control_dir).unwrap();
+    assert_eq!(name.as_os_str().len(), 16, "{control}");
     let expected: Vec<String> = [
         "-F",
         "/dev/null",
@@ -451,6 +461,12 @@ async fn argv_is_exact_and_carries_no_key_material() {
         "ClearAllForwardings=yes",
         "-o",
         "LogLevel=ERROR",
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        &format!("ControlPath={control}"),
+        "-o",
+        "ControlPersist=120",
         "-p",
         "2222",
         "-i",
@@ -945,4 +961,142 @@ async fn real_ssh_through_the_simulator() {
         "a temp key survived"
     );
     sim.shutdown().await;
+}
+
+/// The `ssh: <control path> [mux]` master processes alive for `dir`.
+fn masters_in(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains(&needle) && c.contains("[mux]")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_shared_replaced_when_dead_and_closed() {
+    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    if !Path::new("/usr/bin/ssh").exists() {
+        eprintln!("skipping: /usr/bin/ssh not installed");
+        return;
+    }
+    let sim = Simulator::start(SimOptions::with_token("cm-token"))
+        .await
+        .unwrap();
+    let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
+    let body = http_body_util::Full::new(Bytes::from_static(b"new --json --name=reusevm"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(sim.api_url())
+        .header("authorization", "Bearer cm-token")
+        .body(body)
+        .unwrap();
+    let (resp, io) = Pin::from(hooks.send_request(req, None, Box::new(async { Ok(()) })))
+        .await
+        .unwrap();
+    tokio::spawn(Pin::from(io));
+    assert_eq!(resp.status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut settings = SshSettings::new(&state);
+    settings.ssh_binary = "/usr/bin/ssh".into();
+    settings.ssh_config = Some(sim.ssh_config_path());
+    let runner = SshRunner::new(settings, policy(&[])).unwrap();
+    let target = SshTarget {
+        host: "reusevm.exe.xyz".into(),
+        port: 22,
+        user: Some("exedev".into()),
+        identity: Identity::KeyMaterial(sim.client_key_pem()),
+        host_key_policy: HostKeyPolicy::AcceptNew,
+    };
+    let request = |command: &str| SshExec {
+        target: target.clone(),
+        command: command.into(),
+        stdin: None,
+        timeout_ms: 60_000,
+        max_output_bytes: 1 << 20,
+    };
+    let cm = state.join("cm");
+
+    // The first call leaves one master; later and concurrent calls share it.
+    let out = runner.exec(request("echo one"), None).await.unwrap();
+    assert_eq!(out.stdout, b"one\n");
+    let first = masters_in(&cm);
+    assert_eq!(first.len(), 1, "one master after the first call");
+    let calls = (0..8).map(|i| runner.exec(request(&format!("echo {i}")), None));
+    for (i, out) in futures_util_join(calls).await.into_iter().enumerate() {
+        assert_eq!(out.unwrap().stdout, format!("{i}\n").into_bytes());
+    }
+    assert_eq!(
+        masters_in(&cm),
+        first,
+        "concurrent calls reuse the same master"
+    );
+
+    // A master that died is replaced on the next call, transparently.
+    // SAFETY: plain kill(2) of a process this test observed.
+    unsafe {
+        libc::kill(first[0] as i32, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = runner.exec(request("echo again"), None).await.unwrap();
+    assert_eq!(out.stdout, b"again\n");
+    let second = masters_in(&cm);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+
+    // A timed-out call's group kill does not take the shared master with it.
+    let mut slow = request("sleep 30");
+    slow.timeout_ms = 500;
+    assert!(runner.exec(slow, None).await.unwrap().timed_out);
+    assert_eq!(
+        masters_in(&cm),
+        second,
+        "the master survives a timed-out call"
+    );
+
+    // disconnect (release/destroy) closes it; close_all closes whatever is left.
+    runner.disconnect(&target).await;
+    assert!(masters_in(&cm).is_empty(), "disconnect closed the master");
+    runner.exec(request("true"), None).await.unwrap();
+    assert_eq!(masters_in(&cm).len(), 1);
+    runner.close_all().await;
+    assert!(masters_in(&cm).is_empty(), "close_all closed the master");
+    sim.shutdown().await;
+}
+
+/// Await futures concurrently (they borrow the runner, so no spawning).
+async fn futures_util_join<F: std::future::Future>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().map(Option::unwrap).collect()
 }

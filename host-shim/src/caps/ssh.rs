@@ -182,6 +182,8 @@ pub struct SshSettings {
     pub temp_root: Option<PathBuf>,
     /// Ceiling for `max_output_bytes` (per stream).
     pub max_output_ceiling: u64,
+    /// Share one master connection per target (`ControlMaster`); on by default.
+    pub reuse_connections: bool,
 }
 
 impl SshSettings {
@@ -193,21 +195,47 @@ impl SshSettings {
             ssh_config: None,
             temp_root: None,
             max_output_ceiling: DEFAULT_MAX_OUTPUT_CEILING,
+            reuse_connections: true,
         }
     }
 }
 
 /// Runs remote commands with the system OpenSSH client under the host policy.
 ///
-/// Cheap to share (`Arc<SshRunner>`); every call is independent. Connection reuse
-/// (`ControlMaster`) is not implemented yet: [`SshRunner::connection_options`] is where the
-/// `-o ControlMaster/ControlPath/ControlPersist` options will go, and [`SshRunner::disconnect`]
-/// where `ssh -O exit` will.
+/// Cheap to share (`Arc<SshRunner>`). Connections are reused per target with OpenSSH
+/// connection sharing: every call runs with `ControlMaster=auto`, so the first one to a target
+/// starts a master connection (OpenSSH daemonizes it into its own session, out of reach of a
+/// timed-out call's process-group kill) and later and concurrent calls open a channel on it
+/// instead of a new handshake. A master that died leaves a stale socket, which OpenSSH detects,
+/// unlinks and replaces on the next call. [`SshRunner::disconnect`] and
+/// [`SshRunner::close_all`] end masters with `ssh -O exit`; an idle master closes by itself
+/// after [`CONTROL_PERSIST`].
 #[derive(Debug)]
 pub struct SshRunner {
     settings: SshSettings,
     policy: Arc<Policy>,
     known_hosts: PathBuf,
+    pool: Option<ConnectionPool>,
+}
+
+/// How long an idle master connection stays up. Also bounds how long masters outlive a worker
+/// that was killed without a chance to close them.
+pub const CONTROL_PERSIST: Duration = Duration::from_secs(120);
+
+/// Longest control-socket directory: OpenSSH binds `<path>.<16 random chars>` before renaming
+/// it, and a Unix socket path holds at most 107 bytes.
+const MAX_CONTROL_DIR_LEN: usize = 70;
+
+/// Where master connections' sockets live, and which ones this runner started.
+#[derive(Debug)]
+struct ConnectionPool {
+    /// Private (0700) directory of control sockets.
+    dir: PathBuf,
+    /// Keys socket names: a per-process random key, so a name reveals nothing about the
+    /// identity (key material) it was derived from.
+    hasher: std::collections::hash_map::RandomState,
+    /// Control path → the arguments `ssh -O exit` needs for it.
+    masters: std::sync::Mutex<std::collections::HashMap<PathBuf, Vec<OsString>>>,
 }
 
 impl SshRunner {
@@ -225,10 +253,20 @@ impl SshRunner {
                 )
             })?;
         let known_hosts = settings.state_dir.join("known_hosts");
+        let pool = if settings.reuse_connections {
+            control_dir(&settings.state_dir).map(|dir| ConnectionPool {
+                dir,
+                hasher: Default::default(),
+                masters: Default::default(),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             settings,
             policy,
             known_hosts,
+            pool,
         })
     }
 
@@ -383,11 +421,65 @@ impl SshRunner {
         Ok(result)
     }
 
-    /// Close any pooled connection to `target`. Connections are not pooled yet, so this does
-    /// nothing; callers are already wired for `ControlMaster` reuse, where it will run
-    /// `ssh -O exit` for the target's control socket.
+    /// Close the pooled master connection to `target`, if there is one (on release/destroy:
+    /// the VM is going away, and a later VM of the same name must get a fresh connection).
     pub async fn disconnect(&self, target: &SshTarget) {
-        tracing::debug!(host = %target.host, port = target.port, "ssh disconnect (no pooled connection)");
+        let Some(path) = self.control_path(target) else {
+            return;
+        };
+        let args = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.masters.lock().unwrap().remove(&path));
+        if let Some(args) = args {
+            self.exit_master(&path, &args).await;
+        }
+    }
+
+    /// Close every master connection this runner started (when the worker exits).
+    pub async fn close_all(&self) {
+        let Some(pool) = &self.pool else { return };
+        let masters: Vec<_> = pool.masters.lock().unwrap().drain().collect();
+        for (path, args) in masters {
+            self.exit_master(&path, &args).await;
+        }
+    }
+
+    /// `ssh -O exit` for one control socket; a master that is already gone is fine.
+    async fn exit_master(&self, path: &Path, args: &[OsString]) {
+        if !path.exists() {
+            return;
+        }
+        let status = Command::new(&self.settings.ssh_binary)
+            .args(args)
+            .env_clear()
+            .envs(self.child_env(&Identity::Agent))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        let closed = tokio::time::timeout(Duration::from_secs(5), status).await;
+        tracing::debug!(path = %path.display(), ok = matches!(closed, Ok(Ok(s)) if s.success()), "closed ssh master connection");
+    }
+
+    /// The control socket for `target`: one per (host, port, user, identity, host-key policy,
+    /// config), so a connection authenticated with one key is never reused for another.
+    fn control_path(&self, target: &SshTarget) -> Option<PathBuf> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let pool = self.pool.as_ref()?;
+        let mut h = pool.hasher.build_hasher();
+        target.host.hash(&mut h);
+        target.port.hash(&mut h);
+        target.user.hash(&mut h);
+        match &target.identity {
+            Identity::Agent => 0u8.hash(&mut h),
+            Identity::KeyFile(p) => (1u8, p).hash(&mut h),
+            Identity::KeyMaterial(k) => (2u8, k).hash(&mut h),
+        }
+        target.host_key_policy.as_ssh_value().hash(&mut h);
+        self.settings.ssh_config.hash(&mut h);
+        Some(pool.dir.join(format!("{:016x}", h.finish())))
     }
 
     /// Check the target against the policy and syntax rules; returns the `[user@]host`
@@ -481,8 +573,7 @@ impl SshRunner {
         Ok(dir)
     }
 
-    /// Options that shape the connection itself; the place where `ControlMaster`,
-    /// `ControlPath` and `ControlPersist` will be added for connection reuse.
+    /// Options that shape the connection itself (connection sharing is added by `build_args`).
     fn connection_options(&self, target: &SshTarget) -> Vec<OsString> {
         // `no` must not record unverified keys in the file `yes`/`accept-new` trust.
         let known_hosts: &Path = match target.host_key_policy {
@@ -511,6 +602,30 @@ impl SshRunner {
         opts
     }
 
+    /// Note the arguments `ssh -O exit` will need for the master at `path`.
+    fn remember_master(
+        &self,
+        path: &Path,
+        args_so_far: &[OsString],
+        target: &SshTarget,
+        destination: &str,
+    ) {
+        let Some(pool) = &self.pool else { return };
+        let mut masters = pool.masters.lock().unwrap();
+        if masters.contains_key(path) {
+            return;
+        }
+        let mut exit_args = args_so_far.to_vec();
+        exit_args.extend([
+            OsString::from("-p"),
+            target.port.to_string().into(),
+            "-O".into(),
+            "exit".into(),
+            destination.into(),
+        ]);
+        masters.insert(path.to_path_buf(), exit_args);
+    }
+
     /// The full argv after the program name.
     fn build_args(&self, req: &SshExec, destination: &str, key: Option<&Path>) -> Vec<OsString> {
         let target = &req.target;
@@ -521,6 +636,17 @@ impl SshRunner {
         });
         args.push("-T".into());
         args.extend(self.connection_options(target));
+        if let Some(path) = self.control_path(target) {
+            for kv in [
+                "ControlMaster=auto".to_string(),
+                format!("ControlPath={}", path.display()),
+                format!("ControlPersist={}", CONTROL_PERSIST.as_secs()),
+            ] {
+                args.push("-o".into());
+                args.push(kv.into());
+            }
+            self.remember_master(&path, &args, target, destination);
+        }
         args.push("-p".into());
         args.push(target.port.to_string().into());
         let key_file = match &target.identity {
@@ -728,6 +854,32 @@ pub fn signal_name(sig: i32) -> String {
         _ => return format!("SIG{sig}"),
     };
     name.to_owned()
+}
+
+/// The private directory for control sockets: `<state>/cm`, or a per-user directory under the
+/// temp dir when the state dir's path is too long for a Unix socket. `None` disables reuse.
+fn control_dir(state_dir: &Path) -> Option<PathBuf> {
+    let preferred = state_dir.join("cm");
+    let dir = if preferred.as_os_str().len() <= MAX_CONTROL_DIR_LEN {
+        preferred
+    } else {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        std::env::temp_dir().join(format!("paperclip-ssh-cm-{uid}"))
+    };
+    match crate::statedir::ensure_private_dir(&dir) {
+        Ok(()) if dir.as_os_str().len() <= MAX_CONTROL_DIR_LEN => Some(dir),
+        Ok(()) => {
+            tracing::warn!(
+                "no short private directory for ssh control sockets; connections are not reused"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("ssh connection reuse disabled: {e:#}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
