@@ -247,8 +247,10 @@ async fn rm_403_names_rm_and_the_token_cmds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_without_rm_permission_is_reported() {
     // A token with exe.dev's default permissions (no `rm`): the simulator's own 403.
-    let mut sim = SimOptions::default();
-    sim.allowed_cmds = Some(vec!["new".into(), "ls".into(), "whoami".into()]);
+    let sim = SimOptions {
+        allowed_cmds: Some(vec!["new".into(), "ls".into(), "whoami".into()]),
+        ..SimOptions::default()
+    };
     let env = Env::start_with(EnvOptions {
         sim,
         ..EnvOptions::default()
