@@ -125,7 +125,8 @@ pub fn sh_c(script: &str) -> String {
 }
 
 /// Kill every process whose initial environment contains `PAPERCLIP_EXEC_ID=<exec_id>` exactly
-/// (TERM, a one-second grace, then KILL for whatever is left); `None` matches any execution
+/// (TERM, then up to a second of grace polled every 0.1 s — so a command that exits on TERM
+/// costs no wait — then KILL for whatever is left); `None` matches any execution
 /// marker (used when a retained lease's active work is cancelled). Errors are ignored; the
 /// script always exits 0.
 pub fn kill_script(exec_id: Option<&str>) -> String {
@@ -136,8 +137,9 @@ pub fn kill_script(exec_id: Option<&str>) -> String {
     format!(
         "scan() {{ pids=''; for d in /proc/[0-9]*; do p=\"${{d#/proc/}}\"; [ \"$p\" = \"$$\" ] && continue; \
          if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | {test}; then pids=\"$pids $p\"; fi; done; }}; \
-         scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; sleep 1; \
-         scan; [ -n \"$pids\" ] && kill -s KILL $pids 2>/dev/null; exit 0"
+         scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; \
+         i=0; while [ $i -lt 10 ]; do sleep 0.1 2>/dev/null || {{ sleep 1; i=9; }}; scan; [ -n \"$pids\" ] || exit 0; i=$((i+1)); done; \
+         kill -s KILL $pids 2>/dev/null; exit 0"
     )
 }
 
@@ -335,7 +337,7 @@ mod tests {
     fn kill_script_exact() {
         assert_eq!(
             kill_script(Some("abc")),
-            "scan() { pids=''; for d in /proc/[0-9]*; do p=\"${d#/proc/}\"; [ \"$p\" = \"$$\" ] && continue; if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID=abc'; then pids=\"$pids $p\"; fi; done; }; scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; sleep 1; scan; [ -n \"$pids\" ] && kill -s KILL $pids 2>/dev/null; exit 0"
+            "scan() { pids=''; for d in /proc/[0-9]*; do p=\"${d#/proc/}\"; [ \"$p\" = \"$$\" ] && continue; if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID=abc'; then pids=\"$pids $p\"; fi; done; }; scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; i=0; while [ $i -lt 10 ]; do sleep 0.1 2>/dev/null || { sleep 1; i=9; }; scan; [ -n \"$pids\" ] || exit 0; i=$((i+1)); done; kill -s KILL $pids 2>/dev/null; exit 0"
         );
         assert!(kill_script(None).contains("grep -q '^PAPERCLIP_EXEC_ID='"));
     }
