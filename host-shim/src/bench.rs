@@ -60,6 +60,9 @@ struct Figures {
     ssh_master: Duration,
     ssh_fresh_round: Duration,
     ssh_master_20mib: Duration,
+    ssh_master_wrapper: Duration,
+    ssh_master_round: Duration,
+    ssh_master_wrapper_round: Duration,
 }
 
 async fn measure(
@@ -119,15 +122,17 @@ async fn measure(
     for i in 0..3 {
         let t = Instant::now();
         let lease = worker
-            .request("environmentAcquireLease", base(json!({"runId": format!("bench-run-{i}")})))
+            .request(
+                "environmentAcquireLease",
+                base(json!({"runId": format!("bench-run-{i}")})),
+            )
             .await?;
         acquires.push(t.elapsed());
         leases.push(lease);
     }
     let lease = leases[0].clone();
-    let exec = |script: &str| {
-        base(json!({"lease": lease, "command": "sh", "args": ["-c", script]}))
-    };
+    let exec =
+        |script: &str| base(json!({"lease": lease, "command": "sh", "args": ["-c", script]}));
 
     // Warm up the connection, then serial `true`.
     worker.request("environmentExecute", exec("true")).await?;
@@ -173,7 +178,10 @@ async fn measure(
 
     // Baselines: the same VM kind, reached the same way, with the system ssh client.
     let vm = worker
-        .request("environmentAcquireLease", base(json!({"runId": "bench-baseline"})))
+        .request(
+            "environmentAcquireLease",
+            base(json!({"runId": "bench-baseline"})),
+        )
         .await?;
     let host = vm["metadata"]["sshHost"]
         .as_str()
@@ -181,6 +189,16 @@ async fn measure(
         .context("lease metadata without sshHost")?
         .to_string();
     let port = vm["metadata"]["sshPort"].as_u64().unwrap_or(22).to_string();
+    let vm_name = vm["providerLeaseId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    worker
+        .request(
+            "environmentExecute",
+            base(json!({"lease": vm, "command": "sh", "args": ["-c", "true"]})),
+        )
+        .await?;
     let raw = RawSsh::new(sim, scratch.path(), &host, &port);
     let mut fresh = Vec::new();
     for _ in 0..opts.fresh {
@@ -200,6 +218,38 @@ async fn measure(
     for _ in 0..opts.serial {
         master.push(raw.run(true, "true").await?);
     }
+    // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
+    // profile sourcing, cd, exec env …), replayed over the master: same remote work, raw client.
+    let wrapper = sim
+        .ssh_log()
+        .into_iter()
+        .rev()
+        .filter(|c| c.vm == vm_name)
+        .filter_map(|c| c.command)
+        .find(|c| c.contains("PAPERCLIP_EXEC_ID") && c.contains("'true'"))
+        .context("the simulator logged no execute of `true`")?;
+    let mut master_wrapper = Vec::new();
+    for _ in 0..opts.serial {
+        master_wrapper.push(raw.run(true, &wrapper).await?);
+    }
+    let mut master_rounds = Vec::new();
+    for _ in 0..opts.rounds {
+        let t = Instant::now();
+        let calls = (0..8).map(|_| raw.run(true, "true"));
+        for r in futures_join_all(calls).await {
+            r?;
+        }
+        master_rounds.push(t.elapsed());
+    }
+    let mut master_wrapper_rounds = Vec::new();
+    for _ in 0..opts.rounds {
+        let t = Instant::now();
+        let calls = (0..8).map(|_| raw.run(true, &wrapper));
+        for r in futures_join_all(calls).await {
+            r?;
+        }
+        master_wrapper_rounds.push(t.elapsed());
+    }
     let mut master_big = Vec::new();
     for _ in 0..3 {
         master_big.push(raw.run(true, &big).await?);
@@ -208,7 +258,9 @@ async fn measure(
     worker
         .request(
             "environmentDestroyLease",
-            base(json!({"providerLeaseId": vm["providerLeaseId"], "leaseMetadata": vm["metadata"]})),
+            base(
+                json!({"providerLeaseId": vm["providerLeaseId"], "leaseMetadata": vm["metadata"]}),
+            ),
         )
         .await?;
     worker.shutdown().await?;
@@ -225,6 +277,9 @@ async fn measure(
         ssh_master: median(&mut master),
         ssh_fresh_round: median(&mut fresh_rounds),
         ssh_master_20mib: median(&mut master_big),
+        ssh_master_wrapper: median(&mut master_wrapper),
+        ssh_master_round: median(&mut master_rounds),
+        ssh_master_wrapper_round: median(&mut master_wrapper_rounds),
     })
 }
 
@@ -235,7 +290,12 @@ async fn ready(
 ) -> anyhow::Result<(Duration, WorkerClient)> {
     let t = Instant::now();
     let w = WorkerClient::spawn(host_binary, args, env).await?;
-    let init = w.request("initialize", json!({"manifest": {}, "config": {}, "apiVersion": 1})).await?;
+    let init = w
+        .request(
+            "initialize",
+            json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+        )
+        .await?;
     ensure!(init["ok"] == true, "initialize: {init}");
     Ok((t.elapsed(), w))
 }
@@ -269,7 +329,9 @@ async fn join_vec<F: std::future::Future>(futs: Vec<std::pin::Pin<Box<F>>>) -> V
         }
     })
     .await;
-    outs.into_iter().map(|o| o.expect("every future completed")).collect()
+    outs.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }
 
 /// The baseline: the system OpenSSH client run by hand, as a script would.
@@ -294,7 +356,10 @@ impl RawSsh {
             "-o".into(),
             "StrictHostKeyChecking=accept-new".into(),
             "-o".into(),
-            format!("UserKnownHostsFile={}", scratch.join("baseline_known_hosts").display()),
+            format!(
+                "UserKnownHostsFile={}",
+                scratch.join("baseline_known_hosts").display()
+            ),
             "-p".into(),
             port.into(),
         ];
@@ -309,10 +374,13 @@ impl RawSsh {
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.args(&self.common);
         if via_master {
-            cmd.arg("-o").arg(format!("ControlPath={}", self.control.display()));
+            cmd.arg("-o")
+                .arg(format!("ControlPath={}", self.control.display()));
         }
         cmd.arg(&self.host).arg(command);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let t = Instant::now();
         let out = cmd.output().await?;
         let d = t.elapsed();
@@ -327,14 +395,24 @@ impl RawSsh {
     async fn start_master(&self) -> anyhow::Result<()> {
         let status = tokio::process::Command::new("ssh")
             .args(&self.common)
-            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N"])
+            .args([
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=60",
+                "-f",
+                "-N",
+            ])
             .arg("-o")
             .arg(format!("ControlPath={}", self.control.display()))
             .arg(&self.host)
             .stdin(Stdio::null())
             .status()
             .await?;
-        ensure!(status.success(), "starting the baseline master connection failed");
+        ensure!(
+            status.success(),
+            "starting the baseline master connection failed"
+        );
         Ok(())
     }
 
@@ -377,8 +455,14 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 fn print_table(f: &Figures, wasm_size: usize) {
     println!("| measure | ours | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!("| worker ready, cold (compile) | {} | — | — | — |", ms(f.ready_cold));
-    println!("| worker ready, warm (cached) | {} | — | — | ≤ 50 ms |", ms(f.ready_warm));
+    println!(
+        "| worker ready, cold (compile) | {} | — | — | — |",
+        ms(f.ready_cold)
+    );
+    println!(
+        "| worker ready, warm (cached) | {} | — | — | ≤ 50 ms |",
+        ms(f.ready_warm)
+    );
     println!(
         "| execute `true`, serial median | {} | ssh over master {} | {:.2}× | ≤ 1.5× |",
         ms(f.serial_median),
@@ -386,12 +470,21 @@ fn print_table(f: &Figures, wasm_size: usize) {
         ratio(f.serial_median, f.ssh_master)
     );
     println!(
+        "| execute `true`, serial median | {} | ssh over master, same remote wrapper {} | {:.2}× | — |",
+        ms(f.serial_median),
+        ms(f.ssh_master_wrapper),
+        ratio(f.serial_median, f.ssh_master_wrapper)
+    );
+    println!(
         "| execute `true`, serial median | {} | fresh ssh {} | {:.1}× faster | ≥ 10× |",
         ms(f.serial_median),
         ms(f.ssh_fresh),
         ratio(f.ssh_fresh, f.serial_median)
     );
-    println!("| execute `true`, serial p90 | {} | — | — | — |", ms(f.serial_p90));
+    println!(
+        "| execute `true`, serial p90 | {} | — | — | — |",
+        ms(f.serial_p90)
+    );
     println!(
         "| 8 concurrent executes, round median | {} | our serial median {} | {:.2}× | ≤ 2× |",
         ms(f.round_median),
@@ -399,12 +492,27 @@ fn print_table(f: &Figures, wasm_size: usize) {
         ratio(f.round_median, f.serial_median)
     );
     println!(
+        "| 8 concurrent, raw baseline | 8 × ssh over master {} | ssh over master {} | {:.2}× | — |",
+        ms(f.ssh_master_round),
+        ms(f.ssh_master),
+        ratio(f.ssh_master_round, f.ssh_master)
+    );
+    println!(
+        "| 8 concurrent executes, round median | {} | 8 × ssh over master, same remote wrapper {} | {:.2}× | — |",
+        ms(f.round_median),
+        ms(f.ssh_master_wrapper_round),
+        ratio(f.round_median, f.ssh_master_wrapper_round)
+    );
+    println!(
         "| 8 concurrent, vs 8 fresh ssh | {} | 8 fresh ssh {} | {:.1}× faster | — |",
         ms(f.round_median),
         ms(f.ssh_fresh_round),
         ratio(f.ssh_fresh_round, f.round_median)
     );
-    println!("| acquire (create + ready + 1 SSH round trip) | {} | — | — | — |", ms(f.acquire));
+    println!(
+        "| acquire (create + ready + 1 SSH round trip) | {} | — | — | — |",
+        ms(f.acquire)
+    );
     println!(
         "| 20 MiB stdout | {} | ssh over master {} | {:.2}× | — |",
         ms(f.stdout_20mib),

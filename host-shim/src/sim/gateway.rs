@@ -29,6 +29,8 @@ pub(crate) async fn accept_loop(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        // As for VMs: `run_stream` ignores `Config::nodelay`, and Nagle would add ~40 ms.
+        let _ = stream.set_nodelay(true);
         let handler = Gateway {
             client_key: client_key.clone(),
             resolve: resolve.clone(),
