@@ -75,6 +75,8 @@ fn ensure_wasm_target() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!("cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand");
+        println!(
+            "cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand"
+        );
     }
 }

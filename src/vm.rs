@@ -99,11 +99,14 @@ pub fn lease_vm_name(
     };
     // Short ids keep the seed's exact shape; when an id was cut to 8 characters (Paperclip's
     // UUIDs always are), a digest of both full ids keeps distinct runs on distinct VMs.
-    let cut_short = alnum_lower(environment_id).len() > ID_PART_LEN
-        || alnum_lower(run_id).len() > ID_PART_LEN;
+    let cut_short =
+        alnum_lower(environment_id).len() > ID_PART_LEN || alnum_lower(run_id).len() > ID_PART_LEN;
     if cut_short {
         let digest = ids_digest(environment_id, run_id);
-        cut(format!("{prefix}-{env}-{run}-{}", safe_last_segment(digest)))
+        cut(format!(
+            "{prefix}-{env}-{run}-{}",
+            safe_last_segment(digest)
+        ))
     } else {
         cut(format!("{prefix}-{env}-{}", safe_last_segment(run)))
     }
