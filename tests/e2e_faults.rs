@@ -284,8 +284,24 @@ async fn ssh_refused_is_retried_until_ready() {
     );
     let x = env.sh(&lease, "echo reachable").await;
     assert_eq!(x["stdout"], "reachable\n");
-    // Once the VM is gone, SSH to it is refused: an execute is an error, not a result.
+    // A dropped connection (the pooled one is cut too): the command never ran, so the
+    // execute is an error, not a result; the next one reconnects.
     let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
+    env.sim.faults().drop_ssh(&vm, 1);
+    let err = env
+        .err(
+            "environmentExecute",
+            env.exec_params(&lease, "sh", &["-c", "echo hi"], json!({})),
+        )
+        .await;
+    assert_eq!(err["data"]["kind"], "ssh", "{err}");
+    assert!(
+        message(&err).starts_with(&format!("Failed to execute commands on exe.dev VM {vm}: ")),
+        "{err}"
+    );
+    let x = env.sh(&lease, "echo again").await;
+    assert_eq!(x["stdout"], "again\n");
+    // Once the VM is gone, SSH to it is refused: an execute is an error, not a result.
     assert_eq!(env.release(&lease).await["state"], "destroyed");
     let err = env
         .err(

@@ -302,9 +302,11 @@ async fn stdin_and_stderr_round_trip() {
             .contains("no-such-command-e2e"),
         "{x}"
     );
-    // A signal-terminated command reports no exit code
+    // A command killed by a signal: the remote shell's 128+9, not a timeout.
     let x: Value = env.sh(&lease, "kill -9 $$").await;
-    assert!(x["exitCode"] == Value::Null || x["exitCode"] == 137, "{x}");
+    assert_eq!(x["exitCode"], 137, "{x}");
+    assert_eq!(x["timedOut"], false, "{x}");
+    assert_eq!(x["stdout"], "", "{x}");
     env.destroy(&lease).await;
     env.finish().await;
 }

@@ -7,14 +7,10 @@ use std::time::{Duration, Instant};
 use e2e_support::{eventually, logs_of, processes_with_exec_id, run_id, Env};
 use serde_json::{json, Value};
 
+/// Issue 5: `timedOut` within a second of the deadline, and no remote process left. (One test,
+/// so nothing else in this binary competes for the CPU while the answer time is measured.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_kills_the_remote_tree() {
-    timeout_case(Duration::from_millis(1500 + 5000)).await;
-}
-
-/// Issue 5: `timedOut` within a second of the deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_answers_within_a_second_of_the_deadline() {
+async fn timeout_is_prompt_and_kills_the_remote_tree() {
     timeout_case(Duration::from_millis(1500 + 1000)).await;
 }
 
@@ -58,6 +54,7 @@ async fn timeout_case(answer_by: Duration) {
         took >= Duration::from_millis(1500),
         "answered before the deadline: {took:?}"
     );
+    println!("timed-out execute answered after {took:?}");
     assert!(
         took <= answer_by,
         "answered {took:?} after the call started (deadline 1.5 s, limit {answer_by:?})"
