@@ -345,7 +345,7 @@ const PROFILE: &str = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>
 /// The kill script for one execution id, verbatim.
 fn kill_script(id: &str) -> String {
     format!(
-        "scan() {{ pids=''; for d in /proc/[0-9]*; do p=\"${{d#/proc/}}\"; [ \"$p\" = \"$$\" ] && continue; if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID={id}'; then pids=\"$pids $p\"; fi; done; }}; scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; i=0; while [ $i -lt 10 ]; do sleep 0.1 2>/dev/null || {{ sleep 1; i=9; }}; scan; [ -n \"$pids\" ] || exit 0; i=$((i+1)); done; kill -s KILL $pids 2>/dev/null; exit 0"
+        "scan() {{ pids=''; for f in $(grep -lF 'PAPERCLIP_EXEC_ID={id}' /proc/[0-9]*/environ 2>/dev/null); do p=\"${{f#/proc/}}\"; p=\"${{p%/environ}}\"; [ \"$p\" = \"$$\" ] && continue; if tr '\\0' '\\n' < \"$f\" 2>/dev/null | grep -qx 'PAPERCLIP_EXEC_ID={id}'; then pids=\"$pids $p\"; fi; done; }}; scan; [ -n \"$pids\" ] || exit 0; kill -s TERM $pids 2>/dev/null; i=0; while [ $i -lt 10 ]; do sleep 0.1 2>/dev/null || {{ sleep 1; i=9; }}; scan; [ -n \"$pids\" ] || exit 0; i=$((i+1)); done; kill -s KILL $pids 2>/dev/null; exit 0"
     )
 }
 
@@ -1166,10 +1166,15 @@ async fn release_with_reuse_lease_and_cancel_stops_marked_work() {
         .unwrap();
     assert_eq!(r, json!({"providerLeaseId": VM, "state": "stopped"}));
     assert!(h.requests().is_empty());
-    let kill_any = kill_script("x").replace(
-        "grep -qx 'PAPERCLIP_EXEC_ID=x'",
-        "grep -q '^PAPERCLIP_EXEC_ID='",
-    );
+    let kill_any = kill_script("x")
+        .replace(
+            "grep -qx 'PAPERCLIP_EXEC_ID=x'",
+            "grep -q '^PAPERCLIP_EXEC_ID='",
+        )
+        .replace(
+            "grep -lF 'PAPERCLIP_EXEC_ID=x'",
+            "grep -lF 'PAPERCLIP_EXEC_ID='",
+        );
     assert_eq!(
         h.ssh_calls(),
         vec![ssh_call(
