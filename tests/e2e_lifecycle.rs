@@ -320,3 +320,12 @@ async fn live_output_streams_execute_log() {
     env.destroy(&lease).await;
     env.finish().await;
 }
+
+/// The leak check has teeth: a scenario that leaves a VM behind fails its test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "VMs leaked")]
+async fn a_test_that_leaves_a_vm_fails() {
+    let env = Env::start().await;
+    env.acquire(&run_id("leak")).await;
+    env.finish().await;
+}
