@@ -4,7 +4,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{eventually, live_output, run_id, Env, EnvOptions};
+use e2e_support::{live_output, run_id, Env};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,68 +186,6 @@ async fn every_provider_method_through_the_worker() {
     // health
     let h = env.ok("health", json!({})).await;
     assert_eq!(h["status"], "ok", "{h}");
-    env.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reuse_lease_release_keeps_the_vm_then_destroy() {
-    let env = Env::start_with(EnvOptions {
-        config_extra: json!({"reuseLease": true}),
-        ..EnvOptions::default()
-    })
-    .await;
-    let lease = env.acquire(&run_id("reuse")).await;
-    let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
-    assert_eq!(lease["metadata"]["reuseLease"], true);
-
-    // plain release: VM kept, no receipt
-    assert_eq!(env.release(&lease).await, Value::Null);
-    assert_eq!(env.sim.vm_names(), vec![vm.clone()]);
-    let x = env.sh(&lease, "echo still-here").await;
-    assert_eq!(x["stdout"], "still-here\n");
-
-    // release with cancelActiveWork stops running work but keeps the VM
-    let sleeper = env.exec_params(&lease, "sh", &["-c", "echo started; sleep 30"], json!({}));
-    let running = env.worker().call("environmentExecute", sleeper);
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        env.ok(
-            "environmentReleaseLease",
-            env.params(json!({
-                "providerLeaseId": vm,
-                "leaseMetadata": lease["metadata"],
-                "cancelActiveWork": true,
-            })),
-        )
-        .await
-    };
-    let started = std::time::Instant::now();
-    let (ran, receipt) = tokio::join!(running, release);
-    let ran = ran.unwrap();
-    assert_eq!(receipt, json!({"providerLeaseId": vm, "state": "stopped"}));
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the running command was stopped"
-    );
-    let ran = &ran["result"];
-    assert_eq!(ran["stdout"], "started\n", "{ran}");
-    assert_ne!(ran["exitCode"], 0, "{ran}");
-    assert_eq!(env.sim.vm_names(), vec![vm.clone()]);
-
-    // resume works on the kept VM, then destroy removes it
-    let resumed = env
-        .ok(
-            "environmentResumeLease",
-            env.params(json!({"providerLeaseId": vm, "leaseMetadata": lease["metadata"]})),
-        )
-        .await;
-    assert_eq!(resumed["providerLeaseId"], vm);
-    let receipt = env.destroy(&resumed).await;
-    assert_eq!(
-        receipt,
-        json!({"providerLeaseId": vm, "state": "destroyed"})
-    );
-    assert!(eventually(Duration::from_secs(2), || env.sim.vm_names().is_empty()).await);
     env.finish().await;
 }
 
