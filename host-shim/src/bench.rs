@@ -11,6 +11,7 @@ use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
 use crate::client::WorkerClient;
+use crate::harness;
 use crate::sim::{SimOptions, Simulator};
 
 /// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
@@ -39,7 +40,7 @@ const TWENTY_MIB: usize = 20 << 20;
 /// Run the benchmark and print the table. `wasm_size` is the shipped component's size.
 pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> anyhow::Result<()> {
     let sim = Simulator::start(SimOptions::default()).await?;
-    let result = measure(host_binary, &sim, wasm_size, opts).await;
+    let result = measure(host_binary, &sim, opts).await;
     let left = sim.vm_names();
     sim.shutdown().await;
     let rows = result?;
@@ -68,112 +69,76 @@ struct Figures {
 async fn measure(
     host_binary: &Path,
     sim: &Simulator,
-    _wasm_size: usize,
     opts: BenchOptions,
 ) -> anyhow::Result<Figures> {
     let scratch = tempfile::tempdir()?;
-    let args = |state: &Path| {
-        vec![
-            "--state-dir".to_string(),
-            state.display().to_string(),
-            "--allow-http".to_string(),
-            sim.api_authority(),
-            "--ssh-config".to_string(),
-            sim.ssh_config_path().display().to_string(),
-        ]
-    };
-    let quiet = [("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
+    let quiet = harness::quiet_env();
+    let args = |dir: &str| harness::worker_args(sim, &scratch.path().join(dir));
 
     // Worker ready: spawn → initialize answered. Cold = empty state dir (compiles the
     // component); warm = the compiled artifact is cached.
-    let mut cold = Vec::new();
-    for i in 0..3 {
-        let state = scratch.path().join(format!("cold-{i}"));
-        let (d, w) = ready(host_binary, &args(&state), &quiet).await?;
-        cold.push(d);
-        w.shutdown().await?;
-    }
-    let warm_state = scratch.path().join("cold-0");
-    let mut warm = Vec::new();
-    for _ in 0..10 {
-        let (d, w) = ready(host_binary, &args(&warm_state), &quiet).await?;
-        warm.push(d);
-        w.shutdown().await?;
-    }
-    let (_, worker) = ready(host_binary, &args(&warm_state), &quiet).await?;
+    let mut i = 0;
+    let cold = timed_serial(3, async || {
+        i += 1;
+        ready(host_binary, &args(&format!("cold-{i}")), &quiet)
+            .await?
+            .shutdown()
+            .await
+    })
+    .await?;
+    let warm = timed_serial(10, async || {
+        ready(host_binary, &args("cold-1"), &quiet)
+            .await?
+            .shutdown()
+            .await
+    })
+    .await?;
+    let worker = ready(host_binary, &args("cold-1"), &quiet).await?;
 
-    let config = json!({
-        "apiKey": sim.token(),
-        "apiUrl": sim.api_url(),
-        "sshPrivateKey": sim.client_key_pem(),
-        "timeoutMs": 60000,
-    });
-    let base = |extra: Value| {
-        let mut p = json!({"driverKey": "exe-dev", "companyId": "bench", "environmentId": "bench-env", "config": config});
-        if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
-            p.extend(extra.clone());
-        }
-        p
+    let config = harness::driver_config(sim, 60_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-env", extra);
+    let exec_on = |lease: &Value, script: &str| {
+        base(json!({"lease": lease, "command": "sh", "args": ["-c", script]}))
     };
 
     // Acquire: create + readiness + one SSH round trip. Three leases; the first is used below.
-    let mut acquires = Vec::new();
     let mut leases = Vec::new();
-    for i in 0..3 {
-        let t = Instant::now();
+    let acquires = timed_serial(3, async || {
+        let run_id = format!("bench-run-{}", leases.len());
         let lease = worker
-            .request(
-                "environmentAcquireLease",
-                base(json!({"runId": format!("bench-run-{i}")})),
-            )
+            .request("environmentAcquireLease", base(json!({ "runId": run_id })))
             .await?;
-        acquires.push(t.elapsed());
         leases.push(lease);
-    }
+        Ok(())
+    })
+    .await?;
     let lease = leases[0].clone();
-    let exec =
-        |script: &str| base(json!({"lease": lease, "command": "sh", "args": ["-c", script]}));
-
-    // Warm up the connection, then serial `true`.
-    worker.request("environmentExecute", exec("true")).await?;
-    let mut serial = Vec::new();
-    for _ in 0..opts.serial {
-        let t = Instant::now();
-        let r = worker.request("environmentExecute", exec("true")).await?;
-        serial.push(t.elapsed());
-        ensure!(r["exitCode"] == 0, "execute true: {r}");
-    }
-
-    let mut rounds = Vec::new();
-    for _ in 0..opts.rounds {
-        let t = Instant::now();
-        let calls = (0..8).map(|_| worker.request("environmentExecute", exec("true")));
-        for r in futures_join_all(calls).await {
-            ensure!(r?["exitCode"] == 0, "concurrent execute failed");
-        }
-        rounds.push(t.elapsed());
-    }
-
-    let big = format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a");
-    let mut big_runs = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let r = worker.request("environmentExecute", exec(&big)).await?;
-        big_runs.push(t.elapsed());
-        ensure!(
-            r["stdout"].as_str().map(str::len) == Some(TWENTY_MIB),
-            "20 MiB stdout came back with {:?} bytes",
-            r["stdout"].as_str().map(str::len)
-        );
-    }
-
-    for l in &leases {
-        worker
-            .request(
-                "environmentDestroyLease",
-                base(json!({"providerLeaseId": l["providerLeaseId"], "leaseMetadata": l["metadata"]})),
-            )
+    let exec_true = async || {
+        let r = worker
+            .request("environmentExecute", exec_on(&lease, "true"))
             .await?;
+        ensure!(r["exitCode"] == 0, "execute true: {r}");
+        Ok(())
+    };
+
+    exec_true().await?; // the first call opens the shared connection
+    let mut serial = timed_serial(opts.serial, &exec_true).await?;
+    let rounds = timed_rounds(opts.rounds, &exec_true).await?;
+    let big = format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a");
+    let big_runs = timed_serial(3, async || {
+        let r = worker
+            .request("environmentExecute", exec_on(&lease, &big))
+            .await?;
+        let len = r["stdout"].as_str().map(str::len);
+        ensure!(
+            len == Some(TWENTY_MIB),
+            "20 MiB stdout came back with {len:?} bytes"
+        );
+        Ok(())
+    })
+    .await?;
+    for l in &leases {
+        destroy(&worker, &base, l).await?;
     }
 
     // Baselines: the same VM kind, reached the same way, with the system ssh client.
@@ -182,6 +147,9 @@ async fn measure(
             "environmentAcquireLease",
             base(json!({"runId": "bench-baseline"})),
         )
+        .await?;
+    worker
+        .request("environmentExecute", exec_on(&vm, "true"))
         .await?;
     let host = vm["metadata"]["sshHost"]
         .as_str()
@@ -193,33 +161,8 @@ async fn measure(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    worker
-        .request(
-            "environmentExecute",
-            base(json!({"lease": vm, "command": "sh", "args": ["-c", "true"]})),
-        )
-        .await?;
-    let raw = RawSsh::new(sim, scratch.path(), &host, &port);
-    let mut fresh = Vec::new();
-    for _ in 0..opts.fresh {
-        fresh.push(raw.run(false, "true").await?);
-    }
-    let mut fresh_rounds = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let calls = (0..8).map(|_| raw.run(false, "true"));
-        for r in futures_join_all(calls).await {
-            r?;
-        }
-        fresh_rounds.push(t.elapsed());
-    }
-    raw.start_master().await?;
-    let mut master = Vec::new();
-    for _ in 0..opts.serial {
-        master.push(raw.run(true, "true").await?);
-    }
     // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
-    // profile sourcing, cd, exec env …), replayed over the master: same remote work, raw client.
+    // profile sourcing, cd, exec env …), replayed by the raw client: same remote work.
     let wrapper = sim
         .ssh_log()
         .into_iter()
@@ -228,67 +171,86 @@ async fn measure(
         .filter_map(|c| c.command)
         .find(|c| c.contains("PAPERCLIP_EXEC_ID") && c.contains("'true'"))
         .context("the simulator logged no execute of `true`")?;
-    let mut master_wrapper = Vec::new();
-    for _ in 0..opts.serial {
-        master_wrapper.push(raw.run(true, &wrapper).await?);
-    }
-    let mut master_rounds = Vec::new();
-    for _ in 0..opts.rounds {
-        let t = Instant::now();
-        let calls = (0..8).map(|_| raw.run(true, "true"));
-        for r in futures_join_all(calls).await {
-            r?;
-        }
-        master_rounds.push(t.elapsed());
-    }
-    let mut master_wrapper_rounds = Vec::new();
-    for _ in 0..opts.rounds {
-        let t = Instant::now();
-        let calls = (0..8).map(|_| raw.run(true, &wrapper));
-        for r in futures_join_all(calls).await {
-            r?;
-        }
-        master_wrapper_rounds.push(t.elapsed());
-    }
-    let mut master_big = Vec::new();
-    for _ in 0..3 {
-        master_big.push(raw.run(true, &big).await?);
-    }
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port);
+    let fresh = timed_serial(opts.fresh, async || raw.run(false, "true").await).await?;
+    let fresh_rounds = timed_rounds(3, async || raw.run(false, "true").await).await?;
+    raw.start_master().await?;
+    let master = timed_serial(opts.serial, async || raw.run(true, "true").await).await?;
+    let master_wrapper = timed_serial(opts.serial, async || raw.run(true, &wrapper).await).await?;
+    let master_rounds = timed_rounds(opts.rounds, async || raw.run(true, "true").await).await?;
+    let master_wrapper_rounds =
+        timed_rounds(opts.rounds, async || raw.run(true, &wrapper).await).await?;
+    let master_big = timed_serial(3, async || raw.run(true, &big).await).await?;
     raw.stop_master().await;
-    worker
-        .request(
-            "environmentDestroyLease",
-            base(
-                json!({"providerLeaseId": vm["providerLeaseId"], "leaseMetadata": vm["metadata"]}),
-            ),
-        )
-        .await?;
+    destroy(&worker, &base, &vm).await?;
     worker.shutdown().await?;
 
     Ok(Figures {
-        ready_cold: median(&mut cold),
-        ready_warm: median(&mut warm),
-        serial_median: median(&mut serial.clone()),
+        ready_cold: median(cold),
+        ready_warm: median(warm),
+        serial_median: median(serial.clone()),
         serial_p90: percentile(&mut serial, 0.9),
-        round_median: median(&mut rounds),
-        acquire: median(&mut acquires),
-        stdout_20mib: median(&mut big_runs),
-        ssh_fresh: median(&mut fresh),
-        ssh_master: median(&mut master),
-        ssh_fresh_round: median(&mut fresh_rounds),
-        ssh_master_20mib: median(&mut master_big),
-        ssh_master_wrapper: median(&mut master_wrapper),
-        ssh_master_round: median(&mut master_rounds),
-        ssh_master_wrapper_round: median(&mut master_wrapper_rounds),
+        round_median: median(rounds),
+        acquire: median(acquires),
+        stdout_20mib: median(big_runs),
+        ssh_fresh: median(fresh),
+        ssh_master: median(master),
+        ssh_fresh_round: median(fresh_rounds),
+        ssh_master_20mib: median(master_big),
+        ssh_master_wrapper: median(master_wrapper),
+        ssh_master_round: median(master_rounds),
+        ssh_master_wrapper_round: median(master_wrapper_rounds),
     })
+}
+
+async fn destroy(
+    worker: &WorkerClient,
+    base: &impl Fn(Value) -> Value,
+    lease: &Value,
+) -> anyhow::Result<()> {
+    let params =
+        json!({"providerLeaseId": lease["providerLeaseId"], "leaseMetadata": lease["metadata"]});
+    worker
+        .request("environmentDestroyLease", base(params))
+        .await?;
+    Ok(())
+}
+
+/// Wall time of each of `n` runs of `f`, one after another.
+async fn timed_serial<T>(
+    n: usize,
+    mut f: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
+/// Wall time of each of `n` rounds of 8 concurrent runs of `f`.
+async fn timed_rounds<T>(
+    n: usize,
+    f: impl AsyncFn() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        for r in harness::join_all((0..8).map(|_| f())).await {
+            r?;
+        }
+        times.push(t.elapsed());
+    }
+    Ok(times)
 }
 
 async fn ready(
     host_binary: &Path,
     args: &[String],
     env: &[(String, String)],
-) -> anyhow::Result<(Duration, WorkerClient)> {
-    let t = Instant::now();
+) -> anyhow::Result<WorkerClient> {
     let w = WorkerClient::spawn(host_binary, args, env).await?;
     let init = w
         .request(
@@ -297,41 +259,7 @@ async fn ready(
         )
         .await?;
     ensure!(init["ok"] == true, "initialize: {init}");
-    Ok((t.elapsed(), w))
-}
-
-/// Await all futures concurrently (no extra dependency for one helper).
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    join_vec(futs.map(Box::pin).collect()).await
-}
-
-async fn join_vec<F: std::future::Future>(futs: Vec<std::pin::Pin<Box<F>>>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futs: Vec<Option<std::pin::Pin<Box<F>>>> = futs.into_iter().map(Some).collect();
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, slot) in futs.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => {
-                        outs[i] = Some(v);
-                        *slot = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outs.into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
+    Ok(w)
 }
 
 /// The baseline: the system OpenSSH client run by hand, as a script would.
@@ -370,7 +298,7 @@ impl RawSsh {
         }
     }
 
-    async fn run(&self, via_master: bool, command: &str) -> anyhow::Result<Duration> {
+    async fn run(&self, via_master: bool, command: &str) -> anyhow::Result<()> {
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.args(&self.common);
         if via_master {
@@ -381,15 +309,13 @@ impl RawSsh {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let t = Instant::now();
         let out = cmd.output().await?;
-        let d = t.elapsed();
         ensure!(
             out.status.success(),
             "baseline ssh failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Ok(d)
+        Ok(())
     }
 
     async fn start_master(&self) -> anyhow::Result<()> {
@@ -431,8 +357,8 @@ impl RawSsh {
     }
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    percentile(v, 0.5)
+fn median(mut v: Vec<Duration>) -> Duration {
+    percentile(&mut v, 0.5)
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {

@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 
 use crate::client::WorkerClient;
+use crate::harness;
 use crate::sim::{SimOptions, Simulator};
 
 /// Run the demo, printing each step with its duration. Fails if any step fails or a VM is left.
@@ -36,18 +37,13 @@ pub async fn run(host_binary: &Path) -> anyhow::Result<()> {
 }
 
 async fn lifecycle(host_binary: &Path, sim: &Simulator, state: &Path) -> anyhow::Result<()> {
-    let args = vec![
-        "--state-dir".to_string(),
-        state.display().to_string(),
-        "--allow-http".to_string(),
-        sim.api_authority(),
-        "--ssh-config".to_string(),
-        sim.ssh_config_path().display().to_string(),
-    ];
     let t = Instant::now();
-    // The worker's own progress lines would drown the demo's; keep its warnings and errors.
-    let quiet = [("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
-    let worker = WorkerClient::spawn(host_binary, &args, &quiet).await?;
+    let worker = WorkerClient::spawn(
+        host_binary,
+        &harness::worker_args(sim, state),
+        &harness::quiet_env(),
+    )
+    .await?;
     let init = worker
         .request(
             "initialize",
@@ -57,25 +53,8 @@ async fn lifecycle(host_binary: &Path, sim: &Simulator, state: &Path) -> anyhow:
     ensure!(init["ok"] == true, "initialize answered {init}");
     step("worker ready (spawn + initialize)", t, "ok");
 
-    let config = json!({
-        "apiKey": sim.token(),
-        "apiUrl": sim.api_url(),
-        "sshPrivateKey": sim.client_key_pem(),
-        "timeoutMs": 60000,
-    });
-    let base = |extra: Value| {
-        let mut p = json!({
-            "driverKey": "exe-dev",
-            "companyId": "demo-company",
-            "environmentId": "demo-env",
-            "config": config,
-            "paperclipInvocation": {"id": "demo-invocation"},
-        });
-        if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
-            p.extend(extra.clone());
-        }
-        p
-    };
+    let config = harness::driver_config(sim, 60_000);
+    let base = |extra: Value| harness::call_params(&config, "demo-company", "demo-env", extra);
 
     let t = Instant::now();
     let v = worker

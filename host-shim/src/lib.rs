@@ -9,6 +9,7 @@ pub mod convert;
 pub mod demo;
 pub mod engine;
 pub mod grants;
+pub mod harness;
 mod imports;
 pub mod package;
 pub mod policy;

@@ -873,23 +873,7 @@ async fn real_ssh_through_the_simulator() {
         .unwrap();
 
     // Create the VM through the policy hooks, like the component does.
-    let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
-    let body = http_body_util::Full::new(Bytes::from_static(b"new --json --name=capsvm"))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(sim.api_url())
-        .header("authorization", "Bearer caps-token")
-        .body(body)
-        .unwrap();
-    let (resp, io) = Pin::from(hooks.send_request(req, None, Box::new(async { Ok(()) })))
-        .await
-        .unwrap();
-    tokio::spawn(Pin::from(io));
-    assert_eq!(resp.status(), 200);
-    let created = resp.into_body().collect().await.unwrap().to_bytes();
-    let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    let created = create_sim_vm(&sim, "caps-token", "capsvm").await;
     assert_eq!(created["vm_name"], "capsvm");
 
     let dir = tempfile::tempdir().unwrap();
@@ -990,21 +974,7 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     let sim = Simulator::start(SimOptions::with_token("cm-token"))
         .await
         .unwrap();
-    let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
-    let body = http_body_util::Full::new(Bytes::from_static(b"new --json --name=reusevm"))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(sim.api_url())
-        .header("authorization", "Bearer cm-token")
-        .body(body)
-        .unwrap();
-    let (resp, io) = Pin::from(hooks.send_request(req, None, Box::new(async { Ok(()) })))
-        .await
-        .unwrap();
-    tokio::spawn(Pin::from(io));
-    assert_eq!(resp.status(), 200);
+    create_sim_vm(&sim, "cm-token", "reusevm").await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -1034,7 +1004,11 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     let first = masters_in(&cm);
     assert_eq!(first.len(), 1, "one master after the first call");
     let calls = (0..8).map(|i| runner.exec(request(&format!("echo {i}")), None));
-    for (i, out) in futures_util_join(calls).await.into_iter().enumerate() {
+    for (i, out) in paperclip_wasm_host::harness::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(out.unwrap().stdout, format!("{i}\n").into_bytes());
     }
     assert_eq!(
@@ -1075,28 +1049,28 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     sim.shutdown().await;
 }
 
-/// Await futures concurrently (they borrow the runner, so no spawning).
-async fn futures_util_join<F: std::future::Future>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.map(Box::pin).collect();
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if outs[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => outs[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outs.into_iter().map(Option::unwrap).collect()
+/// `new --json --name=<name>` on the simulator through the policy hooks, as the component
+/// sends it; returns the created VM's JSON.
+async fn create_sim_vm(
+    sim: &paperclip_wasm_host::sim::Simulator,
+    token: &str,
+    name: &str,
+) -> serde_json::Value {
+    let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
+    let body = http_body_util::Full::new(Bytes::from(format!("new --json --name={name}")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(sim.api_url())
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .unwrap();
+    let (resp, io) = Pin::from(hooks.send_request(req, None, Box::new(async { Ok(()) })))
+        .await
+        .unwrap();
+    tokio::spawn(Pin::from(io));
+    assert_eq!(resp.status(), 200);
+    let created = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&created).unwrap()
 }
