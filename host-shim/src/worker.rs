@@ -11,9 +11,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::bindings::provider::Guest;
+use crate::bindings::types::ProviderError;
 use crate::caps::log::{CallSink, Outbox, Outgoing};
 use crate::convert::{self, codes, RpcError};
 use crate::engine::ProviderHost;
+use crate::state::HostState;
+use wasmtime::Store;
 
 /// Every method this worker answers, as announced in `initialize`.
 pub const SUPPORTED_METHODS: &[&str] = &[
@@ -195,97 +198,80 @@ pub async fn dispatch(
     params: Value,
     sink: CallSink,
 ) -> Result<Value, RpcError> {
-    let timeout = convert::call_timeout(&params);
-    let trapped = |e: wasmtime::Error| trap_error(method, e);
-    let perr = |e| convert::provider_error(method, e);
+    let call = Call {
+        host,
+        method,
+        sink,
+        timeout: convert::call_timeout(&params),
+    };
     match method {
         "initialize" => Ok(json!({ "ok": true, "supportedMethods": SUPPORTED_METHODS })),
         "health" => {
-            let h = host
-                .call(sink, timeout, async |s, g: &Guest| g.call_health(s).await)
-                .await
-                .map_err(trapped)?;
+            let h = call.infallible(async |s, g| g.call_health(s).await).await?;
             Ok(convert::health_json(h))
         }
         "environmentValidateConfig" => {
             let config = convert::validate_params(&params);
-            let v = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_validate_config(s, &config).await
-                })
-                .await
-                .map_err(trapped)?;
+            let v = call
+                .infallible(async |s, g| g.call_validate_config(s, &config).await)
+                .await?;
             Ok(convert::validation_json(v))
         }
         "environmentProbe" => {
             let ctx = convert::call_context(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_probe(s, &ctx).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::probe_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_probe(s, &ctx).await,
+                convert::probe_json,
+            )
+            .await
         }
         "environmentAcquireLease" => {
             let req = convert::acquire_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_acquire_lease(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::lease_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_acquire_lease(s, &req).await,
+                convert::lease_json,
+            )
+            .await
         }
         "environmentResumeLease" => {
             let req = convert::resume_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_resume_lease(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::lease_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_resume_lease(s, &req).await,
+                convert::lease_json,
+            )
+            .await
         }
         "environmentReleaseLease" => {
             let req = convert::release_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_release_lease(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::receipt_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_release_lease(s, &req).await,
+                convert::receipt_json,
+            )
+            .await
         }
         "environmentDestroyLease" => {
             let req = convert::release_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_destroy_lease(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::receipt_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_destroy_lease(s, &req).await,
+                convert::receipt_json,
+            )
+            .await
         }
         "environmentRealizeWorkspace" => {
             let req = convert::realize_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_realize_workspace(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::realized_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_realize_workspace(s, &req).await,
+                convert::realized_json,
+            )
+            .await
         }
         "environmentExecute" => {
             let req = convert::execute_params(&params)?;
-            let r = host
-                .call(sink, timeout, async |s, g: &Guest| {
-                    g.call_execute(s, &req).await
-                })
-                .await
-                .map_err(trapped)?;
-            r.map(convert::execute_json).map_err(perr)
+            call.fallible(
+                async |s, g| g.call_execute(s, &req).await,
+                convert::execute_json,
+            )
+            .await
         }
         m if m.starts_with("environment") || KNOWN_UNIMPLEMENTED.contains(&m) => {
             Err(RpcError::new(
@@ -297,6 +283,42 @@ pub async fn dispatch(
             codes::METHOD_NOT_FOUND,
             format!("Method not found: {m}"),
         )),
+    }
+}
+
+/// One provider call: a fresh instance, the method's deadline, traps and typed errors mapped
+/// to JSON-RPC errors the same way for every method.
+struct Call<'a> {
+    host: &'a ProviderHost,
+    method: &'a str,
+    sink: CallSink,
+    timeout: std::time::Duration,
+}
+
+impl Call<'_> {
+    /// A provider function that cannot fail (only trap).
+    async fn infallible<T>(
+        self,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<T>,
+    ) -> Result<T, RpcError> {
+        let method = self.method;
+        self.host
+            .call(self.sink, self.timeout, f)
+            .await
+            .map_err(|e| trap_error(method, e))
+    }
+
+    /// A provider function returning `result<T, provider-error>`; `to_json` shapes the result.
+    async fn fallible<T>(
+        self,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<Result<T, ProviderError>>,
+        to_json: fn(T) -> Value,
+    ) -> Result<Value, RpcError> {
+        let method = self.method;
+        self.infallible(f)
+            .await?
+            .map(to_json)
+            .map_err(|e| convert::provider_error(method, e))
     }
 }
 
