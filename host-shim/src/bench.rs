@@ -379,74 +379,111 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 fn print_table(f: &Figures, wasm_size: usize) {
+    let row = |measure: &str, ours: String, baseline: String, ratio: String, target: &str| {
+        println!("| {measure} | {ours} | {baseline} | {ratio} | {target} |");
+    };
+    let times = |a: Duration, b: Duration| format!("{:.2}×", ratio(a, b));
+    let faster = |slow: Duration, fast: Duration| format!("{:.1}× faster", ratio(slow, fast));
+    let none = || "—".to_string();
     println!("| measure | ours | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!(
-        "| worker ready, cold (compile) | {} | — | — | — |",
-        ms(f.ready_cold)
+    row(
+        "worker ready, cold (compile)",
+        ms(f.ready_cold),
+        none(),
+        none(),
+        "—",
     );
-    println!(
-        "| worker ready, warm (cached) | {} | — | — | ≤ 50 ms |",
-        ms(f.ready_warm)
+    row(
+        "worker ready, warm (cached)",
+        ms(f.ready_warm),
+        none(),
+        none(),
+        "≤ 50 ms",
     );
-    println!(
-        "| execute `true`, serial median | {} | ssh over master {} | {:.2}× | ≤ 1.5× |",
+    let serial = "execute `true`, serial median";
+    row(
+        serial,
         ms(f.serial_median),
-        ms(f.ssh_master),
-        ratio(f.serial_median, f.ssh_master)
+        format!("ssh over master {}", ms(f.ssh_master)),
+        times(f.serial_median, f.ssh_master),
+        "≤ 1.5×",
     );
-    println!(
-        "| execute `true`, serial median | {} | ssh over master, same remote wrapper {} | {:.2}× | — |",
+    row(
+        serial,
         ms(f.serial_median),
-        ms(f.ssh_master_wrapper),
-        ratio(f.serial_median, f.ssh_master_wrapper)
+        format!(
+            "ssh over master, same remote wrapper {}",
+            ms(f.ssh_master_wrapper)
+        ),
+        times(f.serial_median, f.ssh_master_wrapper),
+        "—",
     );
-    println!(
-        "| execute `true`, serial median | {} | fresh ssh {} | {:.1}× faster | ≥ 10× |",
+    row(
+        serial,
         ms(f.serial_median),
-        ms(f.ssh_fresh),
-        ratio(f.ssh_fresh, f.serial_median)
+        format!("fresh ssh {}", ms(f.ssh_fresh)),
+        faster(f.ssh_fresh, f.serial_median),
+        "≥ 10×",
     );
-    println!(
-        "| execute `true`, serial p90 | {} | — | — | — |",
-        ms(f.serial_p90)
+    row(
+        "execute `true`, serial p90",
+        ms(f.serial_p90),
+        none(),
+        none(),
+        "—",
     );
-    println!(
-        "| 8 concurrent executes, round median | {} | our serial median {} | {:.2}× | ≤ 2× |",
+    let round = "8 concurrent executes, round median";
+    row(
+        round,
         ms(f.round_median),
-        ms(f.serial_median),
-        ratio(f.round_median, f.serial_median)
+        format!("our serial median {}", ms(f.serial_median)),
+        times(f.round_median, f.serial_median),
+        "≤ 2×",
     );
-    println!(
-        "| 8 concurrent, raw baseline | 8 × ssh over master {} | ssh over master {} | {:.2}× | — |",
-        ms(f.ssh_master_round),
-        ms(f.ssh_master),
-        ratio(f.ssh_master_round, f.ssh_master)
+    row(
+        "8 concurrent, raw baseline",
+        format!("8 × ssh over master {}", ms(f.ssh_master_round)),
+        format!("ssh over master {}", ms(f.ssh_master)),
+        times(f.ssh_master_round, f.ssh_master),
+        "—",
     );
-    println!(
-        "| 8 concurrent executes, round median | {} | 8 × ssh over master, same remote wrapper {} | {:.2}× | — |",
+    row(
+        round,
         ms(f.round_median),
-        ms(f.ssh_master_wrapper_round),
-        ratio(f.round_median, f.ssh_master_wrapper_round)
+        format!(
+            "8 × ssh over master, same remote wrapper {}",
+            ms(f.ssh_master_wrapper_round)
+        ),
+        times(f.round_median, f.ssh_master_wrapper_round),
+        "—",
     );
-    println!(
-        "| 8 concurrent, vs 8 fresh ssh | {} | 8 fresh ssh {} | {:.1}× faster | — |",
+    row(
+        "8 concurrent, vs 8 fresh ssh",
         ms(f.round_median),
-        ms(f.ssh_fresh_round),
-        ratio(f.ssh_fresh_round, f.round_median)
+        format!("8 fresh ssh {}", ms(f.ssh_fresh_round)),
+        faster(f.ssh_fresh_round, f.round_median),
+        "—",
     );
-    println!(
-        "| acquire (create + ready + 1 SSH round trip) | {} | — | — | — |",
-        ms(f.acquire)
+    row(
+        "acquire (create + ready + 1 SSH round trip)",
+        ms(f.acquire),
+        none(),
+        none(),
+        "—",
     );
-    println!(
-        "| 20 MiB stdout | {} | ssh over master {} | {:.2}× | — |",
+    row(
+        "20 MiB stdout",
         ms(f.stdout_20mib),
-        ms(f.ssh_master_20mib),
-        ratio(f.stdout_20mib, f.ssh_master_20mib)
+        format!("ssh over master {}", ms(f.ssh_master_20mib)),
+        times(f.stdout_20mib, f.ssh_master_20mib),
+        "—",
     );
-    println!(
-        "| component size (release) | {} KB | — | — | ≤ 400 KB |",
-        wasm_size / 1000
+    row(
+        "component size (release)",
+        format!("{} KB", wasm_size / 1000),
+        none(),
+        none(),
+        "≤ 400 KB",
     );
 }
