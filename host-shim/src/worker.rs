@@ -45,6 +45,9 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "executeTool",
 ];
 
+/// How long `shutdown` waits for in-flight calls before answering (Paperclip allows 10 s).
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -75,8 +78,12 @@ pub async fn serve(
         }
         match classify(&line) {
             Incoming::Request { id, method, .. } if method == "shutdown" => {
-                // Answer what is already running first: nothing accepted is dropped.
-                while in_flight.join_next().await.is_some() {}
+                // Answer what is already running first, within Paperclip's shutdown budget
+                // (10 s before it escalates to signals); longer calls are abandoned.
+                let drain = async { while in_flight.join_next().await.is_some() {} };
+                if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+                    tracing::warn!("shutdown: abandoning calls still running");
+                }
                 outbox.send_line(response(&id, Ok(Value::Null)));
                 break Exit::Shutdown;
             }
