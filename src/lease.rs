@@ -865,7 +865,9 @@ impl<'h> Provider<'h> {
         metadata.insert("stderrTruncated".into(), json!(out.stderr_truncated));
         Ok(ExecuteResult {
             exit_code: if out.timed_out { None } else { out.exit_code },
-            signal: out.signal,
+            // A timed-out command is ended by its marker (TERM, then KILL); which of the two
+            // ended it is not observed, and a local client's death signal would say nothing.
+            signal: if out.timed_out { None } else { out.signal },
             timed_out: out.timed_out,
             stdout: decode(out.stdout),
             stderr: decode(out.stderr),

@@ -82,8 +82,24 @@ pub fn mkdir_command(cwd: &str) -> String {
     )
 }
 
+/// Names a POSIX-ish `sh` may refuse to assign (bash-as-`sh` makes them read-only). With one of
+/// these in the request's env the wrapper falls back to `env`, which assigns anything.
+const SHELL_READONLY_NAMES: [&str; 7] = [
+    "UID",
+    "EUID",
+    "PPID",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "BASH_VERSINFO",
+    "BASH_ARGV0",
+];
+
 /// The seed's login-shell wrapper, plus the execution marker:
-/// guarded, silent profile sourcing; `cd '<cwd>'`; `exec env PAPERCLIP_EXEC_ID=<id> K='v' … 'cmd' 'arg'…`.
+/// guarded, silent profile sourcing; `cd '<cwd>'`;
+/// `export PAPERCLIP_EXEC_ID=<id> K='v' … && exec 'cmd' 'arg'…`.
+///
+/// The variables are exported by the shell rather than through `exec env …` (the seed's form):
+/// it is one program image fewer per execute, which is most of a trivial command's remote cost.
 pub fn exec_script(
     exec_id: &str,
     cwd: Option<&str>,
@@ -101,14 +117,24 @@ pub fn exec_script(
     if let Some(cwd) = cwd {
         parts.push(format!("cd {}", shell_quote(cwd)));
     }
-    let mut exec = format!("exec env {EXEC_ID_VAR}={exec_id}");
-    for (k, v) in env {
-        exec.push_str(&format!(" {k}={}", shell_quote(v)));
-    }
-    if command.contains('=') {
-        // `env` would take the command for one more assignment: let `sh` exec it instead.
-        exec.push_str(" sh -c 'exec \"$0\" \"$@\"'");
-    }
+    let assignments: String = env
+        .iter()
+        .map(|(k, v)| format!(" {k}={}", shell_quote(v)))
+        .collect();
+    let mut exec = if env
+        .iter()
+        .any(|(k, _)| SHELL_READONLY_NAMES.contains(&k.as_str()))
+    {
+        let mut e = format!("exec env {EXEC_ID_VAR}={exec_id}{assignments}");
+        if command.contains('=') {
+            // `env` would take the command for one more assignment: let `sh` exec it instead.
+            e.push_str(" sh -c 'exec \"$0\" \"$@\"'");
+        }
+        e
+    } else {
+        parts.push(format!("export {EXEC_ID_VAR}={exec_id}{assignments}"));
+        "exec".to_string()
+    };
     exec.push(' ');
     exec.push_str(&shell_quote(command));
     for a in args {
@@ -329,20 +355,26 @@ mod tests {
              if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
              if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
              if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
-             cd '/home/exe/w' && exec env PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' 'sh' '-c' 'echo hi'"
+             cd '/home/exe/w' && export PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' && exec 'sh' '-c' 'echo hi'"
         );
         assert!(!s.contains("nvm"));
         let bare = exec_script("ab", None, &[], "ls", &[]);
         assert!(
-            bare.ends_with("fi && exec env PAPERCLIP_EXEC_ID=ab 'ls'"),
+            bare.ends_with("fi && export PAPERCLIP_EXEC_ID=ab && exec 'ls'"),
             "{bare}"
         );
         let eq = exec_script("ab", None, &[], "./a=b", &["x".into()]);
         assert!(
-            eq.ends_with(
-                "fi && exec env PAPERCLIP_EXEC_ID=ab sh -c 'exec \"$0\" \"$@\"' './a=b' 'x'"
-            ),
+            eq.ends_with("fi && export PAPERCLIP_EXEC_ID=ab && exec './a=b' 'x'"),
             "{eq}"
+        );
+        // A name bash-as-sh keeps read-only: assigned through `env` instead.
+        let ro = exec_script("ab", None, &[("UID".into(), "7".into())], "./a=b", &[]);
+        assert!(
+            ro.ends_with(
+                "fi && exec env PAPERCLIP_EXEC_ID=ab UID='7' sh -c 'exec \"$0\" \"$@\"' './a=b'"
+            ),
+            "{ro}"
         );
     }
 

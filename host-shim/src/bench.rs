@@ -64,6 +64,8 @@ struct Figures {
     ssh_master_wrapper: Duration,
     ssh_master_round: Duration,
     ssh_master_wrapper_round: Duration,
+    remote_alone: Duration,
+    remote_alone_round: Duration,
 }
 
 async fn measure(
@@ -113,9 +115,13 @@ async fn measure(
     })
     .await?;
     let lease = leases[0].clone();
+    // Literally `true`: the command with no arguments, as Paperclip would send it.
     let exec_true = async || {
         let r = worker
-            .request("environmentExecute", exec_on(&lease, "true"))
+            .request(
+                "environmentExecute",
+                base(json!({"lease": &lease, "command": "true"})),
+            )
             .await?;
         ensure!(r["exitCode"] == 0, "execute true: {r}");
         Ok(())
@@ -182,6 +188,16 @@ async fn measure(
         timed_rounds(opts.rounds, async || raw.run(true, &wrapper).await).await?;
     let master_big = timed_serial(3, async || raw.run(true, &big).await).await?;
     raw.stop_master().await;
+    // The floor under everything: the same remote work with no SSH at all, started the way
+    // the VM's SSH server starts a command. The simulated VMs share this machine's cores, so
+    // this is also where concurrent executes queue.
+    let in_vm = async || {
+        let code = sim.run_in_vm(&vm_name, &wrapper).await?;
+        ensure!(code == Some(0), "the wrapper alone exited with {code:?}");
+        Ok(())
+    };
+    let remote_alone = timed_serial(opts.serial, &in_vm).await?;
+    let remote_alone_rounds = timed_rounds(opts.rounds, &in_vm).await?;
     destroy(&worker, &base, &vm).await?;
     worker.shutdown().await?;
 
@@ -200,6 +216,8 @@ async fn measure(
         ssh_master_wrapper: median(master_wrapper),
         ssh_master_round: median(master_rounds),
         ssh_master_wrapper_round: median(master_wrapper_rounds),
+        remote_alone: median(remote_alone),
+        remote_alone_round: median(remote_alone_rounds),
     })
 }
 
@@ -456,6 +474,30 @@ fn print_table(f: &Figures, wasm_size: usize) {
             ms(f.ssh_master_wrapper_round)
         ),
         times(f.round_median, f.ssh_master_wrapper_round),
+        "—",
+    );
+    row(
+        "remote work alone (the wrapper, no SSH), serial median",
+        ms(f.remote_alone),
+        none(),
+        none(),
+        "—",
+    );
+    row(
+        "remote work alone, 8 concurrent, round median",
+        ms(f.remote_alone_round),
+        format!("remote work alone, serial {}", ms(f.remote_alone)),
+        times(f.remote_alone_round, f.remote_alone),
+        "—",
+    );
+    row(
+        round,
+        ms(f.round_median),
+        format!(
+            "remote work alone, 8 concurrent {}",
+            ms(f.remote_alone_round)
+        ),
+        times(f.round_median, f.remote_alone_round),
         "—",
     );
     row(

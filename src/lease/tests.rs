@@ -689,7 +689,7 @@ fn execute_exact_remote_command() {
          if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
          if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
          if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
-         cd '/home/exedev/w' && exec env PAPERCLIP_EXEC_ID={EXEC_ID} FOO='b'\"'\"'ar' 'sh' '-c' 'echo '\"'\"'hi'\"'\"''"
+         cd '/home/exedev/w' && export PAPERCLIP_EXEC_ID={EXEC_ID} FOO='b'\"'\"'ar' && exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"''"
     );
     let call = host.ssh_calls.borrow()[0].clone();
     assert_eq!(call.command, format!("sh -c {}", shell_quote(&script)));
@@ -720,7 +720,7 @@ fn execute_cwd_and_timeout_precedence() {
     let call = host.ssh_calls.borrow()[0].clone();
     assert!(
         call.command.contains(
-            "cd '\"'\"'/req'\"'\"' && exec env PAPERCLIP_EXEC_ID=0123456789abcdef '\"'\"'sh'\"'\"'"
+            "cd '\"'\"'/req'\"'\"' && export PAPERCLIP_EXEC_ID=0123456789abcdef && exec '\"'\"'sh'\"'\"'"
         ),
         "{}",
         call.command
@@ -805,6 +805,7 @@ fn execute_timeout_kills_the_remote_tree() {
     let r = provider(&host, default_cfg()).execute(req).unwrap();
     assert!(r.timed_out);
     assert_eq!(r.exit_code, None);
+    assert_eq!(r.signal, None);
     assert_eq!(r.stdout, "started\n");
     let calls = host.ssh_calls.borrow();
     assert_eq!(calls.len(), 2);

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use super::ssh_mux::{self, MuxUnavailable};
 use crate::policy::{normalize_hostname, Policy};
 
 /// Hard ceiling for each of stdout and stderr, whatever the guest asks for: the host holds both
@@ -39,7 +40,7 @@ pub const DEFAULT_MAX_OUTPUT_CEILING: u64 = 64 * 1024 * 1024;
 
 /// How long to keep reading stdout/stderr after the ssh client exited. Only a leftover helper
 /// (e.g. a `ProxyCommand` child) can hold the pipes open that long; it is then killed.
-const POST_EXIT_DRAIN: Duration = Duration::from_secs(2);
+pub(super) const POST_EXIT_DRAIN: Duration = Duration::from_secs(2);
 
 /// Read buffer per stream; also the largest chunk handed to the `on_chunk` callback.
 const READ_CHUNK: usize = 64 * 1024;
@@ -302,6 +303,33 @@ impl SshRunner {
         }
         let cap = req.max_output_bytes.min(self.settings.max_output_ceiling);
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
+
+        if let Some(control) = self.live_master(target) {
+            let open = ssh_mux::open(&control, &req.command, req.stdin.is_some());
+            let mut sink = OutputSink::new(cap);
+            match tokio::time::timeout_at(deadline, open).await {
+                Ok(Ok(session)) => {
+                    let (exit_code, timed_out) =
+                        ssh_mux::run(session, req.stdin, &mut sink, &mut on_chunk, deadline).await;
+                    let result = sink.finish(exit_code, None, timed_out);
+                    log_finished(target, &result, started, "shared");
+                    return Ok(result);
+                }
+                Ok(Err(MuxUnavailable::NotStarted(why))) => {
+                    tracing::debug!(host = %target.host, %why, "starting an ssh client instead");
+                }
+                Ok(Err(e @ MuxUnavailable::Ambiguous(_))) => {
+                    return Err(SshError::Spawn(e.to_string()));
+                }
+                Err(_elapsed) => {
+                    let result = sink.finish(None, None, true);
+                    log_finished(target, &result, started, "shared");
+                    return Ok(result);
+                }
+            }
+        }
 
         // Held until the end of this function: dropping it removes the key file and its dir.
         let key_dir = match &target.identity {
@@ -326,7 +354,6 @@ impl SshRunner {
             .process_group(0)
             .kill_on_drop(true);
 
-        let started = Instant::now();
         tracing::info!(
             host = %target.host,
             port = target.port,
@@ -358,7 +385,6 @@ impl SshRunner {
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let mut sink = OutputSink::new(cap);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
 
         let outcome = {
             let drain = sink.drain(&mut stdout, &mut stderr, &mut on_chunk);
@@ -406,18 +432,7 @@ impl SshRunner {
         }
         drop(key_dir);
 
-        tracing::info!(
-            host = %target.host,
-            exit_code = result.exit_code,
-            signal = result.signal.as_deref().unwrap_or(""),
-            timed_out = result.timed_out,
-            stdout_bytes = result.stdout.len(),
-            stderr_bytes = result.stderr.len(),
-            stdout_truncated = result.stdout_truncated,
-            stderr_truncated = result.stderr_truncated,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "ssh exec finished"
-        );
+        log_finished(target, &result, started, "client");
         Ok(result)
     }
 
@@ -461,6 +476,20 @@ impl SshRunner {
             .status();
         let closed = tokio::time::timeout(Duration::from_secs(5), status).await;
         tracing::debug!(path = %path.display(), ok = matches!(closed, Ok(Ok(s)) if s.success()), "closed ssh master connection");
+    }
+
+    /// The control socket of a master this runner started for `target`, if it is listening
+    /// (a socket file that is still there may belong to a master that died; connecting tells).
+    fn live_master(&self, target: &SshTarget) -> Option<PathBuf> {
+        let path = self.control_path(target)?;
+        let started = self
+            .pool
+            .as_ref()?
+            .masters
+            .lock()
+            .unwrap()
+            .contains_key(&path);
+        (started && path.exists()).then_some(path)
     }
 
     /// The control socket for `target`: one per (host, port, user, identity, host-key policy,
@@ -691,6 +720,23 @@ impl SshRunner {
     }
 }
 
+/// The one log line per finished command (sizes and status only: output may hold secrets).
+fn log_finished(target: &SshTarget, result: &SshOutput, started: Instant, via: &str) {
+    tracing::info!(
+        host = %target.host,
+        via,
+        exit_code = result.exit_code,
+        signal = result.signal.as_deref().unwrap_or(""),
+        timed_out = result.timed_out,
+        stdout_bytes = result.stdout.len(),
+        stderr_bytes = result.stderr.len(),
+        stdout_truncated = result.stdout_truncated,
+        stderr_truncated = result.stderr_truncated,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ssh exec finished"
+    );
+}
+
 /// Login names: 1 to 64 of `[A-Za-z0-9._+-]`, not starting with `-` (exe.dev routing users look
 /// like `vm+name`).
 fn valid_user(user: &str) -> bool {
@@ -703,7 +749,7 @@ fn valid_user(user: &str) -> bool {
 }
 
 /// Collects both output streams up to the cap, forwarding kept chunks to the callback.
-struct OutputSink {
+pub(super) struct OutputSink {
     cap: usize,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
@@ -712,7 +758,7 @@ struct OutputSink {
 }
 
 impl OutputSink {
-    fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         Self {
             cap,
             stdout: Vec::new(),
@@ -725,7 +771,7 @@ impl OutputSink {
     /// Read both pipes to EOF. Reading continues past the cap (bytes are dropped) so the remote
     /// side never blocks on a full pipe. Cancel-safe: `AsyncReadExt::read` loses no data when a
     /// `select!` branch is dropped, and whatever was collected stays in `self`.
-    async fn drain(
+    pub(super) async fn drain(
         &mut self,
         stdout: &mut (impl AsyncRead + Unpin),
         stderr: &mut (impl AsyncRead + Unpin),
@@ -767,7 +813,7 @@ impl OutputSink {
         }
     }
 
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         exit_code: Option<i32>,
         signal: Option<String>,

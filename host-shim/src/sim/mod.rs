@@ -393,6 +393,29 @@ impl Simulator {
         Some(rt.live_groups())
     }
 
+    /// Run `command` in a live VM exactly as its SSH server would (`/bin/sh -c`, the VM's
+    /// environment and home), but without SSH, and wait for it: the bench's measure of the
+    /// remote work alone. Returns the exit code.
+    pub async fn run_in_vm(&self, name: &str, command: &str) -> anyhow::Result<Option<i32>> {
+        let rt = self
+            .inner
+            .lock_vms()
+            .live
+            .get(name)
+            .map(|vm| vm.runtime.clone())
+            .ok_or_else(|| anyhow::anyhow!("no VM named {name}"))?;
+        let status = rt
+            .command("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await?;
+        Ok(status.code())
+    }
+
     /// Fault injection switches, usable while the simulator runs.
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
