@@ -1061,6 +1061,158 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     sim.shutdown().await;
 }
 
+/// Commands to a target whose master is up are sent to the master's control socket directly:
+/// no `ssh` process is started for them, and what comes back is what a spawned client gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_a_live_master_start_no_ssh_client() {
+    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    if !Path::new("/usr/bin/ssh").exists() {
+        eprintln!("skipping: /usr/bin/ssh not installed");
+        return;
+    }
+    let sim = Simulator::start(SimOptions::with_token("mux-token"))
+        .await
+        .unwrap();
+    create_sim_vm(&sim, "mux-token", "muxvm").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    // An `ssh` that notes every start, then is the real client.
+    let starts = dir.path().join("starts");
+    let wrapper = dir.path().join("ssh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho x >> '{}'\nexec /usr/bin/ssh \"$@\"\n",
+            starts.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let started = || {
+        fs::read_to_string(&starts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let runner_with = |reuse: bool, name: &str| {
+        let mut settings = SshSettings::new(dir.path().join(name));
+        settings.ssh_binary = wrapper.clone();
+        settings.ssh_config = Some(sim.ssh_config_path());
+        settings.reuse_connections = reuse;
+        SshRunner::new(settings, policy(&[])).unwrap()
+    };
+    let runner = runner_with(true, "state");
+    let target = SshTarget {
+        host: "muxvm.exe.xyz".into(),
+        port: 22,
+        user: Some("exedev".into()),
+        identity: Identity::KeyMaterial(sim.client_key_pem()),
+        host_key_policy: HostKeyPolicy::AcceptNew,
+    };
+    let request = |command: &str| SshExec {
+        target: target.clone(),
+        command: command.into(),
+        stdin: None,
+        timeout_ms: 60_000,
+        max_output_bytes: 1 << 20,
+    };
+
+    // The first call starts the client that becomes the master.
+    let out = runner.exec(request("echo one"), None).await.unwrap();
+    assert_eq!(out.stdout, b"one\n");
+    assert_eq!(started(), 1);
+
+    // Exit codes, both streams byte-exact and apart, stdin, live chunks: no new process.
+    let chunks = Arc::new(Mutex::new(Vec::new()));
+    let seen = chunks.clone();
+    let mut req = request("cat; printf 'e\\0rr' >&2; exit 7");
+    let data = pattern(3 * 1024 * 1024 + 5, 7);
+    req.stdin = Some(data.clone());
+    req.max_output_bytes = 8 << 20;
+    let out = runner
+        .exec(
+            req,
+            Some(Box::new(move |kind, chunk: &[u8]| {
+                seen.lock().unwrap().push((kind, chunk.len()));
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(7));
+    assert_eq!(out.signal, None);
+    assert!(
+        out.stdout == data,
+        "stdout ({} bytes) differs from stdin ({} bytes); first difference at {:?}",
+        out.stdout.len(),
+        data.len(),
+        out.stdout.iter().zip(&data).position(|(a, b)| a != b)
+    );
+    assert_eq!(out.stderr, b"e\0rr");
+    let streamed: usize = chunks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k == StreamKind::Stdout)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(streamed, data.len(), "every stdout byte was streamed live");
+    // The output cap holds on this path too.
+    let mut req = request("head -c 5000 /dev/zero");
+    req.max_output_bytes = 1000;
+    let out = runner.exec(req, None).await.unwrap();
+    assert_eq!((out.stdout.len(), out.stdout_truncated), (1000, true));
+    // Eight at once share the master as well.
+    let calls = (0..8).map(|i| runner.exec(request(&format!("echo {i}")), None));
+    for (i, out) in paperclip_wasm_host::harness::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(out.unwrap().stdout, format!("{i}\n").into_bytes());
+    }
+    assert_eq!(started(), 1, "no ssh client was started after the master");
+
+    // A deadline ends the call (the master closes the channel) and leaves the master up.
+    let mut slow = request("echo before; sleep 30");
+    slow.timeout_ms = 500;
+    let t = Instant::now();
+    let out = runner.exec(slow, None).await.unwrap();
+    assert!(out.timed_out && out.exit_code.is_none() && out.signal.is_none());
+    assert_eq!(out.stdout, b"before\n");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let out = runner.exec(request("echo after"), None).await.unwrap();
+    assert_eq!(out.stdout, b"after\n");
+    assert_eq!(started(), 1);
+
+    // A remote shell killed by a signal gives no exit status: 255, as the client reports it.
+    let shared = runner.exec(request("kill -9 $$"), None).await.unwrap();
+    let direct = runner_with(false, "direct")
+        .exec(request("kill -9 $$"), None)
+        .await
+        .unwrap();
+    assert_eq!(shared.exit_code, Some(255));
+    assert_eq!(shared.exit_code, direct.exit_code);
+    assert_eq!(started(), 2, "only the comparison run started a client");
+
+    // A dead master: the next call starts a client again, which replaces it.
+    let cm = dir.path().join("state").join("cm");
+    let masters = masters_in(&cm);
+    assert_eq!(masters.len(), 1);
+    // SAFETY: plain kill(2) of a process this test observed.
+    unsafe {
+        libc::kill(masters[0] as i32, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = runner.exec(request("echo replaced"), None).await.unwrap();
+    assert_eq!(out.stdout, b"replaced\n");
+    assert_eq!(started(), 3);
+    runner.exec(request("true"), None).await.unwrap();
+    assert_eq!(started(), 3, "the new master is used directly again");
+
+    runner.close_all().await;
+    assert!(gone_soon(&cm).await);
+    sim.shutdown().await;
+}
+
 /// `new --json --name=<name>` on the simulator through the policy hooks, as the component
 /// sends it; returns the created VM's JSON.
 async fn create_sim_vm(
