@@ -5,13 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
+use crate::caps::ssh::{HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget};
 use crate::client::WorkerClient;
 use crate::harness;
+use crate::policy::Policy;
 use crate::sim::{SimOptions, Simulator};
 
 /// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
@@ -36,6 +39,9 @@ impl Default for BenchOptions {
 }
 
 const TWENTY_MIB: usize = 20 << 20;
+
+/// Pause after each sample, untimed.
+const SETTLE: Duration = Duration::from_millis(30);
 
 /// Run the benchmark and print the table. `wasm_size` is the shipped component's size.
 pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> anyhow::Result<()> {
@@ -66,6 +72,7 @@ struct Figures {
     ssh_master_wrapper_round: Duration,
     remote_alone: Duration,
     remote_alone_round: Duration,
+    capability_alone: Duration,
 }
 
 async fn measure(
@@ -126,49 +133,21 @@ async fn measure(
         ensure!(r["exitCode"] == 0, "execute true: {r}");
         Ok(())
     };
-
     exec_true().await?; // the first call opens the shared connection
-    let mut serial = timed_serial(opts.serial, &exec_true).await?;
-    let rounds = timed_rounds(opts.rounds, &exec_true).await?;
-    let big = format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a");
-    let big_runs = timed_serial(3, async || {
-        let r = worker
-            .request("environmentExecute", exec_on(&lease, &big))
-            .await?;
-        let len = r["stdout"].as_str().map(str::len);
-        ensure!(
-            len == Some(TWENTY_MIB),
-            "20 MiB stdout came back with {len:?} bytes"
-        );
-        Ok(())
-    })
-    .await?;
-    for l in &leases {
-        destroy(&worker, &base, l).await?;
-    }
 
-    // Baselines: the same VM kind, reached the same way, with the system ssh client.
-    let vm = worker
-        .request(
-            "environmentAcquireLease",
-            base(json!({"runId": "bench-baseline"})),
-        )
-        .await?;
-    worker
-        .request("environmentExecute", exec_on(&vm, "true"))
-        .await?;
-    let host = vm["metadata"]["sshHost"]
+    // The baselines reach the same VM the same way, with the system ssh client.
+    let host = lease["metadata"]["sshHost"]
         .as_str()
-        .or(vm["metadata"]["sshDest"].as_str())
+        .or(lease["metadata"]["sshDest"].as_str())
         .context("lease metadata without sshHost")?
         .to_string();
-    let port = vm["metadata"]["sshPort"].as_u64().unwrap_or(22).to_string();
-    let vm_name = vm["providerLeaseId"]
+    let port = lease["metadata"]["sshPort"].as_u64().unwrap_or(22);
+    let vm_name = lease["providerLeaseId"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
-    // profile sourcing, cd, exec env …), replayed by the raw client: same remote work.
+    // profile sourcing, cd, export, exec), replayed by the baselines: same remote work.
     let wrapper = sim
         .ssh_log()
         .into_iter()
@@ -177,48 +156,162 @@ async fn measure(
         .filter_map(|c| c.command)
         .find(|c| c.contains("PAPERCLIP_EXEC_ID") && c.contains("'true'"))
         .context("the simulator logged no execute of `true`")?;
-    let raw = RawSsh::new(sim, scratch.path(), &host, &port);
-    let fresh = timed_serial(opts.fresh, async || raw.run(false, "true").await).await?;
-    let fresh_rounds = timed_rounds(3, async || raw.run(false, "true").await).await?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
     raw.start_master().await?;
-    let master = timed_serial(opts.serial, async || raw.run(true, "true").await).await?;
-    let master_wrapper = timed_serial(opts.serial, async || raw.run(true, &wrapper).await).await?;
-    let master_rounds = timed_rounds(opts.rounds, async || raw.run(true, "true").await).await?;
-    let master_wrapper_rounds =
-        timed_rounds(opts.rounds, async || raw.run(true, &wrapper).await).await?;
-    let master_big = timed_serial(3, async || raw.run(true, &big).await).await?;
-    raw.stop_master().await;
-    // The floor under everything: the same remote work with no SSH at all, started the way
-    // the VM's SSH server starts a command. The simulated VMs share this machine's cores, so
-    // this is also where concurrent executes queue.
+    // The same remote work with no SSH at all, started the way the VM's SSH server starts a
+    // command. The simulated VMs share this machine's cores, so this is also where concurrent
+    // executes queue.
     let in_vm = async || {
         let code = sim.run_in_vm(&vm_name, &wrapper).await?;
         ensure!(code == Some(0), "the wrapper alone exited with {code:?}");
         Ok(())
     };
-    let remote_alone = timed_serial(opts.serial, &in_vm).await?;
-    let remote_alone_rounds = timed_rounds(opts.rounds, &in_vm).await?;
-    destroy(&worker, &base, &vm).await?;
+    // Our SSH capability alone (no worker, no component) sending the same command over its
+    // shared connection: splits our overhead into transport and worker + component.
+    let capability = capability_runner(sim, &scratch.path().join("capability"))?;
+    let cap_request = SshExec {
+        target: SshTarget {
+            host: host.clone(),
+            port: u16::try_from(port).context("sshPort")?,
+            user: lease["metadata"]["sshUser"].as_str().map(str::to_string),
+            identity: Identity::KeyMaterial(sim.client_key_pem()),
+            host_key_policy: HostKeyPolicy::AcceptNew,
+        },
+        command: wrapper.clone(),
+        stdin: None,
+        timeout_ms: 60_000,
+        max_output_bytes: 1 << 20,
+    };
+    let via_capability = async || {
+        let out = capability.exec(cap_request.clone(), None).await?;
+        ensure!(out.exit_code == Some(0), "capability run: {out:?}");
+        Ok(())
+    };
+    via_capability().await?; // starts its shared connection
+
+    // Samples are interleaved (one of each per iteration), so drift in this machine's speed
+    // during the run weighs on every column alike.
+    let mut serial = Samples::default();
+    for i in 0..opts.serial {
+        serial.time("ours", &exec_true).await?;
+        serial
+            .time("master", async || raw.run(true, "true").await)
+            .await?;
+        serial
+            .time("master wrapper", async || raw.run(true, &wrapper).await)
+            .await?;
+        serial.time("remote alone", &in_vm).await?;
+        serial.time("capability", &via_capability).await?;
+        if i < opts.fresh {
+            serial
+                .time("fresh", async || raw.run(false, "true").await)
+                .await?;
+        }
+    }
+    let mut rounds = Samples::default();
+    for i in 0..opts.rounds {
+        rounds
+            .time("ours", async || round(&exec_true).await)
+            .await?;
+        rounds
+            .time("master", async || {
+                round(async || raw.run(true, "true").await).await
+            })
+            .await?;
+        rounds
+            .time("master wrapper", async || {
+                round(async || raw.run(true, &wrapper).await).await
+            })
+            .await?;
+        rounds
+            .time("remote alone", async || round(&in_vm).await)
+            .await?;
+        if i < 3 {
+            rounds
+                .time("fresh", async || {
+                    round(async || raw.run(false, "true").await).await
+                })
+                .await?;
+        }
+    }
+    let big = format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a");
+    let mut bulk = Samples::default();
+    for _ in 0..3 {
+        bulk.time("ours", async || {
+            let r = worker
+                .request("environmentExecute", exec_on(&lease, &big))
+                .await?;
+            let len = r["stdout"].as_str().map(str::len);
+            ensure!(
+                len == Some(TWENTY_MIB),
+                "20 MiB stdout came back with {len:?} bytes"
+            );
+            Ok(())
+        })
+        .await?;
+        bulk.time("master", async || raw.run(true, &big).await)
+            .await?;
+    }
+    capability.close_all().await;
+    raw.stop_master().await;
+    for l in &leases {
+        destroy(&worker, &base, l).await?;
+    }
     worker.shutdown().await?;
 
+    let mut serial_ours = serial.take("ours");
     Ok(Figures {
         ready_cold: median(cold),
         ready_warm: median(warm),
-        serial_median: median(serial.clone()),
-        serial_p90: percentile(&mut serial, 0.9),
-        round_median: median(rounds),
+        serial_median: median(serial_ours.clone()),
+        serial_p90: percentile(&mut serial_ours, 0.9),
+        round_median: median(rounds.take("ours")),
         acquire: median(acquires),
-        stdout_20mib: median(big_runs),
-        ssh_fresh: median(fresh),
-        ssh_master: median(master),
-        ssh_fresh_round: median(fresh_rounds),
-        ssh_master_20mib: median(master_big),
-        ssh_master_wrapper: median(master_wrapper),
-        ssh_master_round: median(master_rounds),
-        ssh_master_wrapper_round: median(master_wrapper_rounds),
-        remote_alone: median(remote_alone),
-        remote_alone_round: median(remote_alone_rounds),
+        stdout_20mib: median(bulk.take("ours")),
+        ssh_fresh: median(serial.take("fresh")),
+        ssh_master: median(serial.take("master")),
+        ssh_fresh_round: median(rounds.take("fresh")),
+        ssh_master_20mib: median(bulk.take("master")),
+        ssh_master_wrapper: median(serial.take("master wrapper")),
+        ssh_master_round: median(rounds.take("master")),
+        ssh_master_wrapper_round: median(rounds.take("master wrapper")),
+        remote_alone: median(serial.take("remote alone")),
+        remote_alone_round: median(rounds.take("remote alone")),
+        capability_alone: median(serial.take("capability")),
     })
+}
+
+/// Wall times by series name.
+#[derive(Default)]
+struct Samples(std::collections::HashMap<&'static str, Vec<Duration>>);
+
+impl Samples {
+    /// Time one run of `f` into series `name`.
+    async fn time<T>(
+        &mut self,
+        name: &'static str,
+        f: impl AsyncFnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<()> {
+        let t = Instant::now();
+        f().await?;
+        self.0.entry(name).or_default().push(t.elapsed());
+        // Let the sample's teardown (client exits, session close, reaping) finish before the
+        // next one starts, so no sample pays for its predecessor.
+        tokio::time::sleep(SETTLE).await;
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str) -> Vec<Duration> {
+        self.0.remove(name).unwrap_or_default()
+    }
+}
+
+/// One round: 8 concurrent runs of `f`.
+async fn round<T>(f: impl AsyncFn() -> anyhow::Result<T>) -> anyhow::Result<()> {
+    for r in harness::join_all((0..8).map(|_| f())).await {
+        r?;
+    }
+    Ok(())
 }
 
 async fn destroy(
@@ -248,22 +341,6 @@ async fn timed_serial<T>(
     Ok(times)
 }
 
-/// Wall time of each of `n` rounds of 8 concurrent runs of `f`.
-async fn timed_rounds<T>(
-    n: usize,
-    f: impl AsyncFn() -> anyhow::Result<T>,
-) -> anyhow::Result<Vec<Duration>> {
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        for r in harness::join_all((0..8).map(|_| f())).await {
-            r?;
-        }
-        times.push(t.elapsed());
-    }
-    Ok(times)
-}
-
 async fn ready(
     host_binary: &Path,
     args: &[String],
@@ -278,6 +355,15 @@ async fn ready(
         .await?;
     ensure!(init["ok"] == true, "initialize: {init}");
     Ok(w)
+}
+
+/// An [`SshRunner`] as the worker builds one for the simulator (its config, its host policy).
+fn capability_runner(sim: &Simulator, state_dir: &Path) -> anyhow::Result<SshRunner> {
+    let manifest: Value = serde_json::from_str(crate::EMBEDDED_MANIFEST)?;
+    let policy = Policy::from_manifest(&manifest, &[sim.api_authority()], &[])?;
+    let mut settings = SshSettings::new(state_dir);
+    settings.ssh_config = Some(sim.ssh_config_path());
+    SshRunner::new(settings, Arc::new(policy))
 }
 
 /// The baseline: the system OpenSSH client run by hand, as a script would.
@@ -481,6 +567,13 @@ fn print_table(f: &Figures, wasm_size: usize) {
         ms(f.remote_alone),
         none(),
         none(),
+        "—",
+    );
+    row(
+        "our SSH capability alone (no worker), same remote wrapper, serial median",
+        ms(f.capability_alone),
+        format!("remote work alone {}", ms(f.remote_alone)),
+        times(f.capability_alone, f.remote_alone),
         "—",
     );
     row(

@@ -17,3 +17,7 @@ pub mod sim;
 pub mod state;
 pub mod statedir;
 pub mod worker;
+
+/// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
+/// `--manifest` is given.
+pub static EMBEDDED_MANIFEST: &str = include_str!("../../manifest.json");

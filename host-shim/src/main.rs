@@ -15,10 +15,6 @@ use serde_json::json;
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
 static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM"));
 
-/// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
-/// `--manifest` is given.
-static EMBEDDED_MANIFEST: &str = include_str!("../../manifest.json");
-
 #[derive(Parser)]
 #[command(
     name = "paperclip-wasm-host",
@@ -154,7 +150,8 @@ impl HostArgs {
                     .with_context(|| format!("reading manifest {}", path.display()))?,
             )
             .with_context(|| format!("parsing manifest {}", path.display()))?,
-            None => serde_json::from_str(EMBEDDED_MANIFEST).expect("embedded manifest is JSON"),
+            None => serde_json::from_str(paperclip_wasm_host::EMBEDDED_MANIFEST)
+                .expect("embedded manifest is JSON"),
         };
         let grants = grants::production(grants::GrantOptions {
             manifest,
@@ -235,7 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => p,
                 None => {
                     let p = scratch.path().join("manifest.json");
-                    std::fs::write(&p, EMBEDDED_MANIFEST)?;
+                    std::fs::write(&p, paperclip_wasm_host::EMBEDDED_MANIFEST)?;
                     p
                 }
             };
