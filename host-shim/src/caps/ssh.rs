@@ -16,7 +16,9 @@
 //!   the call ends, whichever way it ends (RAII: success, error, timeout, panic, cancellation);
 //!   it never appears in argv, logs or errors;
 //! - on timeout (or if the caller drops the future) the ssh client's whole process group is
-//!   SIGKILLed, so a `ProxyCommand` or any other helper dies with it.
+//!   SIGKILLed, so a `ProxyCommand` or any other helper dies with it;
+//! - commands sent straight to a live master (`ssh_mux`) pass the same checks first, only reach
+//!   masters this runner started (sockets in its private directory), and never touch a key.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -211,6 +213,9 @@ impl SshSettings {
 /// unlinks and replaces on the next call. [`SshRunner::disconnect`] and
 /// [`SshRunner::close_all`] end masters with `ssh -O exit`; an idle master closes by itself
 /// after [`CONTROL_PERSIST`].
+///
+/// Once a master this runner started is listening, commands to its target skip the `ssh -S`
+/// client altogether: `ssh_mux` opens the session on the control socket itself.
 #[derive(Debug)]
 pub struct SshRunner {
     settings: SshSettings,
