@@ -146,6 +146,8 @@ pub struct SshRequest {
 pub struct SshOutput {
     /// Exit status of the ssh client (255: SSH itself failed); none on signal/timeout.
     pub exit_code: Option<i32>,
+    /// `exit_code` is what the SSH server reported for the command: even 255 is its own.
+    pub exit_code_from_remote: bool,
     /// Signal name, if the client died from one.
     pub signal: Option<String>,
     /// The deadline passed and the host killed the client.
@@ -393,6 +395,7 @@ mod wasm {
             match wit_ssh::exec(&req) {
                 Ok(o) => Ok(SshOutput {
                     exit_code: o.exit_code,
+                    exit_code_from_remote: o.exit_code_from_remote,
                     signal: o.signal,
                     timed_out: o.timed_out,
                     stdout: o.stdout,

@@ -288,7 +288,9 @@ pub fn execute_never_ran(vm: &str, out: &SshOutput) -> Option<String> {
     let text = output_text(out);
     let onboarding =
         out.exit_code != Some(0) && ONBOARDING_MARKERS.iter().any(|m| text.contains(m));
+    // A 255 the SSH server reported is the command's own, whatever its stderr says.
     let ssh_failed = out.exit_code == Some(255)
+        && !out.exit_code_from_remote
         && (FATAL_SSH_MARKERS.iter().any(|m| text.contains(m))
             || TRANSIENT_SSH_MARKERS.iter().any(|m| text.contains(m))
             || String::from_utf8_lossy(&out.stderr).starts_with("ssh:"));
@@ -461,6 +463,16 @@ mod tests {
         )
         .unwrap()
         .contains("onboarding"));
+        // The same 255 and text, reported by the SSH server as the command's own status.
+        let own = SshOutput {
+            exit_code_from_remote: true,
+            ..out(
+                Some(255),
+                "",
+                "ssh: connect to host vm port 22: Connection refused\n",
+            )
+        };
+        assert_eq!(execute_never_ran("vm", &own), None);
     }
 }
 

@@ -302,6 +302,14 @@ async fn stdin_and_stderr_round_trip() {
             .contains("no-such-command-e2e"),
         "{x}"
     );
+    // A command's own 255 with ssh-like stderr is its result, not an SSH failure: the status
+    // came from the SSH server over the shared connection.
+    let fake = "ssh: connect to host db port 22: Connection refused";
+    let x: Value = env
+        .sh(&lease, &format!("echo '{fake}' >&2; exit 255"))
+        .await;
+    assert_eq!(x["exitCode"], 255, "{x}");
+    assert_eq!(x["stderr"], format!("{fake}\n"), "{x}");
     // A command killed by a signal: the remote shell's 128+9, not a timeout.
     let x: Value = env.sh(&lease, "kill -9 $$").await;
     assert_eq!(x["exitCode"], 137, "{x}");

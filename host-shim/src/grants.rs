@@ -217,6 +217,7 @@ fn target_from_wit(t: ssh::Target) -> crate::caps::ssh::SshTarget {
 fn output_to_wit(o: crate::caps::ssh::SshOutput) -> ssh::ExecOutput {
     ssh::ExecOutput {
         exit_code: o.exit_code,
+        exit_code_from_remote: o.exit_code_from_remote,
         signal: o.signal,
         timed_out: o.timed_out,
         stdout: o.stdout,

@@ -1120,6 +1120,10 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
     let out = runner.exec(request("echo one"), None).await.unwrap();
     assert_eq!(out.stdout, b"one\n");
     assert_eq!(started(), 1);
+    assert!(
+        !out.exit_code_from_remote,
+        "a spawned client's status may be its own"
+    );
 
     // Exit codes, both streams byte-exact and apart, stdin, live chunks: no new process.
     let chunks = Arc::new(Mutex::new(Vec::new()));
@@ -1138,6 +1142,7 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
         .await
         .unwrap();
     assert_eq!(out.exit_code, Some(7));
+    assert!(out.exit_code_from_remote, "the server reported this status");
     assert_eq!(out.signal, None);
     assert!(
         out.stdout == data,
@@ -1190,6 +1195,7 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
         .await
         .unwrap();
     assert_eq!(shared.exit_code, Some(255));
+    assert!(!shared.exit_code_from_remote, "no status came back");
     assert_eq!(shared.exit_code, direct.exit_code);
     assert_eq!(started(), 2, "only the comparison run started a client");
 

@@ -194,6 +194,7 @@ impl SshBackend for ScriptedSsh {
 fn out(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> ssh::ExecOutput {
     ssh::ExecOutput {
         exit_code: code,
+        exit_code_from_remote: false,
         signal: None,
         timed_out: false,
         stdout: stdout.to_vec(),
@@ -1529,6 +1530,7 @@ async fn execute_timeout_kills_the_remote_process_tree() {
     let h = Harness::new();
     h.ssh(Ok(ssh::ExecOutput {
         exit_code: None,
+        exit_code_from_remote: false,
         signal: None,
         timed_out: true,
         stdout: b"partial".to_vec(),
@@ -1662,6 +1664,7 @@ async fn execute_reports_truncation_and_decodes_once() {
     stdout.extend_from_slice("€ end".as_bytes());
     h.ssh(Ok(ssh::ExecOutput {
         exit_code: Some(0),
+        exit_code_from_remote: true,
         signal: None,
         timed_out: false,
         stdout,

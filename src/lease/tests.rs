@@ -790,6 +790,23 @@ fn execute_ssh_failure_before_the_command_ran_is_an_error() {
 }
 
 #[test]
+fn execute_255_reported_by_the_server_is_the_commands_own_result() {
+    let host = FakeHost::new();
+    let stderr = "ssh: connect to host db port 22: Connection refused\r\n";
+    host.ssh_out(SshOutput {
+        exit_code: Some(255),
+        exit_code_from_remote: true,
+        stderr: stderr.as_bytes().to_vec(),
+        ..SshOutput::default()
+    });
+    let r = provider(&host, default_cfg())
+        .execute(exec_req(json!({})))
+        .unwrap();
+    assert_eq!(r.exit_code, Some(255));
+    assert_eq!(r.stderr, stderr);
+}
+
+#[test]
 fn execute_timeout_kills_the_remote_tree() {
     let host = FakeHost::new();
     host.ssh_out(SshOutput {

@@ -142,6 +142,9 @@ pub struct SshOutput {
     /// Exit status of the `ssh` client (255 when SSH itself failed); `None` on a signal or
     /// timeout.
     pub exit_code: Option<i32>,
+    /// True when `exit_code` is the status the SSH server reported for the remote command (only
+    /// the shared-connection path knows); a spawned client's 255 may be its own failure.
+    pub exit_code_from_remote: bool,
     /// Signal name (e.g. `SIGKILL`) when the client process died from a signal.
     pub signal: Option<String>,
     /// True when the deadline passed and the host killed the client's process group.
@@ -316,9 +319,10 @@ impl SshRunner {
             let mut sink = OutputSink::new(cap);
             match tokio::time::timeout_at(deadline, open).await {
                 Ok(Ok(session)) => {
-                    let (exit_code, timed_out) =
+                    let ended =
                         ssh_mux::run(session, req.stdin, &mut sink, &mut on_chunk, deadline).await;
-                    let result = sink.finish(exit_code, None, timed_out);
+                    let mut result = sink.finish(ended.exit_code, None, ended.timed_out);
+                    result.exit_code_from_remote = ended.from_remote;
                     log_finished(target, &result, started, "shared");
                     return Ok(result);
                 }
@@ -826,6 +830,7 @@ impl OutputSink {
     ) -> SshOutput {
         SshOutput {
             exit_code,
+            exit_code_from_remote: false,
             signal,
             timed_out,
             stdout: std::mem::take(&mut self.stdout),

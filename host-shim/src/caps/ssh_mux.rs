@@ -104,8 +104,18 @@ pub(super) async fn open(
     })
 }
 
+/// How a session ended.
+pub(super) struct Ended {
+    /// The remote exit status, or 255 when none came back; `None` on timeout.
+    pub(super) exit_code: Option<i32>,
+    /// The SSH server reported `exit_code` for the command (so even 255 is the command's own).
+    pub(super) from_remote: bool,
+    /// The deadline passed first.
+    pub(super) timed_out: bool,
+}
+
 /// Feed stdin, collect output into `sink` (live chunks to `on_chunk`) and wait for the exit
-/// status, until `deadline`. Returns `(exit_code, timed_out)`. On timeout the session is
+/// status, until `deadline`. On timeout the session is
 /// dropped, which makes the master close the channel (as killing an `ssh -S` client would);
 /// ending the remote processes is the caller's business.
 pub(super) async fn run(
@@ -114,7 +124,7 @@ pub(super) async fn run(
     sink: &mut OutputSink,
     on_chunk: &mut Option<ChunkCallback>,
     deadline: tokio::time::Instant,
-) -> (Option<i32>, bool) {
+) -> Ended {
     let MuxSession {
         session,
         stdin: stdin_pipe,
@@ -151,11 +161,19 @@ pub(super) async fn run(
     if let Some(task) = stdin_task {
         task.abort();
     }
+    let ended = |exit_code, from_remote, timed_out| Ended {
+        exit_code,
+        from_remote,
+        timed_out,
+    };
     match outcome {
         Ok(Ok(SessionStatus::Exited {
             exit_value: Some(code),
-        })) => (Some(i32::try_from(code).unwrap_or(NO_EXIT_STATUS)), false),
-        Ok(Ok(_)) | Ok(Err(_)) => (Some(NO_EXIT_STATUS), false),
-        Err(_elapsed) => (None, true),
+        })) => match i32::try_from(code) {
+            Ok(code) => ended(Some(code), true, false),
+            Err(_) => ended(Some(NO_EXIT_STATUS), false, false),
+        },
+        Ok(Ok(_)) | Ok(Err(_)) => ended(Some(NO_EXIT_STATUS), false, false),
+        Err(_elapsed) => ended(None, false, true),
     }
 }
