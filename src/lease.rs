@@ -573,16 +573,22 @@ impl<'h> Provider<'h> {
         m.insert("provider".into(), json!(PROVIDER));
         m.insert("vmName".into(), json!(vm.name));
         m.insert("sshDest".into(), json!(vm.dest()));
-        m.insert("httpsUrl".into(), json!(vm.https_url));
-        m.insert("region".into(), json!(vm.region));
-        m.insert("regionDisplay".into(), json!(vm.region_display));
+        // Absent values are left out, not `null` (as the seed's `undefined` fields were).
+        let mut opt = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        };
+        opt("httpsUrl", &vm.https_url);
+        opt("region", &vm.region);
+        opt("regionDisplay", &vm.region_display);
+        opt("sshUser", &target.user);
         m.insert("shellCommand".into(), json!(prepared.shell));
         m.insert("remoteCwd".into(), json!(prepared.cwd));
         m.insert("timeoutMs".into(), json!(self.config.timeout_ms));
         m.insert("reuseLease".into(), json!(self.config.reuse_lease));
         m.insert("resumedLease".into(), json!(resumed));
         m.insert("sshHost".into(), json!(target.host));
-        m.insert("sshUser".into(), json!(target.user));
         m.insert("sshPort".into(), json!(target.port));
         m
     }

@@ -22,7 +22,7 @@ async fn secrets_never_leak() {
         stderr_file: Some(stderr_path.clone()),
         worker_env: vec![("TMPDIR".to_string(), tmpdir.display().to_string())],
         // As chatty as an operator could make it (but not the JIT compiler's own tracing).
-        log_filter: "debug,cranelift=info,wasmtime=info".to_string(),
+        log_filter: Some("debug,cranelift=info,wasmtime=info".to_string()),
         config_extra: json!({"env": {"DB_PASSWORD": vm_env_secret}}),
         ..EnvOptions::default()
     })
@@ -197,9 +197,21 @@ async fn secrets_never_leak() {
     // stderr is complete once the worker exited.
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(
-        stderr.contains("ssh exec") && stderr.contains("exe.dev API call"),
+        stderr.contains("ssh exec") && stderr.contains("HTTP request"),
         "the worker logged at debug level: {} bytes",
         stderr.len()
+    );
+    // Guest logs go to Paperclip as notifications only: Paperclip records a worker's stderr as
+    // warnings, so a copy there would turn every info line into one.
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["method"] == "log" && n["params"]["message"] == "exe.dev API call"),
+        "guest logs reach Paperclip"
+    );
+    assert!(
+        !stderr.contains(" guest: "),
+        "guest logs are not repeated on stderr"
     );
     for s in &secrets {
         let line = stdout_text.lines().find(|l| l.contains(s.as_str()));
@@ -224,4 +236,34 @@ async fn secrets_never_leak() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let left = entries_below(&tmpdir);
     assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+}
+
+/// With no log settings (as Paperclip starts it), a worker that has nothing to warn about writes
+/// nothing on stderr: Paperclip records every stderr line of a worker as a warning. Guest logs
+/// still arrive, as `log` notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_logging_keeps_stderr_for_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("worker.stderr");
+    let env = Env::start_with(EnvOptions {
+        stderr_file: Some(stderr_path.clone()),
+        log_filter: None,
+        ..EnvOptions::default()
+    })
+    .await;
+    let lease = env.acquire(&run_id("quiet")).await;
+    let x = env.sh(&lease, "echo out; echo err >&2").await;
+    assert_eq!(
+        (x["exitCode"].as_i64(), x["stdout"].as_str()),
+        (Some(0), Some("out\n"))
+    );
+    env.destroy(&lease).await;
+    let notes = env.take_notifications();
+    assert!(
+        notes.iter().any(|n| n["method"] == "log"),
+        "guest logs arrive as notifications"
+    );
+    env.finish().await;
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(stderr, "", "the worker wrote to stderr");
 }

@@ -22,6 +22,12 @@ static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM")
     about = "Runs the exe.dev sandbox provider component for Paperclip"
 )]
 struct Cli {
+    /// What to log on stderr (tracing filter syntax: `info`, `debug`,
+    /// `paperclip_wasm_host=debug`, …). Default: `warn` for `worker`, because Paperclip records
+    /// every stderr line of a worker as a warning (guest logs reach it as `log` notifications
+    /// instead); `info` for the other commands. Without the flag, `PAPERCLIP_WASM_HOST_LOG` applies.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -167,8 +173,15 @@ impl HostArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Worker(_) => "warn",
+        _ => "info",
+    };
+    if let Err(e) = init_tracing(cli.log_level.as_deref(), default_filter) {
+        eprintln!("paperclip-wasm-host: --log-level: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -327,15 +340,21 @@ async fn ops_call(
         .map_err(|e| anyhow::anyhow!("{method} failed ({}): {}", e.code, e.message))
 }
 
-/// Logs go to stderr only: stdout carries protocol lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAPERCLIP_WASM_HOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs go to stderr only: stdout carries protocol lines. The flag wins over the environment
+/// variable, which wins over the command's default.
+fn init_tracing(flag: Option<&str>, default: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match flag {
+        Some(f) => EnvFilter::try_new(f)?,
+        None => EnvFilter::try_from_env("PAPERCLIP_WASM_HOST_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(default)),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    Ok(())
 }
 
 /// Paperclip hands the worker Unix-socket stdio that may be non-blocking; blocking reads and

@@ -387,7 +387,6 @@ fn lease_meta() -> Value {
         "reuseLease": false,
         "resumedLease": false,
         "sshHost": HOST,
-        "sshUser": null,
         "sshPort": 22
     })
 }

@@ -71,15 +71,12 @@ fn acquire_creates_and_prepares_in_one_round_trip() {
             "vmName": "paperclip-env1-run1",
             "sshDest": "paperclip-env1-run1.exe.xyz",
             "httpsUrl": "https://paperclip-env1-run1.exe.xyz",
-            "region": null,
-            "regionDisplay": null,
             "shellCommand": "bash",
             "remoteCwd": "/home/exedev/paperclip-workspace",
             "timeoutMs": 300000,
             "reuseLease": false,
             "resumedLease": false,
             "sshHost": "paperclip-env1-run1.exe.xyz",
-            "sshUser": null,
             "sshPort": 22
         })
     );

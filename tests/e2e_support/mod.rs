@@ -33,8 +33,8 @@ pub struct EnvOptions {
     pub stderr_file: Option<PathBuf>,
     /// Extra environment of the worker process (e.g. `TMPDIR`).
     pub worker_env: Vec<(String, String)>,
-    /// The worker's log filter (`PAPERCLIP_WASM_HOST_LOG`).
-    pub log_filter: String,
+    /// The worker's log filter (`PAPERCLIP_WASM_HOST_LOG`); `None` leaves the worker's default.
+    pub log_filter: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -45,7 +45,7 @@ impl Default for EnvOptions {
             config_extra: json!({}),
             stderr_file: None,
             worker_env: Vec::new(),
-            log_filter: "warn".to_string(),
+            log_filter: Some("warn".to_string()),
         }
     }
 }
@@ -78,7 +78,11 @@ impl Env {
             "--ssh-config".to_string(),
             sim.ssh_config_path().display().to_string(),
         ];
-        let mut env = vec![("PAPERCLIP_WASM_HOST_LOG".to_string(), opts.log_filter)];
+        let mut env: Vec<(String, String)> = opts
+            .log_filter
+            .map(|f| ("PAPERCLIP_WASM_HOST_LOG".to_string(), f))
+            .into_iter()
+            .collect();
         env.extend(opts.worker_env);
         let worker = WorkerClient::spawn_with_stderr(
             &worker_binary(),

@@ -96,15 +96,13 @@ impl CallSink {
         self.invocation_id.as_deref()
     }
 
-    /// Emit one guest log line: a tracing event and a Paperclip `log` notification.
+    /// Emit one guest log line: a Paperclip `log` notification when the sink has an outbox (the
+    /// worker), else a tracing event on stderr (operator commands). Never both: Paperclip logs a
+    /// worker's stderr at WARN, so a copy there would turn every info line into a warning.
     pub fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
-        let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", "{message}{rendered}"),
-            Level::Debug => tracing::debug!(target: "guest", "{message}{rendered}"),
-            Level::Info => tracing::info!(target: "guest", "{message}{rendered}"),
-            Level::Warn => tracing::warn!(target: "guest", "{message}{rendered}"),
-            Level::Error => tracing::error!(target: "guest", "{message}{rendered}"),
+        if self.outbox.is_none() {
+            trace_guest_line(level, message, fields);
+            return;
         }
         let mut params = json!({ "level": level.paperclip_name(), "message": message });
         if !fields.is_empty() {
@@ -133,6 +131,22 @@ impl CallSink {
             envelope["paperclipInvocationId"] = Value::String(id.clone());
         }
         outbox.send_line(envelope.to_string());
+    }
+}
+
+/// One guest log line as a tracing event, on one line: field values (a setup script, say) may
+/// hold newlines, which are escaped so every stderr line is a whole event.
+fn trace_guest_line(level: Level, message: &str, fields: &[(String, String)]) {
+    let rendered: String = fields
+        .iter()
+        .map(|(k, v)| format!(" {k}={}", v.replace('\r', "\\r").replace('\n', "\\n")))
+        .collect();
+    match level {
+        Level::Trace => tracing::trace!(target: "guest", "{message}{rendered}"),
+        Level::Debug => tracing::debug!(target: "guest", "{message}{rendered}"),
+        Level::Info => tracing::info!(target: "guest", "{message}{rendered}"),
+        Level::Warn => tracing::warn!(target: "guest", "{message}{rendered}"),
+        Level::Error => tracing::error!(target: "guest", "{message}{rendered}"),
     }
 }
 
