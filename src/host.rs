@@ -162,6 +162,17 @@ pub struct SshOutput {
     pub stderr_truncated: bool,
 }
 
+/// What [`Host::ssh_connect`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connected {
+    /// A pooled connection is up: exit statuses will come from the SSH server.
+    Ready,
+    /// The host does not pool connections; commands run as always.
+    Unpooled,
+    /// Opening the connection failed; what the SSH client reported.
+    Failed(SshOutput),
+}
+
 /// Why the host could not run an SSH command at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SshError {
@@ -193,6 +204,9 @@ pub trait Host {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<HttpResponse, HttpError>;
+    /// Make sure a pooled SSH connection to `target` is up (opening one if needed) within
+    /// `timeout_ms`; runs none of the caller's commands.
+    fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError>;
     /// Run one remote command over SSH.
     fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError>;
     /// Drop any pooled connection to `target`.
@@ -383,6 +397,15 @@ mod wasm {
             Ok(HttpResponse { status, body: out })
         }
 
+        fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError> {
+            match wit_ssh::connect(&to_wit_target(target), timeout_ms) {
+                Ok(wit_ssh::ConnectOutcome::Ready) => Ok(Connected::Ready),
+                Ok(wit_ssh::ConnectOutcome::Unpooled) => Ok(Connected::Unpooled),
+                Ok(wit_ssh::ConnectOutcome::Failed(o)) => Ok(Connected::Failed(from_wit_output(o))),
+                Err(e) => Err(from_wit_error(e)),
+            }
+        }
+
         fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError> {
             let req = wit_ssh::ExecRequest {
                 target: to_wit_target(&request.target),
@@ -392,21 +415,9 @@ mod wasm {
                 max_output_bytes: request.max_output_bytes,
                 stream_output: request.stream_output,
             };
-            match wit_ssh::exec(&req) {
-                Ok(o) => Ok(SshOutput {
-                    exit_code: o.exit_code,
-                    exit_code_from_remote: o.exit_code_from_remote,
-                    signal: o.signal,
-                    timed_out: o.timed_out,
-                    stdout: o.stdout,
-                    stderr: o.stderr,
-                    stdout_truncated: o.stdout_truncated,
-                    stderr_truncated: o.stderr_truncated,
-                }),
-                Err(wit_ssh::SshError::Denied(m)) => Err(SshError::Denied(m)),
-                Err(wit_ssh::SshError::InvalidRequest(m)) => Err(SshError::InvalidRequest(m)),
-                Err(wit_ssh::SshError::Spawn(m)) => Err(SshError::Spawn(m)),
-            }
+            wit_ssh::exec(&req)
+                .map(from_wit_output)
+                .map_err(from_wit_error)
         }
 
         fn ssh_disconnect(&self, target: &SshTarget) {
@@ -445,6 +456,27 @@ mod wasm {
 
         fn env_var(&self, name: &str) -> Option<String> {
             std::env::var(name).ok()
+        }
+    }
+
+    fn from_wit_output(o: wit_ssh::ExecOutput) -> SshOutput {
+        SshOutput {
+            exit_code: o.exit_code,
+            exit_code_from_remote: o.exit_code_from_remote,
+            signal: o.signal,
+            timed_out: o.timed_out,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+        }
+    }
+
+    fn from_wit_error(e: wit_ssh::SshError) -> SshError {
+        match e {
+            wit_ssh::SshError::Denied(m) => SshError::Denied(m),
+            wit_ssh::SshError::InvalidRequest(m) => SshError::InvalidRequest(m),
+            wit_ssh::SshError::Spawn(m) => SshError::Spawn(m),
         }
     }
 

@@ -5,7 +5,9 @@
 use crate::api::{self, Api, Deadline};
 use crate::config::Config;
 use crate::error::ProviderError;
-use crate::host::{Host, Identity, LogLevel, SshError, SshOutput, SshRequest, SshTarget};
+use crate::host::{
+    Connected, Host, Identity, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
+};
 use crate::remote::{self, SshFailure};
 use crate::vm::{self, VmRecord};
 use serde_json::{json, Map, Value};
@@ -846,23 +848,43 @@ impl<'h> Provider<'h> {
                 ("timeoutMs", timeout_ms.to_string()),
             ],
         );
-        let out = self.ssh(
-            &SshRequest {
-                target: target.clone(),
-                command: remote::sh_c(&script),
-                stdin: req.stdin,
-                timeout_ms,
-                max_output_bytes: remote::MAX_OUTPUT_BYTES,
-                stream_output: true,
-            },
-            &format!("execute commands on exe.dev VM {id}"),
-        )?;
-        if let Some(message) = remote::execute_never_ran(&id, &out) {
-            return Err(ProviderError::Ssh(message));
-        }
-        if out.timed_out {
-            self.kill_remote(&id, &target, &exec_id);
-        }
+        let what = format!("execute commands on exe.dev VM {id}");
+        // The connection first, with none of the caller's commands: a failure here is SSH's own,
+        // and once the pooled connection is up, the command's exit status (even 255) is known
+        // to be the command's.
+        let deadline = Deadline::after(self.host, u64::from(timeout_ms));
+        let out = match self
+            .host
+            .ssh_connect(&target, timeout_ms)
+            .map_err(|e| ssh_error(e, &what))?
+        {
+            // Nothing ran; a connection that timed out is reported like a timed-out command.
+            Connected::Failed(out) if out.timed_out => out,
+            Connected::Failed(out) => {
+                return Err(ProviderError::Ssh(remote::connect_failure(&id, &out)));
+            }
+            Connected::Ready | Connected::Unpooled => {
+                let remaining = deadline.remaining(self.host).clamp(1, u64::from(u32::MAX));
+                let out = self.ssh(
+                    &SshRequest {
+                        target: target.clone(),
+                        command: remote::sh_c(&script),
+                        stdin: req.stdin,
+                        timeout_ms: remaining as u32,
+                        max_output_bytes: remote::MAX_OUTPUT_BYTES,
+                        stream_output: true,
+                    },
+                    &what,
+                )?;
+                if let Some(message) = remote::execute_never_ran(&id, &out) {
+                    return Err(ProviderError::Ssh(message));
+                }
+                if out.timed_out {
+                    self.kill_remote(&id, &target, &exec_id);
+                }
+                out
+            }
+        };
         let mut metadata = Map::new();
         metadata.insert("provider".into(), json!(PROVIDER));
         metadata.insert("vmName".into(), json!(id));

@@ -188,6 +188,12 @@ pub const ONBOARDING_MARKERS: [&str; 2] = [
     "Please enter your email address:",
 ];
 
+/// The operator message for a connection that could not be opened before an execute (no
+/// command of the caller's ran, so whatever the client printed is about SSH).
+pub fn connect_failure(vm: &str, out: &SshOutput) -> String {
+    failure_message("execute commands on", vm, &output_text(out))
+}
+
 /// SSH failures that will not go away by waiting.
 const FATAL_SSH_MARKERS: [&str; 4] = [
     "Permission denied",

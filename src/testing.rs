@@ -1,7 +1,7 @@
 //! A scripted fake [`Host`] for native unit tests.
 
 use crate::host::{
-    Host, HttpError, HttpResponse, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
+    Connected, Host, HttpError, HttpResponse, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +26,10 @@ pub struct FakeHost {
     pub ssh_script: RefCell<VecDeque<Result<SshOutput, SshError>>>,
     pub http_calls: RefCell<Vec<HttpCall>>,
     pub ssh_calls: RefCell<Vec<SshRequest>>,
+    /// Answers to `ssh_connect`, in order; when empty, every connect answers `Ready`.
+    pub connect_script: RefCell<VecDeque<Result<Connected, SshError>>>,
+    /// Every `ssh_connect`: target and timeout.
+    pub connects: RefCell<Vec<(SshTarget, u32)>>,
     pub disconnects: RefCell<Vec<SshTarget>>,
     pub logs: RefCell<Vec<LogLine>>,
     pub sleeps: RefCell<Vec<u64>>,
@@ -141,6 +145,23 @@ impl Host for FakeHost {
             timeout_ms
         } else {
             self.http_cost_ms
+        };
+        self.now.set(self.now.get() + cost);
+        answer
+    }
+
+    fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError> {
+        self.connects
+            .borrow_mut()
+            .push((target.clone(), timeout_ms));
+        let answer = self
+            .connect_script
+            .borrow_mut()
+            .pop_front()
+            .unwrap_or(Ok(Connected::Ready));
+        let cost = match &answer {
+            Ok(Connected::Failed(o)) if o.timed_out => u64::from(timeout_ms),
+            _ => 0,
         };
         self.now.set(self.now.get() + cost);
         answer

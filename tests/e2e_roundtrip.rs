@@ -310,6 +310,15 @@ async fn stdin_and_stderr_round_trip() {
         .await;
     assert_eq!(x["exitCode"], 255, "{x}");
     assert_eq!(x["stderr"], format!("{fake}\n"), "{x}");
+    // The same after the pooled connection died: the execute opens a new one before the
+    // command, so the command's status is still known to be its own.
+    assert_eq!(env.kill_ssh_masters(), 1, "one pooled connection");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let x: Value = env
+        .sh(&lease, &format!("echo '{fake}' >&2; exit 255"))
+        .await;
+    assert_eq!(x["exitCode"], 255, "{x}");
+    assert_eq!(x["stderr"], format!("{fake}\n"), "{x}");
     // A command killed by a signal: the remote shell's 128+9, not a timeout.
     let x: Value = env.sh(&lease, "kill -9 $$").await;
     assert_eq!(x["exitCode"], 137, "{x}");

@@ -137,6 +137,25 @@ impl SshBackend for OpenSsh {
         })
     }
 
+    fn connect(
+        &self,
+        target: ssh::Target,
+        timeout_ms: u32,
+    ) -> BoxFuture<Result<ssh::ConnectOutcome, ssh::SshError>> {
+        use crate::caps::ssh::Connected;
+        let runner = self.0.clone();
+        Box::pin(async move {
+            let outcome = runner.connect(&target_from_wit(target), timeout_ms).await;
+            outcome
+                .map(|c| match c {
+                    Connected::Ready => ssh::ConnectOutcome::Ready,
+                    Connected::Unpooled => ssh::ConnectOutcome::Unpooled,
+                    Connected::Failed(out) => ssh::ConnectOutcome::Failed(output_to_wit(out)),
+                })
+                .map_err(error_to_wit)
+        })
+    }
+
     fn disconnect(&self, target: ssh::Target) -> BoxFuture<()> {
         let runner = self.0.clone();
         Box::pin(async move { runner.disconnect(&target_from_wit(target)).await })

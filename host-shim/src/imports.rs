@@ -12,6 +12,14 @@ impl ssh::Host for HostState {
         self.ssh.exec(request, self.sink.clone()).await
     }
 
+    async fn connect(
+        &mut self,
+        target: ssh::Target,
+        timeout_ms: u32,
+    ) -> Result<ssh::ConnectOutcome, ssh::SshError> {
+        self.ssh.connect(target, timeout_ms).await
+    }
+
     async fn disconnect(&mut self, target: ssh::Target) {
         self.ssh.disconnect(target).await
     }

@@ -25,6 +25,16 @@ pub trait SshBackend: Send + Sync {
         sink: CallSink,
     ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>>;
 
+    /// Make sure a pooled connection to `target` is up. Backends that do not pool connections
+    /// (and test doubles) answer `unpooled`: commands then run as they always do.
+    fn connect(
+        &self,
+        _target: ssh::Target,
+        _timeout_ms: u32,
+    ) -> BoxFuture<Result<ssh::ConnectOutcome, ssh::SshError>> {
+        Box::pin(async { Ok(ssh::ConnectOutcome::Unpooled) })
+    }
+
     /// Drop any pooled connection to `target`.
     fn disconnect(&self, target: ssh::Target) -> BoxFuture<()>;
 

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use paperclip_wasm_host::caps::http::{HttpLimits, PolicyHttpHooks};
 use paperclip_wasm_host::caps::ssh::{
-    HostKeyPolicy, Identity, SshError, SshExec, SshRunner, SshSettings, SshTarget, StreamKind,
+    Connected, HostKeyPolicy, Identity, SshError, SshExec, SshRunner, SshSettings, SshTarget,
+    StreamKind,
 };
 use paperclip_wasm_host::policy::Policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1216,6 +1217,55 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
 
     runner.close_all().await;
     assert!(gone_soon(&cm).await);
+
+    // `connect` opens the master without running anything of the caller's; the command after
+    // it takes the shared path, so its status is known to be its own.
+    let before = started(); // `close_all` ran `ssh -O exit` through the wrapper too
+    assert_eq!(
+        runner.connect(&target, 30_000).await.unwrap(),
+        Connected::Ready
+    );
+    assert_eq!(started(), before + 1);
+    assert_eq!(
+        runner.connect(&target, 30_000).await.unwrap(),
+        Connected::Ready,
+        "an open connection is reused"
+    );
+    assert_eq!(started(), before + 1);
+    let out = runner
+        .exec(request("echo own >&2; exit 255"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            out.exit_code,
+            out.exit_code_from_remote,
+            out.stderr.as_slice()
+        ),
+        (Some(255), true, &b"own\n"[..])
+    );
+    assert_eq!(started(), before + 1);
+    // A connection that cannot be opened says why (here: an unknown host key under `yes`).
+    let mut strict = target.clone();
+    strict.host_key_policy = HostKeyPolicy::Yes;
+    let fresh = runner_with(true, "strict");
+    match fresh.connect(&strict, 30_000).await.unwrap() {
+        Connected::Failed(out) => {
+            assert_eq!(out.exit_code, Some(255));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Host key verification failed"), "{err}");
+        }
+        other => panic!("expected a failed connection, got {other:?}"),
+    }
+    // Connections that are not pooled: nothing to open.
+    assert_eq!(
+        runner_with(false, "unpooled")
+            .connect(&target, 30_000)
+            .await
+            .unwrap(),
+        Connected::Unpooled
+    );
+    runner.close_all().await;
     sim.shutdown().await;
 }
 

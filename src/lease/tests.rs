@@ -1140,3 +1140,69 @@ fn resume_treats_ls_not_found_as_expired() {
     assert_eq!(lease.provider_lease_id, None);
     assert_eq!(Value::Object(lease.metadata), json!({"expired": true}));
 }
+
+#[test]
+fn execute_opens_the_connection_first_and_gives_the_command_the_rest_of_the_time() {
+    let host = FakeHost::new();
+    host.connect_script
+        .borrow_mut()
+        .push_back(Ok(Connected::Ready));
+    host.ssh(Some(0), b"hi\n", b"");
+    let mut req = exec_req(json!({"sshHost": "h.exe.xyz", "sshUser": "exedev", "sshPort": 22}));
+    req.timeout_ms = Some(5000);
+    let r = provider(&host, default_cfg()).execute(req).unwrap();
+    assert_eq!((r.exit_code, r.stdout.as_str()), (Some(0), "hi\n"));
+    let connects = host.connects.borrow();
+    assert_eq!(connects.len(), 1);
+    assert_eq!(connects[0].0.destination(), "exedev@h.exe.xyz");
+    assert_eq!(connects[0].1, 5000);
+    assert_eq!(host.ssh_calls.borrow()[0].timeout_ms, 5000);
+}
+
+#[test]
+fn execute_reports_a_failed_connection_without_running_anything() {
+    // Refused key: an SSH error with the operator hint, and no command sent.
+    let host = FakeHost::new();
+    host.connect_script
+        .borrow_mut()
+        .push_back(Ok(Connected::Failed(SshOutput {
+            exit_code: Some(255),
+            stderr: b"exedev@vm1.exe.xyz: Permission denied (publickey).\r\n".to_vec(),
+            ..SshOutput::default()
+        })));
+    let err = provider(&host, default_cfg())
+        .execute(exec_req(json!({})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::Ssh(m) if m.starts_with("Failed to execute commands on exe.dev VM vm1") && m.contains("Permission denied")),
+        "{err:?}"
+    );
+    assert!(host.ssh_calls.borrow().is_empty());
+
+    // A connection that took the whole deadline: a timed-out result, and no kill script
+    // (nothing was started).
+    let host = FakeHost::new();
+    host.connect_script
+        .borrow_mut()
+        .push_back(Ok(Connected::Failed(SshOutput {
+            timed_out: true,
+            ..SshOutput::default()
+        })));
+    let r = provider(&host, default_cfg())
+        .execute(exec_req(json!({})))
+        .unwrap();
+    assert!(r.timed_out);
+    assert_eq!((r.exit_code, r.signal.as_deref()), (None, None));
+    assert!(host.ssh_calls.borrow().is_empty());
+
+    // A destination the host refuses.
+    let host = FakeHost::new();
+    host.connect_script
+        .borrow_mut()
+        .push_back(Err(SshError::Denied("evil.example.com".into())));
+    let err = provider(&host, default_cfg())
+        .execute(exec_req(json!({})))
+        .unwrap_err();
+    assert!(matches!(&err, ProviderError::Denied(m) if m.contains("evil.example.com")));
+    assert!(host.ssh_calls.borrow().is_empty());
+}

@@ -211,6 +211,31 @@ impl Env {
         self.exec(lease, "sh", &["-c", script], json!({})).await
     }
 
+    /// SIGKILL the worker's pooled SSH master connections (the `ssh: <state>/cm/… [mux]`
+    /// processes), as an idle timeout or a network drop would end them; returns how many.
+    pub fn kill_ssh_masters(&self) -> usize {
+        let needle = self.state.path().join("cm").display().to_string();
+        let pids: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains(&needle) && c.contains("[mux]")
+                    })
+                    .unwrap_or(false)
+            })
+            .collect();
+        for pid in &pids {
+            // SAFETY: plain kill(2) of a process found above.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        pids.len()
+    }
+
     /// Destroy a lease; returns the receipt.
     pub async fn destroy(&self, lease: &Value) -> Value {
         self.ok(

@@ -159,6 +159,20 @@ pub struct SshOutput {
     pub stderr_truncated: bool,
 }
 
+/// What [`SshRunner::connect`] found or did (mirrors WIT `connect-outcome`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connected {
+    /// A master connection is up; commands take the shared path.
+    Ready,
+    /// Connections to this target are not pooled; commands spawn `ssh` as always.
+    Unpooled,
+    /// Opening the connection failed: the client's exit status and output.
+    Failed(SshOutput),
+}
+
+/// Output kept from a connection attempt (its `true` prints nothing; errors are short).
+const CONNECT_OUTPUT_CAP: u64 = 64 * 1024;
+
 /// Why the command could not be run at all (mirrors WIT `ssh-error`). Messages never contain
 /// key material or the remote command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -443,6 +457,43 @@ impl SshRunner {
 
         log_finished(target, &result, started, "client");
         Ok(result)
+    }
+
+    /// Make sure a master connection to `target` is up, starting one if there is none: a
+    /// spawned `ssh` runs `true` with `ControlMaster=auto` and stays behind as the master. After
+    /// [`Connected::Ready`], commands to the target take the shared path and their exit status
+    /// is known to be the remote command's. Since no caller command runs here, a failure is the
+    /// connection's own (its output says why).
+    pub async fn connect(
+        &self,
+        target: &SshTarget,
+        timeout_ms: u32,
+    ) -> Result<Connected, SshError> {
+        self.check_target(target)?;
+        if self.pool.is_none() {
+            return Ok(Connected::Unpooled);
+        }
+        if let Some(control) = self.live_master(target) {
+            if ssh_mux::alive(&control).await {
+                return Ok(Connected::Ready);
+            }
+        }
+        let probe = SshExec {
+            target: target.clone(),
+            command: "true".into(),
+            stdin: None,
+            timeout_ms,
+            max_output_bytes: CONNECT_OUTPUT_CAP,
+        };
+        let out = self.exec(probe, None).await?;
+        if out.timed_out || out.exit_code != Some(0) {
+            return Ok(Connected::Failed(out));
+        }
+        Ok(match self.live_master(target) {
+            Some(_) => Connected::Ready,
+            // Connected, but no master stayed (e.g. an operator config that disables it).
+            None => Connected::Unpooled,
+        })
     }
 
     /// Close the pooled master connection to `target`, if there is one (on release/destroy:

@@ -37,6 +37,17 @@ pub(super) enum MuxUnavailable {
     Ambiguous(String),
 }
 
+/// How long a live master takes to answer the protocol greeting, at most (it is local).
+const ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// True when a master answers on `control` (a socket file can outlive its master).
+pub(super) async fn alive(control: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(ALIVE_TIMEOUT, Connection::connect(control)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// One session opened on a master, with our ends of its pipes.
 pub(super) struct MuxSession {
     session: EstablishedSession,
