@@ -1,10 +1,15 @@
 //! Exactness of what goes in and comes out of `environmentExecute`: command, args, env and cwd
 //! with shell metacharacters (property test), large stdout/stderr with multi-byte UTF-8, large
-//! stdin, and stderr on failure.
+//! stdin, stderr on failure, and Paperclip's workspace-restore pattern (35 × 3 MiB through
+//! base64). Everything that moves bytes runs on loopback and over the simulator's link model
+//! (added round trip, bandwidth cap), where output trailing the exit status is the rule.
 
 mod e2e_support;
 
-use e2e_support::{live_output, run_id, Env};
+use e2e_support::{
+    live_output, repeats, run_id, Env, EnvOptions, LINK_30MS_100MBIT, LINK_60MS_50MBIT,
+};
+use paperclip_wasm_host::sim::LinkModel;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
@@ -35,7 +40,16 @@ printf '%s\\0' \"$0\" \"$d\" \"$V1\" \"$V2\" \"$@\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_args_env_cwd_round_trip_exactly() {
-    let env = Env::start().await;
+    command_args_env_cwd(None, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_args_env_cwd_round_trip_exactly_over_30ms_100mbit() {
+    command_args_env_cwd(LINK_30MS_100MBIT, 12).await;
+}
+
+async fn command_args_env_cwd(link: Option<LinkModel>, cases: u32) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
     let lease = env.acquire(&run_id("prop")).await;
     let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
     let home = env.sim.vm_home(&vm).unwrap();
@@ -50,7 +64,7 @@ async fn command_args_env_cwd_round_trip_exactly() {
         weird(16),
     );
     let mut runner = TestRunner::new(Config {
-        cases: 40,
+        cases,
         failure_persistence: None,
         max_shrink_iters: 64,
         ..Config::default()
@@ -159,8 +173,32 @@ fn repeated(unit: &str, lines: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_output_is_byte_exact() {
-    let env = Env::start().await;
+    large_output(None, repeats(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_is_byte_exact_over_30ms_100mbit() {
+    large_output(LINK_30MS_100MBIT, repeats(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_is_byte_exact_over_60ms_50mbit() {
+    large_output(LINK_60MS_50MBIT, repeats(1)).await;
+}
+
+/// 1 MiB on both streams at once and 20 MiB on each, `times` times: every byte, live chunks
+/// equal to the result.
+async fn large_output(link: Option<LinkModel>, times: usize) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
     let lease = env.acquire(&run_id("big")).await;
+    for _ in 0..times {
+        large_output_once(&env, &lease).await;
+    }
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+async fn large_output_once(env: &Env, lease: &Value) {
     // 11-byte lines ("a" + 2-byte + 3-byte + 4-byte + "\n"): chunk boundaries of any power of
     // two fall inside multi-byte characters.
     let unit = "aé€😀";
@@ -170,7 +208,7 @@ async fn large_output_is_byte_exact() {
     // 1 MiB on both streams at once, interleaved; live chunks equal the final output.
     let lines_1m = (1 << 20) / line_bytes + 1;
     let params = env.exec_params(
-        &lease,
+        lease,
         "sh",
         &[
             "-c",
@@ -199,31 +237,39 @@ async fn large_output_is_byte_exact() {
     assert!(out == expected, "streamed stdout differs");
     assert!(err == expected, "streamed stderr differs");
 
-    // 20 MiB on stdout, then 20 MiB on stderr with a non-zero exit.
+    // 20 MiB on stdout, then 20 MiB on stderr with a non-zero exit; live chunks equal the
+    // result here too.
     let lines_20m = (20 << 20) / line_bytes + 1;
     let expected = repeated(unit, lines_20m);
     assert!(expected.len() >= 20 << 20);
-    let x = env
-        .exec(
-            &lease,
+    let params = env.exec_params(
+        lease,
+        "sh",
+        &[
+            "-c",
+            "yes \"$1\" | head -n \"$2\"",
             "sh",
-            &[
-                "-c",
-                "yes \"$1\" | head -n \"$2\"",
-                "sh",
-                unit,
-                &lines_20m.to_string(),
-            ],
-            json!({}),
-        )
-        .await;
+            unit,
+            &lines_20m.to_string(),
+        ],
+        json!({}),
+    );
+    let inv = params["paperclipInvocation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.take_notifications();
+    let x = env.ok("environmentExecute", params).await;
     assert_eq!(x["exitCode"], 0);
     assert_eq!(x["stdout"].as_str().unwrap().len(), expected.len());
     assert!(x["stdout"] == expected.as_str(), "20 MiB stdout differs");
     assert_eq!(x["stderr"], "");
+    let (out, err) = live_output(&env.take_notifications(), &inv);
+    assert!(out == expected, "streamed 20 MiB stdout differs");
+    assert_eq!(err, "");
     let x = env
         .exec(
-            &lease,
+            lease,
             "sh",
             &[
                 "-c",
@@ -240,13 +286,25 @@ async fn large_output_is_byte_exact() {
     assert_eq!(x["stderr"].as_str().unwrap().len(), expected.len());
     assert!(x["stderr"] == expected.as_str(), "20 MiB stderr differs");
     env.take_notifications();
-    env.destroy(&lease).await;
-    env.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_and_stderr_round_trip() {
-    let env = Env::start().await;
+    stdin_and_stderr(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_and_stderr_round_trip_over_30ms_100mbit() {
+    stdin_and_stderr(LINK_30MS_100MBIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_and_stderr_round_trip_over_60ms_50mbit() {
+    stdin_and_stderr(LINK_60MS_50MBIT).await;
+}
+
+async fn stdin_and_stderr(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
     let lease = env.acquire(&run_id("stdin")).await;
 
     // 8 MiB of stdin with multi-byte characters, echoed back by `cat` and counted by `wc -c`.
@@ -326,4 +384,89 @@ async fn stdin_and_stderr_round_trip() {
     assert_eq!(x["stdout"], "", "{x}");
     env.destroy(&lease).await;
     env.finish().await;
+}
+
+/// Paperclip's workspace restore without native sync (`paperclip-host.md`, SyncOut fallback):
+/// `wc -c`, then one `dd bs=3MiB skip=i count=1 | base64` execute per chunk, decoded on the
+/// host. A 105 MiB archive is read back in 35 chunks, `times` times; every chunk must decode to
+/// exactly the archive's bytes at its offset.
+async fn restore_replay(link: Option<LinkModel>, times: usize) {
+    use base64::Engine as _;
+    const CHUNK: usize = 3 << 20;
+    const CHUNKS: usize = 35;
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("restore")).await;
+    let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
+    let x = env
+        .sh(
+            &lease,
+            &format!(
+                "head -c {} /dev/urandom > \"$HOME/archive.tar\"",
+                CHUNK * CHUNKS
+            ),
+        )
+        .await;
+    assert_eq!(x["exitCode"], 0, "{x}");
+    // The VM's home is on this machine: the archive's bytes are the reference.
+    let archive = std::fs::read(env.sim.vm_home(&vm).unwrap().join("archive.tar")).unwrap();
+    assert_eq!(archive.len(), CHUNK * CHUNKS);
+    let mut lost = Vec::new();
+    for run in 0..times {
+        let x = env.sh(&lease, "wc -c < \"$HOME/archive.tar\"").await;
+        assert_eq!(
+            x["stdout"].as_str().unwrap().trim(),
+            archive.len().to_string()
+        );
+        for i in 0..CHUNKS {
+            let x = env
+                .sh(
+                    &lease,
+                    &format!(
+                        "dd if=\"$HOME/archive.tar\" bs={CHUNK} skip={i} count=1 2>/dev/null \
+                         | base64"
+                    ),
+                )
+                .await;
+            assert_eq!(x["exitCode"], 0, "chunk {i}: {x:.200}");
+            let text: String = x["stdout"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&text)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "run {run} chunk {i}: not base64 ({e}), {} chars",
+                        text.len()
+                    )
+                });
+            let want = &archive[i * CHUNK..(i + 1) * CHUNK];
+            if decoded != want {
+                lost.push((run, i, want.len() as i64 - decoded.len() as i64));
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "chunks that came back wrong (run, chunk, bytes missing): {lost:?}"
+    );
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_replay_is_byte_exact() {
+    restore_replay(None, repeats(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_replay_is_byte_exact_over_30ms_100mbit() {
+    restore_replay(LINK_30MS_100MBIT, repeats(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_replay_is_byte_exact_over_60ms_50mbit() {
+    restore_replay(LINK_60MS_50MBIT, repeats(1)).await;
 }

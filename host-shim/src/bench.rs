@@ -15,11 +15,14 @@ use crate::caps::ssh::{HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings,
 use crate::client::WorkerClient;
 use crate::harness;
 use crate::policy::Policy;
-use crate::sim::{SimOptions, Simulator};
+use crate::sim::{LinkModel, SimOptions, Simulator};
 
 /// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
 #[derive(Clone, Copy, Debug)]
 pub struct BenchOptions {
+    /// The link model of the link rows (execute and 20 MiB over an added round trip and a
+    /// bandwidth cap).
+    pub link: LinkModel,
     /// Serial executes (and master-connection baseline commands).
     pub serial: usize,
     /// Rounds of 8 concurrent executes.
@@ -34,6 +37,7 @@ impl Default for BenchOptions {
             serial: 40,
             rounds: 10,
             fresh: 10,
+            link: LinkModel::new(30, 100),
         }
     }
 }
@@ -51,7 +55,125 @@ pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> an
     sim.shutdown().await;
     let rows = result?;
     ensure!(left.is_empty(), "VMs left behind: {left:?}");
+
+    let sim = Simulator::start(SimOptions {
+        link: Some(opts.link),
+        ..SimOptions::default()
+    })
+    .await?;
+    let result = measure_link(host_binary, &sim, opts).await;
+    let left = sim.vm_names();
+    sim.shutdown().await;
+    let link_rows = result?;
+    ensure!(left.is_empty(), "VMs left behind: {left:?}");
+
     print_table(&rows, wasm_size);
+    println!();
+    print_link_table(&link_rows, &opts.link);
+    Ok(())
+}
+
+/// The link rows: what a command and a large output cost over a real link's round trip and
+/// bandwidth, beside the system ssh client over a master connection on the same link.
+struct LinkFigures {
+    serial_median: Duration,
+    ssh_master: Duration,
+    stdout_20mib: Duration,
+    ssh_master_20mib: Duration,
+}
+
+async fn measure_link(
+    host_binary: &Path,
+    sim: &Simulator,
+    opts: BenchOptions,
+) -> anyhow::Result<LinkFigures> {
+    let scratch = tempfile::tempdir()?;
+    let worker = ready(
+        host_binary,
+        &harness::worker_args(sim, &scratch.path().join("state")),
+        &harness::quiet_env(),
+    )
+    .await?;
+    let config = harness::driver_config(sim, 120_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-link", extra);
+    let lease = worker
+        .request(
+            "environmentAcquireLease",
+            base(json!({ "runId": "bench-link" })),
+        )
+        .await?;
+    let exec_true = async || {
+        let r = worker
+            .request(
+                "environmentExecute",
+                base(json!({"lease": &lease, "command": "true"})),
+            )
+            .await?;
+        ensure!(r["exitCode"] == 0, "execute true: {r}");
+        Ok(())
+    };
+    exec_true().await?; // opens the shared connection
+    let (host, port, _) = lease_destination(&lease)?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
+    raw.start_master().await?;
+
+    let mut serial = Samples::default();
+    for _ in 0..opts.serial.min(15) {
+        serial.time("ours", &exec_true).await?;
+        serial
+            .time("master", async || raw.run(true, "true").await)
+            .await?;
+    }
+    let big = twenty_mib_command();
+    let big_params = base(json!({"lease": &lease, "command": "sh", "args": ["-c", &big]}));
+    let mut bulk = Samples::default();
+    for _ in 0..2 {
+        bulk.time("ours", async || {
+            execute_twenty_mib(&worker, big_params.clone()).await
+        })
+        .await?;
+        bulk.time("master", async || raw.run(true, &big).await)
+            .await?;
+    }
+    raw.stop_master().await;
+    destroy(&worker, &base, &lease).await?;
+    worker.shutdown().await?;
+    Ok(LinkFigures {
+        serial_median: median(serial.take("ours")),
+        ssh_master: median(serial.take("master")),
+        stdout_20mib: median(bulk.take("ours")),
+        ssh_master_20mib: median(bulk.take("master")),
+    })
+}
+
+/// `sshHost`, `sshPort` and the VM name of a lease, as the baselines need them.
+fn lease_destination(lease: &Value) -> anyhow::Result<(String, u64, String)> {
+    let host = lease["metadata"]["sshHost"]
+        .as_str()
+        .or(lease["metadata"]["sshDest"].as_str())
+        .context("lease metadata without sshHost")?
+        .to_string();
+    let port = lease["metadata"]["sshPort"].as_u64().unwrap_or(22);
+    let vm_name = lease["providerLeaseId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((host, port, vm_name))
+}
+
+/// A remote command printing exactly 20 MiB.
+fn twenty_mib_command() -> String {
+    format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a")
+}
+
+/// Execute the 20 MiB command and check every byte came back.
+async fn execute_twenty_mib(worker: &WorkerClient, params: Value) -> anyhow::Result<()> {
+    let r = worker.request("environmentExecute", params).await?;
+    let len = r["stdout"].as_str().map(str::len);
+    ensure!(
+        len == Some(TWENTY_MIB),
+        "20 MiB stdout came back with {len:?} bytes"
+    );
     Ok(())
 }
 
@@ -136,16 +258,7 @@ async fn measure(
     exec_true().await?; // the first call opens the shared connection
 
     // The baselines reach the same VM the same way, with the system ssh client.
-    let host = lease["metadata"]["sshHost"]
-        .as_str()
-        .or(lease["metadata"]["sshDest"].as_str())
-        .context("lease metadata without sshHost")?
-        .to_string();
-    let port = lease["metadata"]["sshPort"].as_u64().unwrap_or(22);
-    let vm_name = lease["providerLeaseId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (host, port, vm_name) = lease_destination(&lease)?;
     // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
     // profile sourcing, cd, export, exec), replayed by the baselines: same remote work.
     let wrapper = sim
@@ -234,19 +347,11 @@ async fn measure(
                 .await?;
         }
     }
-    let big = format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a");
+    let big = twenty_mib_command();
     let mut bulk = Samples::default();
     for _ in 0..3 {
         bulk.time("ours", async || {
-            let r = worker
-                .request("environmentExecute", exec_on(&lease, &big))
-                .await?;
-            let len = r["stdout"].as_str().map(str::len);
-            ensure!(
-                len == Some(TWENTY_MIB),
-                "20 MiB stdout came back with {len:?} bytes"
-            );
-            Ok(())
+            execute_twenty_mib(&worker, exec_on(&lease, &big)).await
         })
         .await?;
         bulk.time("master", async || raw.run(true, &big).await)
@@ -458,6 +563,28 @@ impl RawSsh {
             .stderr(Stdio::null())
             .status()
             .await;
+    }
+}
+
+fn print_link_table(f: &LinkFigures, link: &LinkModel) {
+    println!("Over the simulator's link model ({}):", link.describe());
+    println!();
+    println!("| measure | ours | baseline (same run, same link) | ratio |");
+    println!("|---|---|---|---|");
+    for (measure, ours, base) in [
+        (
+            "execute `true`, serial median",
+            f.serial_median,
+            f.ssh_master,
+        ),
+        ("20 MiB stdout", f.stdout_20mib, f.ssh_master_20mib),
+    ] {
+        println!(
+            "| {measure} | {} | ssh over master {} | {:.2}× |",
+            ms(ours),
+            ms(base),
+            ratio(ours, base)
+        );
     }
 }
 

@@ -9,19 +9,24 @@ use serde_json::{json, Value};
 
 use crate::client::WorkerClient;
 use crate::harness;
-use crate::sim::{SimOptions, Simulator};
+use crate::sim::{LinkModel, SimOptions, Simulator};
 
 /// Run the demo, printing each step with its duration. Fails if any step fails or a VM is left.
-pub async fn run(host_binary: &Path) -> anyhow::Result<()> {
+/// `link` puts the simulator's SSH path behind a link model (round trip, bandwidth cap).
+pub async fn run(host_binary: &Path, link: Option<LinkModel>) -> anyhow::Result<()> {
     let total = Instant::now();
     println!("paperclip-exe-dev demo: the full lifecycle against the embedded exe.dev simulator\n");
-    let sim = Simulator::start(SimOptions::default())
-        .await
-        .context("starting the simulator")?;
+    let sim = Simulator::start(SimOptions {
+        link,
+        ..SimOptions::default()
+    })
+    .await
+    .context("starting the simulator")?;
     println!(
-        "  simulator  API {}  (SSH routed by {})",
+        "  simulator  API {}  (SSH routed by {}, link: {})",
         sim.api_url(),
-        sim.ssh_config_path().display()
+        sim.ssh_config_path().display(),
+        link.map_or_else(|| "loopback".to_string(), |l| l.describe())
     );
     let state = tempfile::tempdir()?;
     let outcome = lifecycle(host_binary, &sim, state.path()).await;

@@ -37,7 +37,10 @@ enum Command {
     /// Speak Paperclip's plugin-worker protocol (JSON-RPC lines) on stdin/stdout.
     Worker(HostArgs),
     /// Run the full lifecycle offline against the embedded exe.dev simulator.
-    Demo,
+    Demo {
+        #[command(flatten)]
+        link: LinkArgs,
+    },
     /// Measure against the simulator, beside raw-ssh baselines from the same run.
     Bench {
         /// Serial executes (and master-connection baseline commands).
@@ -49,6 +52,12 @@ enum Command {
         /// Fresh-connection ssh baseline commands.
         #[arg(long, default_value_t = 10)]
         fresh: usize,
+        /// Round-trip time of the link model the link rows run over, in milliseconds.
+        #[arg(long, default_value_t = 30, value_name = "MS")]
+        link_rtt_ms: u64,
+        /// Bandwidth of the link model the link rows run over, in Mbit/s (0: uncapped).
+        #[arg(long, default_value_t = 100, value_name = "MBIT")]
+        link_mbit: u64,
     },
     /// Build an installable Paperclip plugin folder (package.json, dist/, bin/).
     Package {
@@ -67,6 +76,8 @@ enum Command {
         /// Directory for the simulator's keys, ssh config and VM homes (default: a temp dir).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        link: LinkArgs,
     },
     /// Validate a driver config file (JSON) as Paperclip would, and print the result.
     Validate {
@@ -101,6 +112,25 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+/// The simulator's link model: added round trip and bandwidth cap on its SSH path (both 0:
+/// plain loopback).
+#[derive(Args, Clone, Copy)]
+struct LinkArgs {
+    /// Round-trip time added to the simulator's SSH path, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    link_rtt_ms: u64,
+    /// Bandwidth cap of the simulator's SSH path, in Mbit/s (0: uncapped).
+    #[arg(long, default_value_t = 0, value_name = "MBIT")]
+    link_mbit: u64,
+}
+
+impl LinkArgs {
+    fn model(self) -> Option<sim::LinkModel> {
+        (self.link_rtt_ms > 0 || self.link_mbit > 0)
+            .then(|| sim::LinkModel::new(self.link_rtt_ms, self.link_mbit))
+    }
 }
 
 /// Options shared by every command that runs the component.
@@ -210,20 +240,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::debug!("worker exiting: {:?}", exit?);
             Ok(())
         }
-        Command::Demo => {
+        Command::Demo { link } => {
             let me = std::env::current_exe().context("locating this binary")?;
-            demo::run(&me).await
+            demo::run(&me, link.model()).await
         }
         Command::Bench {
             serial,
             rounds,
             fresh,
+            link_rtt_ms,
+            link_mbit,
         } => {
             let me = std::env::current_exe().context("locating this binary")?;
             let opts = bench::BenchOptions {
                 serial,
                 rounds,
                 fresh,
+                link: sim::LinkModel::new(link_rtt_ms, link_mbit),
             };
             bench::run(&me, EMBEDDED_COMPONENT.len(), opts).await
         }
@@ -254,9 +287,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Paperclip plugin package written to {}", out.display());
             Ok(())
         }
-        Command::Sim { state_dir } => {
+        Command::Sim { state_dir, link } => {
             sim::serve(sim::SimOptions {
                 state_dir,
+                link: link.model(),
                 ..Default::default()
             })
             .await

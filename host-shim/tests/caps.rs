@@ -833,8 +833,7 @@ fn exec_future_is_send(runner: &SshRunner) {
 /// is exit 255 with ssh's own message, and an option-looking command is never parsed as one.
 #[tokio::test]
 async fn real_openssh_accepts_the_argv_and_never_parses_the_command_as_options() {
-    if !Path::new("/usr/bin/ssh").exists() {
-        eprintln!("skipping: /usr/bin/ssh not installed");
+    if !ssh_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -865,8 +864,7 @@ async fn real_openssh_accepts_the_argv_and_never_parses_the_command_as_options()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_ssh_through_the_simulator() {
     use paperclip_wasm_host::sim::{SimOptions, Simulator};
-    if !Path::new("/usr/bin/ssh").exists() {
-        eprintln!("skipping: /usr/bin/ssh not installed");
+    if !ssh_available() {
         return;
     }
     let sim = Simulator::start(SimOptions::with_token("caps-token"))
@@ -980,8 +978,7 @@ async fn gone_soon(dir: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_shared_replaced_when_dead_and_closed() {
     use paperclip_wasm_host::sim::{SimOptions, Simulator};
-    if !Path::new("/usr/bin/ssh").exists() {
-        eprintln!("skipping: /usr/bin/ssh not installed");
+    if !ssh_available() {
         return;
     }
     let sim = Simulator::start(SimOptions::with_token("cm-token"))
@@ -1067,8 +1064,7 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_over_a_live_master_start_no_ssh_client() {
     use paperclip_wasm_host::sim::{SimOptions, Simulator};
-    if !Path::new("/usr/bin/ssh").exists() {
-        eprintln!("skipping: /usr/bin/ssh not installed");
+    if !ssh_available() {
         return;
     }
     let sim = Simulator::start(SimOptions::with_token("mux-token"))
@@ -1293,4 +1289,113 @@ async fn create_sim_vm(
     assert_eq!(resp.status(), 200);
     let created = resp.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&created).unwrap()
+}
+
+/// The output of `seq 1 n`, as the remote prints it.
+fn seq_output(n: u32) -> Vec<u8> {
+    (1..=n)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Output still on its way when the exit status arrives is delivered in full. With a reader
+/// slower than the remote command, the SSH server's `exit-status` reaches the master while up to
+/// a channel window of output is still queued in the master (or on the wire); the call must go
+/// on reading until the streams end. Checked on the shared-connection path (the regression:
+/// releasing the master's control connection at the exit message made it discard that queue)
+/// and on spawned clients (with and without connection sharing), on loopback and over a link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_trailing_the_exit_status_is_never_lost() {
+    use paperclip_wasm_host::sim::{LinkModel, SimOptions, Simulator};
+    if !ssh_available() {
+        return;
+    }
+    for link in [None, Some(LinkModel::new(30, 100))] {
+        let sim = Simulator::start(SimOptions {
+            link,
+            ..SimOptions::with_token("tail-token")
+        })
+        .await
+        .unwrap();
+        create_sim_vm(&sim, "tail-token", "tailvm").await;
+        let dir = tempfile::tempdir().unwrap();
+        let runner_with = |reuse: bool, name: &str| {
+            let mut settings = SshSettings::new(dir.path().join(name));
+            settings.ssh_binary = "/usr/bin/ssh".into();
+            settings.ssh_config = Some(sim.ssh_config_path());
+            settings.reuse_connections = reuse;
+            SshRunner::new(settings, policy(&[])).unwrap()
+        };
+        let request = |command: &str| SshExec {
+            target: SshTarget {
+                host: "tailvm.exe.xyz".into(),
+                port: 22,
+                user: Some("exedev".into()),
+                identity: Identity::KeyMaterial(sim.client_key_pem()),
+                host_key_policy: HostKeyPolicy::AcceptNew,
+            },
+            command: command.into(),
+            stdin: None,
+            timeout_ms: 120_000,
+            max_output_bytes: 64 << 20,
+        };
+        // ~4.9 MiB on stdout, and a tail on stderr written after it.
+        let n = 700_000;
+        let expected = seq_output(n);
+        let command = format!("seq 1 {n}; echo tail >&2");
+        let pooled = runner_with(true, "pooled");
+        let unpooled = runner_with(false, "unpooled");
+        // pooled: the first call spawns the client that becomes the master; the next two go
+        // over the master's control socket.
+        for (runner, path, slow) in [
+            (&pooled, "spawned, becoming the master", false),
+            (&pooled, "shared connection", false),
+            (&pooled, "shared connection, slow reader", true),
+            (&unpooled, "spawned, no sharing", false),
+            (&unpooled, "spawned, no sharing, slow reader", true),
+        ] {
+            let chunks = Arc::new(Mutex::new(Vec::<u8>::new()));
+            let sink = chunks.clone();
+            // A slow consumer (3 ms per chunk) keeps the remote far ahead of the reader.
+            let on_chunk = Box::new(move |kind: StreamKind, chunk: &[u8]| {
+                if kind == StreamKind::Stdout {
+                    sink.lock().unwrap().extend_from_slice(chunk);
+                }
+                if slow {
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            });
+            let out = runner
+                .exec(request(&command), Some(on_chunk))
+                .await
+                .unwrap();
+            let what = format!("{path}, link {link:?}");
+            assert_eq!(out.exit_code, Some(0), "{what}");
+            assert!(!out.timed_out && !out.stdout_truncated, "{what}");
+            assert_eq!(out.stdout.len(), expected.len(), "{what}: stdout length");
+            assert!(out.stdout == expected, "{what}: stdout differs");
+            assert_eq!(out.stderr, b"tail\n", "{what}");
+            assert!(
+                *chunks.lock().unwrap() == expected,
+                "{what}: live chunks differ"
+            );
+        }
+        pooled.close_all().await;
+        sim.shutdown().await;
+    }
+}
+
+/// Tests of the real OpenSSH client are skipped on a developer machine without it, never in CI
+/// (`.ci/run` installs it and sets `CI`), so a missing client cannot pass them there.
+fn ssh_available() -> bool {
+    let found = Path::new("/usr/bin/ssh").exists();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "/usr/bin/ssh is required when CI is set"
+    );
+    if !found {
+        eprintln!("skipping: /usr/bin/ssh is not installed");
+    }
+    found
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use paperclip_wasm_host::client::WorkerClient;
-use paperclip_wasm_host::sim::{SimOptions, Simulator};
+use paperclip_wasm_host::sim::{LinkModel, SimOptions, Simulator};
 use serde_json::{json, Value};
 
 /// The worker binary under test (built by cargo for this test target).
@@ -35,6 +35,36 @@ pub struct EnvOptions {
     pub worker_env: Vec<(String, String)>,
     /// The worker's log filter (`PAPERCLIP_WASM_HOST_LOG`); `None` leaves the worker's default.
     pub log_filter: Option<String>,
+}
+
+impl EnvOptions {
+    /// Defaults, with the simulator's SSH path behind `link` (`None`: plain loopback).
+    pub fn over(link: Option<LinkModel>) -> Self {
+        let mut opts = EnvOptions::default();
+        opts.sim.link = link;
+        opts
+    }
+}
+
+/// The links the byte-moving suites run over: loopback, and two real-world links (added round
+/// trip, bandwidth cap) from the simulator's link model.
+pub const LINK_30MS_100MBIT: Option<LinkModel> = Some(LinkModel {
+    rtt: Duration::from_millis(30),
+    bits_per_sec: Some(100_000_000),
+});
+pub const LINK_60MS_50MBIT: Option<LinkModel> = Some(LinkModel {
+    rtt: Duration::from_millis(60),
+    bits_per_sec: Some(50_000_000),
+});
+
+/// How many times the repeated byte-exactness checks run (`E2E_REPEAT`, default `default`):
+/// an intermittent loss must show up, so the closing runs of an issue raise it.
+pub fn repeats(default: usize) -> usize {
+    std::env::var("E2E_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
 }
 
 impl Default for EnvOptions {

@@ -40,10 +40,6 @@ use crate::policy::{normalize_hostname, Policy};
 /// in memory and Paperclip's own frame limit is 128 Mi characters.
 pub const DEFAULT_MAX_OUTPUT_CEILING: u64 = 64 * 1024 * 1024;
 
-/// How long to keep reading stdout/stderr after the ssh client exited. Only a leftover helper
-/// (e.g. a `ProxyCommand` child) can hold the pipes open that long; it is then killed.
-pub(super) const POST_EXIT_DRAIN: Duration = Duration::from_secs(2);
-
 /// Read buffer per stream; also the largest chunk handed to the `on_chunk` callback.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -409,6 +405,11 @@ impl SshRunner {
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let mut sink = OutputSink::new(cap);
 
+        // Until ssh exits, read as the output comes. Once it has exited, everything it will
+        // ever write is already in the pipes (an ssh client, plain or sharing a master, exits
+        // only after its channel has delivered all output), so the rest is read without
+        // waiting; a pipe still open after that is held by a leftover helper (e.g. a
+        // `ProxyCommand` child), which is then killed. No timer decides what is kept.
         let outcome = {
             let drain = sink.drain(&mut stdout, &mut stderr, &mut on_chunk);
             tokio::pin!(drain);
@@ -416,12 +417,7 @@ impl SshRunner {
             tokio::pin!(wait);
             tokio::time::timeout_at(deadline, async {
                 tokio::select! {
-                    status = &mut wait => {
-                        // ssh is gone (not reaped by anyone else), output may still be in the
-                        // pipes; a helper that keeps them open is given a short grace only.
-                        let drained = tokio::time::timeout(POST_EXIT_DRAIN, &mut drain).await;
-                        (status, drained.is_ok())
-                    }
+                    status = &mut wait => (status, false),
                     () = &mut drain => (wait.await, true),
                 }
             })
@@ -433,8 +429,12 @@ impl SshRunner {
                 let status =
                     status.map_err(|e| SshError::Spawn(format!("waiting for ssh: {e}")))?;
                 if !drained {
-                    // The group outlives ssh only through a helper holding the pipes.
-                    group.kill();
+                    let out_done = sink.read_buffered(StreamKind::Stdout, &stdout, &mut on_chunk);
+                    let err_done = sink.read_buffered(StreamKind::Stderr, &stderr, &mut on_chunk);
+                    if !(out_done && err_done) {
+                        // The group outlives ssh only through a helper holding the pipes.
+                        group.kill();
+                    }
                 }
                 group.disarm();
                 let (exit_code, signal) = split_status(status);
@@ -850,6 +850,32 @@ impl OutputSink {
                     Ok(0) | Err(_) => err_open = false,
                     Ok(n) => self.keep(StreamKind::Stderr, &err_buf[..n], on_chunk),
                 },
+            }
+        }
+    }
+
+    /// Read what is already buffered in `pipe` without waiting (the writer is known to be
+    /// gone); true when the stream reached its end. The pipe is non-blocking (tokio made it
+    /// so), and a duplicate of the descriptor shares that, so an empty pipe answers at once.
+    pub(super) fn read_buffered(
+        &mut self,
+        kind: StreamKind,
+        pipe: &impl std::os::fd::AsFd,
+        on_chunk: &mut Option<ChunkCallback>,
+    ) -> bool {
+        use std::io::Read as _;
+        let Ok(fd) = pipe.as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        let mut file = std::fs::File::from(fd);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.keep(kind, &buf[..n], on_chunk),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // WouldBlock: empty, but a helper still holds the write end.
+                Err(_) => return false,
             }
         }
     }

@@ -19,7 +19,7 @@ use openssh_mux_client::{Connection, Error as MuxError, EstablishedSession, Sess
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
-use super::ssh::{ChunkCallback, OutputSink, POST_EXIT_DRAIN};
+use super::ssh::{ChunkCallback, OutputSink};
 
 /// The exit status an `ssh` client reports when no exit status came back (the connection ended,
 /// or the remote command was killed by a signal): the same value the spawned client would give.
@@ -126,9 +126,18 @@ pub(super) struct Ended {
 }
 
 /// Feed stdin, collect output into `sink` (live chunks to `on_chunk`) and wait for the exit
-/// status, until `deadline`. On timeout the session is
-/// dropped, which makes the master close the channel (as killing an `ssh -S` client would);
-/// ending the remote processes is the caller's business.
+/// status, until `deadline`. On timeout the session is dropped, which makes the master close the
+/// channel (as killing an `ssh -S` client would); ending the remote processes is the caller's
+/// business.
+///
+/// The order matters. The master sends its exit message as soon as the SSH server's
+/// `exit-status` arrives, which can be long before the output the master still holds (up to a
+/// channel window, 2 MiB) or that is still on the wire has been written into our pipes. Closing
+/// the control connection at that point makes the master fail the channel's write side
+/// (OpenSSH `mux_master_control_cleanup_cb` → `chan_write_failed`), which discards that output
+/// and closes the pipes, so the tail was lost without a trace. So the streams are read to their
+/// end first (the master closes them once the channel has delivered everything), and only then
+/// is the exit message read and the control connection released.
 pub(super) async fn run(
     s: MuxSession,
     stdin: Option<Vec<u8>>,
@@ -152,23 +161,12 @@ pub(super) async fn run(
         _ => None,
     };
 
-    let outcome = {
-        let drain = sink.drain(&mut stdout, &mut stderr, on_chunk);
-        tokio::pin!(drain);
-        let wait = session.wait();
-        tokio::pin!(wait);
-        tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                status = &mut wait => {
-                    // Output still buffered in the master arrives after the exit message.
-                    let _ = tokio::time::timeout(POST_EXIT_DRAIN, &mut drain).await;
-                    status
-                }
-                () = &mut drain => wait.await,
-            }
-        })
-        .await
-    };
+    let outcome = tokio::time::timeout_at(deadline, async {
+        sink.drain(&mut stdout, &mut stderr, on_chunk).await;
+        // The session (and with it the control connection) lives until here.
+        session.wait().await
+    })
+    .await;
     if let Some(task) = stdin_task {
         task.abort();
     }

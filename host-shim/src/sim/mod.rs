@@ -28,6 +28,7 @@ mod api;
 mod faults;
 mod flags;
 mod gateway;
+mod link;
 mod names;
 mod ssh;
 
@@ -44,6 +45,7 @@ use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use tokio::task::JoinHandle;
 
 pub use faults::{Faults, ANY, ONBOARDING_MARKER};
+pub use link::LinkModel;
 
 /// How `<vm>.exe.xyz` reaches a VM's loopback SSH server through the generated ssh config.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,6 +78,9 @@ pub struct SimOptions {
     pub email: String,
     /// How the generated ssh config routes `<vm>.exe.xyz`.
     pub routing: Routing,
+    /// A link model (added round trip, bandwidth cap) on the SSH path; needs
+    /// [`Routing::Gateway`], whose one entry point it sits in front of.
+    pub link: Option<LinkModel>,
 }
 
 impl Default for SimOptions {
@@ -87,6 +92,7 @@ impl Default for SimOptions {
             exec_timeout: Duration::from_secs(30),
             email: "sim@example.com".to_owned(),
             routing: Routing::default(),
+            link: None,
         }
     }
 }
@@ -130,6 +136,7 @@ pub struct Simulator {
     api_port: u16,
     api_task: JoinHandle<()>,
     gateway_task: Option<JoinHandle<()>>,
+    link_task: Option<JoinHandle<()>>,
 }
 
 /// Shared state behind the API server and the VMs.
@@ -147,7 +154,8 @@ struct Inner {
     /// A bound, never-listening socket: its port is the catch-all route (connection refused).
     dead_port: u16,
     _dead_socket: tokio::net::TcpSocket,
-    /// The SSH gateway's port with [`Routing::Gateway`].
+    /// The port the ssh config sends `*.exe.xyz` to with [`Routing::Gateway`]: the gateway's
+    /// own, or the link model's relay in front of it.
     gateway_port: Option<u16>,
     path_env: String,
 }
@@ -251,9 +259,18 @@ impl Simulator {
             ),
             Routing::DirectPorts => None,
         };
-        let gateway_port = match &gateway_listener {
-            Some(l) => Some(l.local_addr()?.port()),
-            None => None,
+        let (gateway_port, link_task) = match (&gateway_listener, opts.link) {
+            (Some(l), None) => (Some(l.local_addr()?.port()), None),
+            (Some(l), Some(model)) => {
+                let (port, task) = link::spawn_relay(l.local_addr()?.port(), model)
+                    .await
+                    .context("binding the link model's relay")?;
+                (Some(port), Some(task))
+            }
+            (None, None) => (None, None),
+            (None, Some(_)) => {
+                anyhow::bail!("the link model needs gateway routing (its one SSH entry point)")
+            }
         };
 
         let inner = Arc::new(Inner {
@@ -320,6 +337,7 @@ impl Simulator {
             api_port,
             api_task,
             gateway_task,
+            link_task,
         })
     }
 
@@ -451,8 +469,8 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.api_task.abort();
-        if let Some(g) = &self.gateway_task {
-            g.abort();
+        for task in [&self.gateway_task, &self.link_task].into_iter().flatten() {
+            task.abort();
         }
         let vms = std::mem::take(&mut self.inner.lock_vms().live);
         drop(vms);

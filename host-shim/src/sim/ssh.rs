@@ -513,37 +513,34 @@ impl Job {
         let forward = async {
             tokio::join!(pump(stdout, &write, None), pump(stderr, &write, Some(1)));
         };
-        let cancelled = tokio::select! {
-            _ = forward => false,
-            _ = &mut cancel => true,
+        // Like sshd (`session_exit_message`), the exit status goes out as soon as the command
+        // is reaped, while output it left in its pipes may still be on its way: clients must
+        // read until EOF, not until the exit status.
+        let reaped = async {
+            let exit = exit_of(child.wait().await);
+            send_exit(&handle, &write, &exit).await;
+            exit
         };
-        // Reap the child either way. After a cancel its pipes are closed, so it sees SIGPIPE or
-        // EOF like under sshd, and keeps running otherwise (tests can see it with
-        // `Simulator::vm_process_count`).
-        if cancelled && pty {
-            let pg = pgid.load(Ordering::SeqCst);
-            if pg > 0 {
-                // SAFETY: plain syscall on the group this job started.
-                unsafe {
-                    libc::kill(-pg, libc::SIGHUP);
+        let finished = tokio::select! {
+            (_, exit) = async { tokio::join!(forward, reaped) } => Some(exit),
+            _ = &mut cancel => None,
+        };
+        let Some(exit) = finished else {
+            // After a cancel the child's pipes are closed, so it sees SIGPIPE or EOF like under
+            // sshd, and keeps running otherwise (tests can see it with
+            // `Simulator::vm_process_count`). Reap it either way.
+            if pty {
+                let pg = pgid.load(Ordering::SeqCst);
+                if pg > 0 {
+                    // SAFETY: plain syscall on the group this job started.
+                    unsafe {
+                        libc::kill(-pg, libc::SIGHUP);
+                    }
                 }
             }
-        }
-        let status = child.wait().await;
-        if cancelled {
+            let _ = child.wait().await;
             vm.record(&command, None);
             return;
-        }
-        let exit = match status {
-            Ok(s) => {
-                use std::os::unix::process::ExitStatusExt;
-                match (s.code(), s.signal()) {
-                    (Some(c), _) => Exit::Code(c as u32),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    (None, None) => Exit::Code(255),
-                }
-            }
-            Err(_) => Exit::Code(255),
         };
         vm.record(
             &command,
@@ -552,24 +549,48 @@ impl Job {
                 Exit::Signal(_) => None,
             },
         );
-        finish(&handle, &write, exit).await;
+        let _ = write.eof().await;
+        let _ = write.close().await;
         tracing::trace!(vm = %vm.name, channel = ?id, "session command finished");
     }
 }
 
-/// exit-status (or exit-signal), then EOF and close, in order on the session's queue.
-async fn finish(handle: &russh::server::Handle, write: &ChannelWriteHalf<Msg>, exit: Exit) {
-    let id = write.id();
-    match exit {
+/// What a reaped command's status tells the client.
+fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c as u32),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(255),
+        },
+        Err(_) => Exit::Code(255),
+    }
+}
+
+/// exit-status or exit-signal.
+async fn send_exit(handle: &russh::server::Handle, write: &ChannelWriteHalf<Msg>, exit: &Exit) {
+    match *exit {
         Exit::Code(c) => {
             let _ = write.exit_status(c).await;
         }
         Exit::Signal(sig) => {
             let _ = handle
-                .exit_signal_request(id, signal_name(sig), false, String::new(), String::new())
+                .exit_signal_request(
+                    write.id(),
+                    signal_name(sig),
+                    false,
+                    String::new(),
+                    String::new(),
+                )
                 .await;
         }
     }
+}
+
+/// exit-status (or exit-signal), then EOF and close, in order on the session's queue.
+async fn finish(handle: &russh::server::Handle, write: &ChannelWriteHalf<Msg>, exit: Exit) {
+    send_exit(handle, write, &exit).await;
     let _ = write.eof().await;
     let _ = write.close().await;
 }
