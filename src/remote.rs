@@ -96,10 +96,21 @@ const SHELL_READONLY_NAMES: [&str; 7] = [
 
 /// The seed's login-shell wrapper, plus the execution marker:
 /// guarded, silent profile sourcing; `cd '<cwd>'`;
-/// `export PAPERCLIP_EXEC_ID=<id> K='v' … && exec 'cmd' 'arg'…`.
+/// `export PAPERCLIP_EXEC_ID=<id> K='v' … && { exec 3>&2 2>/dev/null; (exec 'cmd' 'arg'… 2>&3
+/// 3>&-); }; exit $?`.
 ///
 /// The variables are exported by the shell rather than through `exec env …` (the seed's form):
 /// it is one program image fewer per execute, which is most of a trivial command's remote cost.
+///
+/// The command runs in a subshell (which exec's it: one fork, one program image, as before), never
+/// in the wrapper's place, and the trailing `exit $?` keeps a shell from exec'ing the last command
+/// by itself. So the process the SSH server waits for is always the wrapper shell, which reports a
+/// command killed by a signal the shell way, `128 + n` (SIGTERM: 143), as an exit status. Were the command itself that process, the
+/// server would send `exit-signal`, which the OpenSSH client (and its connection sharing, which
+/// has no message for it) can only report as 255, the code that means "SSH failed". From the
+/// command on, the wrapper's own stderr is `/dev/null` (the command gets the real one back
+/// through fd 3), so the shell's job report ("Terminated", "Killed") never lands in the
+/// command's stderr.
 pub fn exec_script(
     exec_id: &str,
     cwd: Option<&str>,
@@ -125,24 +136,25 @@ pub fn exec_script(
         .iter()
         .any(|(k, _)| SHELL_READONLY_NAMES.contains(&k.as_str()))
     {
-        let mut e = format!("exec env {EXEC_ID_VAR}={exec_id}{assignments}");
+        let mut e = format!("env {EXEC_ID_VAR}={exec_id}{assignments} ");
         if command.contains('=') {
             // `env` would take the command for one more assignment: let `sh` exec it instead.
-            e.push_str(" sh -c 'exec \"$0\" \"$@\"'");
+            e.push_str("sh -c 'exec \"$0\" \"$@\"' ");
         }
         e
     } else {
         parts.push(format!("export {EXEC_ID_VAR}={exec_id}{assignments}"));
-        "exec".to_string()
+        String::new()
     };
-    exec.push(' ');
     exec.push_str(&shell_quote(command));
     for a in args {
         exec.push(' ');
         exec.push_str(&shell_quote(a));
     }
-    parts.push(exec);
-    parts.join(" && ")
+    parts.push(format!(
+        "{{ exec 3>&2 2>/dev/null; (exec {exec} 2>&3 3>&-); }}"
+    ));
+    format!("{}; exit $?", parts.join(" && "))
 }
 
 /// `sh -c '<script>'`.
@@ -363,24 +375,31 @@ mod tests {
              if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
              if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
              if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
-             cd '/home/exe/w' && export PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' && exec 'sh' '-c' 'echo hi'"
+             cd '/home/exe/w' && export PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' && \
+             { exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo hi' 2>&3 3>&-); }; exit $?"
         );
         assert!(!s.contains("nvm"));
         let bare = exec_script("ab", None, &[], "ls", &[]);
         assert!(
-            bare.ends_with("fi && export PAPERCLIP_EXEC_ID=ab && exec 'ls'"),
+            bare.ends_with(
+                "fi && export PAPERCLIP_EXEC_ID=ab && { exec 3>&2 2>/dev/null; (exec 'ls' 2>&3 3>&-); }; exit $?"
+            ),
             "{bare}"
         );
         let eq = exec_script("ab", None, &[], "./a=b", &["x".into()]);
         assert!(
-            eq.ends_with("fi && export PAPERCLIP_EXEC_ID=ab && exec './a=b' 'x'"),
+            eq.ends_with(
+                "fi && export PAPERCLIP_EXEC_ID=ab && { exec 3>&2 2>/dev/null; (exec './a=b' 'x' 2>&3 3>&-); }; \
+                 exit $?"
+            ),
             "{eq}"
         );
         // A name bash-as-sh keeps read-only: assigned through `env` instead.
         let ro = exec_script("ab", None, &[("UID".into(), "7".into())], "./a=b", &[]);
         assert!(
             ro.ends_with(
-                "fi && exec env PAPERCLIP_EXEC_ID=ab UID='7' sh -c 'exec \"$0\" \"$@\"' './a=b'"
+                "fi && { exec 3>&2 2>/dev/null; (exec env PAPERCLIP_EXEC_ID=ab UID='7' sh -c 'exec \"$0\" \"$@\"' \
+                 './a=b' 2>&3 3>&-); }; exit $?"
             ),
             "{ro}"
         );
@@ -545,6 +564,44 @@ mod shell_tests {
             b"",
         );
         assert_eq!(out.status.code(), Some(PREPARE_MKDIR_FAILED));
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    /// A command killed by a signal is reported by the wrapper shell as `128 + n`, whichever
+    /// shell is the login shell (bash exec's a lone last command by itself, dash need not), and
+    /// never by the death of the process the SSH server waits for; a command's own `exit 255`
+    /// stays 255.
+    #[test]
+    fn signalled_commands_exit_128_plus_n_under_every_login_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        let home = temp_home("signals");
+        for login_shell in ["/bin/sh", "/bin/bash", "/bin/dash"] {
+            if !std::path::Path::new(login_shell).exists() {
+                continue;
+            }
+            for (script, code) in [
+                ("kill -TERM $$", 143),
+                ("kill -KILL $$", 137),
+                ("kill -INT $$", 130),
+                ("exit 255", 255),
+            ] {
+                let wrapper = exec_script("5e", None, &[], "sh", &["-c".into(), script.into()]);
+                let out = Command::new(login_shell)
+                    .arg("-c")
+                    .arg(sh_c(&wrapper))
+                    .env_clear()
+                    .env("HOME", &home)
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.signal(), None, "{login_shell}: {script}");
+                assert_eq!(out.status.code(), Some(code), "{login_shell}: {script}");
+                // No "Terminated"/"Killed" job report from the wrapper shell.
+                assert_eq!(out.stderr, b"", "{login_shell}: {script}");
+                assert_eq!(out.stdout, b"", "{login_shell}: {script}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&home);
     }
 

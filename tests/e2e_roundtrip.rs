@@ -377,11 +377,13 @@ async fn stdin_and_stderr(link: Option<LinkModel>) {
         .await;
     assert_eq!(x["exitCode"], 255, "{x}");
     assert_eq!(x["stderr"], format!("{fake}\n"), "{x}");
-    // A command killed by a signal: the remote shell's 128+9, not a timeout.
+    // A command killed by a signal: the remote shell's 128+9, not a timeout, and no shell
+    // job report in its stderr.
     let x: Value = env.sh(&lease, "kill -9 $$").await;
     assert_eq!(x["exitCode"], 137, "{x}");
     assert_eq!(x["timedOut"], false, "{x}");
     assert_eq!(x["stdout"], "", "{x}");
+    assert_eq!(x["stderr"], "", "{x}");
     env.destroy(&lease).await;
     env.finish().await;
 }
@@ -469,4 +471,37 @@ async fn restore_replay_is_byte_exact_over_30ms_100mbit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_replay_is_byte_exact_over_60ms_50mbit() {
     restore_replay(LINK_60MS_50MBIT, repeats(1)).await;
+}
+
+/// A command killed by a signal is reported with the shell convention, `128 + n` and no
+/// `signal`, on the shared connection and on spawned clients alike; a command's own `exit 255`
+/// is its result. (With `ssh:`-like stderr too, only the shared connection can tell it from an
+/// SSH failure: `stdin_and_stderr_round_trip` checks that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalled_commands_exit_128_plus_n_on_both_ssh_paths() {
+    for worker_args in [vec![], vec!["--no-ssh-connection-reuse".to_string()]] {
+        let env = Env::start_with(EnvOptions {
+            worker_args: worker_args.clone(),
+            ..EnvOptions::default()
+        })
+        .await;
+        let lease = env.acquire(&run_id("signals")).await;
+        for (script, code) in [
+            ("echo before; kill -TERM $$", 143),
+            ("echo before; kill -KILL $$", 137),
+            ("echo before; kill -INT $$", 130),
+            ("echo before; echo 'fatal: own' >&2; exit 255", 255),
+        ] {
+            let x = env.sh(&lease, script).await;
+            let what = format!("{script} with {worker_args:?}: {x}");
+            assert_eq!(x["exitCode"], code, "{what}");
+            assert!(x.get("signal").is_none_or(Value::is_null), "{what}");
+            assert_eq!(x["timedOut"], false, "{what}");
+            assert_eq!(x["stdout"], "before\n", "{what}");
+            let stderr = if code == 255 { "fatal: own\n" } else { "" };
+            assert_eq!(x["stderr"], stderr, "{what}");
+        }
+        env.destroy(&lease).await;
+        env.finish().await;
+    }
 }

@@ -78,6 +78,8 @@ pub struct GrantOptions {
     pub state_dir: std::path::PathBuf,
     /// `EXE_API_KEY` from the host's environment.
     pub exe_api_key: Option<String>,
+    /// Share one SSH master connection per VM (off with `--no-ssh-connection-reuse`).
+    pub reuse_ssh_connections: bool,
 }
 
 /// The real grants: HTTP through the policy hooks, SSH through the OpenSSH runner.
@@ -95,6 +97,7 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
     let mut settings = SshSettings::new(opts.state_dir);
     settings.ssh_binary = opts.ssh_binary;
     settings.ssh_config = opts.ssh_config;
+    settings.reuse_connections = opts.reuse_ssh_connections;
     let runner = SshRunner::new(settings, policy)?;
     Ok(Grants {
         http_hooks: Arc::new(move || {

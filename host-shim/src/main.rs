@@ -165,6 +165,10 @@ struct HostArgs {
     /// The OpenSSH client binary.
     #[arg(long, default_value = "ssh", value_name = "PATH")]
     ssh_binary: PathBuf,
+    /// Start a new SSH connection (an `ssh` process and a handshake) for every command instead
+    /// of sharing one master connection per VM. Slower; for SSH setups that refuse sharing.
+    #[arg(long)]
+    no_ssh_connection_reuse: bool,
 }
 
 impl HostArgs {
@@ -197,6 +201,7 @@ impl HostArgs {
             ssh_binary: self.ssh_binary.clone(),
             state_dir: state_dir.clone(),
             exe_api_key: std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty()),
+            reuse_ssh_connections: !self.no_ssh_connection_reuse,
         })?;
         ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)
     }

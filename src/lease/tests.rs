@@ -686,7 +686,8 @@ fn execute_exact_remote_command() {
          if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
          if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
          if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
-         cd '/home/exedev/w' && export PAPERCLIP_EXEC_ID={EXEC_ID} FOO='b'\"'\"'ar' && exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"''"
+         cd '/home/exedev/w' && export PAPERCLIP_EXEC_ID={EXEC_ID} FOO='b'\"'\"'ar' && \
+         {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"'' 2>&3 3>&-); }}; exit $?"
     );
     let call = host.ssh_calls.borrow()[0].clone();
     assert_eq!(call.command, format!("sh -c {}", shell_quote(&script)));
@@ -717,7 +718,8 @@ fn execute_cwd_and_timeout_precedence() {
     let call = host.ssh_calls.borrow()[0].clone();
     assert!(
         call.command.contains(
-            "cd '\"'\"'/req'\"'\"' && export PAPERCLIP_EXEC_ID=0123456789abcdef && exec '\"'\"'sh'\"'\"'"
+            "cd '\"'\"'/req'\"'\"' && export PAPERCLIP_EXEC_ID=0123456789abcdef && \
+             { exec 3>&2 2>/dev/null; (exec '\"'\"'sh'\"'\"'"
         ),
         "{}",
         call.command

@@ -35,6 +35,8 @@ pub struct EnvOptions {
     pub worker_env: Vec<(String, String)>,
     /// The worker's log filter (`PAPERCLIP_WASM_HOST_LOG`); `None` leaves the worker's default.
     pub log_filter: Option<String>,
+    /// Extra `worker` command-line arguments (e.g. `--no-ssh-connection-reuse`).
+    pub worker_args: Vec<String>,
 }
 
 impl EnvOptions {
@@ -76,6 +78,7 @@ impl Default for EnvOptions {
             stderr_file: None,
             worker_env: Vec::new(),
             log_filter: Some("warn".to_string()),
+            worker_args: Vec::new(),
         }
     }
 }
@@ -100,7 +103,7 @@ impl Env {
     pub async fn start_with(opts: EnvOptions) -> Env {
         let sim = Simulator::start(opts.sim).await.expect("simulator starts");
         let state = tempfile::tempdir().expect("state dir");
-        let args = vec![
+        let mut args = vec![
             "--state-dir".to_string(),
             state.path().display().to_string(),
             "--allow-http".to_string(),
@@ -108,6 +111,7 @@ impl Env {
             "--ssh-config".to_string(),
             sim.ssh_config_path().display().to_string(),
         ];
+        args.extend(opts.worker_args);
         let mut env: Vec<(String, String)> = opts
             .log_filter
             .map(|f| ("PAPERCLIP_WASM_HOST_LOG".to_string(), f))
