@@ -33,7 +33,21 @@ async fn reuse_lease_release_keeps_the_vm_then_destroy() {
     let sleeper = env.exec_params(&lease, "sh", &["-c", "echo started; sleep 30"], json!({}));
     let running = env.worker().call("environmentExecute", sleeper);
     let release = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Once the command has printed, it is running: release then has work to cancel.
+        let mut started = false;
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                started |= env.take_notifications().iter().any(|n| {
+                    n["method"] == "execute.log"
+                        && n["params"]["chunk"]
+                            .as_str()
+                            .is_some_and(|c| c.contains("started"))
+                });
+                started
+            })
+            .await,
+            "the command never started"
+        );
         env.ok(
             "environmentReleaseLease",
             env.params(json!({

@@ -7,7 +7,7 @@
 mod e2e_support;
 
 use e2e_support::{
-    live_output, repeats, run_id, Env, EnvOptions, LINK_30MS_100MBIT, LINK_60MS_50MBIT,
+    eventually, live_output, repeats, run_id, Env, EnvOptions, LINK_30MS_100MBIT, LINK_60MS_50MBIT,
 };
 use paperclip_wasm_host::sim::LinkModel;
 use proptest::prelude::*;
@@ -371,7 +371,13 @@ async fn stdin_and_stderr(link: Option<LinkModel>) {
     // The same after the pooled connection died: the execute opens a new one before the
     // command, so the command's status is still known to be its own.
     assert_eq!(env.kill_ssh_masters(), 1, "one pooled connection");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || env
+            .ssh_masters()
+            .is_empty())
+        .await,
+        "the master did not die"
+    );
     let x: Value = env
         .sh(&lease, &format!("echo '{fake}' >&2; exit 255"))
         .await;

@@ -5,7 +5,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{entries_below, files_below, run_id, Env, EnvOptions};
+use e2e_support::{entries_below, eventually, files_below, run_id, Env, EnvOptions};
 use paperclip_wasm_host::sim::ANY;
 use serde_json::{json, Value};
 
@@ -233,9 +233,12 @@ async fn secrets_never_leak() {
         }
     }
     // Pasted keys live in TMPDIR only while ssh runs.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let left = entries_below(&tmpdir);
-    assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+    let left_nothing = eventually(Duration::from_secs(5), || entries_below(&tmpdir).is_empty());
+    assert!(
+        left_nothing.await,
+        "files left in TMPDIR: {:?}",
+        entries_below(&tmpdir)
+    );
 }
 
 /// With no log settings (as Paperclip starts it), a worker that has nothing to warn about writes

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::bindings::{self, provider, ExeDevProviderPre};
 use crate::caps::log::CallSink;
+use crate::limits::CallLimits;
 use crate::state::{HooksFactory, HostState, SshBackend};
 
 /// How often the epoch advances. Deadlines are counted in these ticks.
@@ -131,13 +132,7 @@ impl ProviderHost {
             hooks: (self.grants.http_hooks)(),
             ssh: self.grants.ssh.clone(),
             sink,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.max_memory_bytes)
-                .instances(16)
-                .tables(64)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: CallLimits::new(self.limits.max_memory_bytes),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

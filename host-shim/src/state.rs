@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::ssh;
 use crate::caps::log::CallSink;
+use crate::limits::CallLimits;
 
 /// A boxed future, as trait objects need.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -55,7 +55,7 @@ pub struct HostState {
     pub(crate) hooks: Box<dyn WasiHttpHooks>,
     pub(crate) ssh: Arc<dyn SshBackend>,
     pub(crate) sink: CallSink,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: CallLimits,
 }
 
 impl WasiView for HostState {

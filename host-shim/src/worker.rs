@@ -334,9 +334,12 @@ fn trap_error(method: &str, e: wasmtime::Error) -> RpcError {
     let detail = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "it ran past its deadline and was stopped".to_string(),
         Some(trap) => format!("it trapped: {trap}"),
-        // The outer message of a trap raised by a host limit is a wasm backtrace; the cause
-        // (e.g. the memory limit) is what an operator needs.
-        None => format!("it trapped: {}", e.root_cause()),
+        None => match e.downcast_ref::<crate::limits::MemoryLimitExceeded>() {
+            Some(limit) => limit.to_string(),
+            // The outer message of a trap raised by a host limit is a wasm backtrace; the
+            // cause is what an operator needs.
+            None => format!("it trapped: {}", e.root_cause()),
+        },
     };
     tracing::error!("{method}: the provider component failed: {detail}");
     RpcError {

@@ -1032,7 +1032,10 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     unsafe {
         libc::kill(first[0] as i32, libc::SIGKILL);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        wait_dead(first[0] as i32).await,
+        "the master survived SIGKILL"
+    );
     let out = runner.exec(request("echo again"), None).await.unwrap();
     assert_eq!(out.stdout, b"again\n");
     let second = masters_in(&cm);
@@ -1204,7 +1207,10 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
     unsafe {
         libc::kill(masters[0] as i32, libc::SIGKILL);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        wait_dead(masters[0] as i32).await,
+        "the master survived SIGKILL"
+    );
     let out = runner.exec(request("echo replaced"), None).await.unwrap();
     assert_eq!(out.stdout, b"replaced\n");
     assert_eq!(started(), 3);

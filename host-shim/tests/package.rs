@@ -168,15 +168,6 @@ fn packaged_worker_initializes_and_shuts_down_through_node() {
         eprintln!("skipping: node is not installed");
         return;
     }
-    // The launcher passes `--manifest`; until the worker accepts it this test cannot run.
-    let help = Command::new(HOST)
-        .args(["worker", "--help"])
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&help.stdout).contains("--manifest") {
-        eprintln!("skipping: this host's `worker` does not accept --manifest yet");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pkg");
     build_package(

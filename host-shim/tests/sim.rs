@@ -570,8 +570,12 @@ async fn streams_and_isolation(routing: Routing) {
         let ssh = Ssh::new(&sim, tmp.path());
         tokio::spawn(async move { ssh.run("ssh-two", "sleep 300", b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(sim.vm_process_count("ssh-two"), Some(1));
+    assert!(
+        until(Duration::from_secs(10), || sim.vm_process_count("ssh-two")
+            == Some(1))
+        .await,
+        "the remote command did not start"
+    );
     assert_eq!(exec(&sim, "rm ssh-two").await.status, 200);
     let o = tokio::time::timeout(Duration::from_secs(10), runner)
         .await
@@ -699,7 +703,15 @@ async fn ssh_faults_setup_and_cp() {
         let ssh = Ssh::new(&sim, tmp.path());
         tokio::spawn(async move { ssh.run("setup-vm", "sleep 30", b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The session is open once its command runs (the setup script, the VM's only other
+    // process, has finished once its file is gone).
+    let setup_file = home.parent().unwrap().join("setup");
+    assert!(
+        until(Duration::from_secs(10), || !setup_file.exists()
+            && sim.vm_process_count("setup-vm").is_some_and(|n| n > 0))
+        .await,
+        "the session did not open"
+    );
     sim.faults().drop_ssh("setup-vm", 1);
     let o = tokio::time::timeout(Duration::from_secs(10), open)
         .await
@@ -723,11 +735,11 @@ async fn ssh_faults_setup_and_cp() {
     assert_eq!(r.json()["status"], "starting");
     let o = ssh.run("slow-vm", "true", b"").await;
     assert_eq!(o.code, Some(255));
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(
-        exec(&sim, "ls slow-vm").await.json()["vms"][0]["status"],
-        "running"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exec(&sim, "ls slow-vm").await.json()["vms"][0]["status"] != "running" {
+        assert!(Instant::now() < deadline, "slow-vm never became running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(ssh.run("slow-vm", "echo up", b"").await.stdout, b"up\n");
     sim.faults().set_ssh_ready_delay(None);
 
@@ -856,4 +868,16 @@ async fn ssh_eight_vms_by_eight_sessions() {
 fn simulator_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Simulator>();
+}
+
+/// Poll `f` every 20 ms until it holds or `within` passes; true when it held.
+async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }

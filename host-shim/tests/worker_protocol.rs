@@ -177,6 +177,12 @@ fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
         json!({"config": {"x": "oom"}}),
     );
     assert_eq!(error_code(&r), -32002, "{r}");
+    // The cause, not a backtrace: the limit, and how to raise it.
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("past its limit of 64 MiB (raise --max-memory-mb)"),
+        "{r}"
+    );
     let r = w.call(
         2,
         "environmentValidateConfig",

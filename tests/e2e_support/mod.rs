@@ -248,8 +248,20 @@ impl Env {
     /// SIGKILL the worker's pooled SSH master connections (the `ssh: <state>/cm/… [mux]`
     /// processes), as an idle timeout or a network drop would end them; returns how many.
     pub fn kill_ssh_masters(&self) -> usize {
+        let pids = self.ssh_masters();
+        for pid in &pids {
+            // SAFETY: plain kill(2) of a process found above.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        pids.len()
+    }
+
+    /// The worker's pooled SSH master connections alive now (`ssh: <state>/cm/… [mux]`).
+    pub fn ssh_masters(&self) -> Vec<i32> {
         let needle = self.state.path().join("cm").display().to_string();
-        let pids: Vec<i32> = std::fs::read_dir("/proc")
+        std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
@@ -260,14 +272,7 @@ impl Env {
                     })
                     .unwrap_or(false)
             })
-            .collect();
-        for pid in &pids {
-            // SAFETY: plain kill(2) of a process found above.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-            }
-        }
-        pids.len()
+            .collect()
     }
 
     /// Destroy a lease; returns the receipt.
