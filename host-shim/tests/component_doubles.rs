@@ -224,6 +224,7 @@ impl Harness {
             http_hooks: Arc::new(move || Box::new(ScriptedHttp(hooks.clone()))),
             ssh: Arc::new(ScriptedSsh(ssh.clone())),
             exe_api_key: exe_api_key.map(str::to_string),
+            ledger: None,
         };
         let wasm = std::fs::read(env!("PAPERCLIP_EXE_DEV_WASM")).expect("the built component");
         let host = ProviderHost::load(&wasm, None, grants, Limits::default())
