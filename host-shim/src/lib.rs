@@ -11,6 +11,7 @@ pub mod engine;
 pub mod grants;
 pub mod harness;
 mod imports;
+pub mod orphans;
 pub mod package;
 pub mod policy;
 pub mod sim;
