@@ -149,6 +149,11 @@ pub fn ls_command(vm: &str) -> CommandLine {
     CommandLine::new("ls").word("--json").positional(vm)
 }
 
+/// `ls --json`: every VM of the account.
+pub fn ls_all_command() -> CommandLine {
+    CommandLine::new("ls").word("--json")
+}
+
 /// `rm --json '<name>'`.
 pub fn rm_command(vm: &str) -> CommandLine {
     CommandLine::new("rm").word("--json").positional(vm)

@@ -3,7 +3,8 @@
 //! Everything else in the crate talks to the outside world through the [`Host`] trait with plain
 //! Rust types, so the whole lifecycle is unit-tested natively with a scripted fake host. The real
 //! implementation, [`WasiHost`], exists only on `wasm32` and is built from `wasi:http`,
-//! `wasi:clocks/monotonic-clock`, `wasi:random` and this package's `ssh` and `log` imports.
+//! `wasi:clocks/monotonic-clock`, `wasi:random`, this package's `ssh` and `log` imports and the
+//! `paperclip:vm-ledger` import.
 
 use std::fmt;
 
@@ -194,6 +195,81 @@ impl fmt::Display for SshError {
     }
 }
 
+/// The exe.dev account a ledger entry belongs to (mirror of the WIT `ledger.account`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The `/exec` API URL.
+    pub api_url: String,
+    /// The API token (a secret: never printed; the host keeps only a fingerprint).
+    pub token: String,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Account({:?}, [REDACTED])", self.api_url)
+    }
+}
+
+/// Why a VM is in the host's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerReason {
+    /// A create whose outcome is unknown: the VM may appear later.
+    UncertainCreate,
+    /// A release or destroy that could not delete the VM.
+    FailedDelete,
+}
+
+impl LedgerReason {
+    /// A stable spelling for logs and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerReason::UncertainCreate => "uncertain-create",
+            LedgerReason::FailedDelete => "failed-delete",
+        }
+    }
+}
+
+/// One ledger entry as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The VM name.
+    pub name: String,
+    /// Why it is recorded.
+    pub reason: LedgerReason,
+    /// How long after the write a live call still owns the VM (0: nobody).
+    pub hold_ms: u64,
+}
+
+/// One ledger entry as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The entry as last written.
+    pub entry: LedgerEntry,
+    /// Wall-clock milliseconds since it was written.
+    pub age_ms: u64,
+}
+
+/// Why the host could not use its ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerError {
+    /// The host keeps no ledger.
+    Unavailable(String),
+    /// Malformed request.
+    InvalidRequest(String),
+    /// Reading or writing the host's state failed.
+    Io(String),
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::Unavailable(m) => write!(f, "the host keeps no VM ledger: {m}"),
+            LedgerError::InvalidRequest(m) => write!(f, "invalid VM ledger request: {m}"),
+            LedgerError::Io(m) => write!(f, "VM ledger I/O failed: {m}"),
+        }
+    }
+}
+
 /// Everything the provider needs from the outside world.
 pub trait Host {
     /// POST `body` to `url` with `headers`; the whole call must finish within `timeout_ms`.
@@ -221,8 +297,16 @@ pub trait Host {
     fn random_u64(&self) -> u64;
     /// A process environment variable (the host exposes only `EXE_API_KEY`).
     fn env_var(&self, name: &str) -> Option<String>;
+    /// Record `entry` in the host's durable VM ledger under `account` (replacing its namesake).
+    fn ledger_put(&self, account: &Account, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Every ledger entry under `account`, oldest first.
+    fn ledger_list(&self, account: &Account) -> Result<Vec<Recorded>, LedgerError>;
+    /// Remove the ledger entry `name` under `account` (absent is fine).
+    fn ledger_remove(&self, account: &Account, name: &str) -> Result<(), LedgerError>;
 }
 
+#[cfg(target_arch = "wasm32")]
+pub(crate) use wasm::to_wit_reason;
 #[cfg(target_arch = "wasm32")]
 pub use wasm::WasiHost;
 
@@ -230,6 +314,7 @@ pub use wasm::WasiHost;
 mod wasm {
     use super::*;
     use crate::bindings::paperclip::sandbox_provider::{log as wit_log, ssh as wit_ssh};
+    use crate::bindings::paperclip::vm_ledger::ledger as wit_ledger;
     use wasi::clocks::monotonic_clock;
     use wasi::http::outgoing_handler;
     use wasi::http::types::{
@@ -456,6 +541,69 @@ mod wasm {
 
         fn env_var(&self, name: &str) -> Option<String> {
             std::env::var(name).ok()
+        }
+
+        fn ledger_put(&self, account: &Account, entry: &LedgerEntry) -> Result<(), LedgerError> {
+            wit_ledger::put(&to_wit_account(account), &to_wit_entry(entry))
+                .map_err(from_wit_ledger_error)
+        }
+
+        fn ledger_list(&self, account: &Account) -> Result<Vec<Recorded>, LedgerError> {
+            let list =
+                wit_ledger::entries(&to_wit_account(account)).map_err(from_wit_ledger_error)?;
+            Ok(list
+                .into_iter()
+                .map(|r| Recorded {
+                    entry: LedgerEntry {
+                        name: r.entry.name,
+                        reason: from_wit_reason(r.entry.reason),
+                        hold_ms: r.entry.hold_ms,
+                    },
+                    age_ms: r.age_ms,
+                })
+                .collect())
+        }
+
+        fn ledger_remove(&self, account: &Account, name: &str) -> Result<(), LedgerError> {
+            wit_ledger::remove(&to_wit_account(account), name).map_err(from_wit_ledger_error)
+        }
+    }
+
+    fn to_wit_account(a: &Account) -> wit_ledger::Account {
+        wit_ledger::Account {
+            api_url: a.api_url.clone(),
+            token: a.token.clone(),
+        }
+    }
+
+    fn to_wit_entry(e: &LedgerEntry) -> wit_ledger::Entry {
+        wit_ledger::Entry {
+            name: e.name.clone(),
+            reason: to_wit_reason(e.reason),
+            hold_ms: e.hold_ms,
+        }
+    }
+
+    /// The WIT reason of a ledger reason (also used by the `list-vms` export).
+    pub(crate) fn to_wit_reason(r: LedgerReason) -> wit_ledger::Reason {
+        match r {
+            LedgerReason::UncertainCreate => wit_ledger::Reason::UncertainCreate,
+            LedgerReason::FailedDelete => wit_ledger::Reason::FailedDelete,
+        }
+    }
+
+    fn from_wit_reason(r: wit_ledger::Reason) -> LedgerReason {
+        match r {
+            wit_ledger::Reason::UncertainCreate => LedgerReason::UncertainCreate,
+            wit_ledger::Reason::FailedDelete => LedgerReason::FailedDelete,
+        }
+    }
+
+    fn from_wit_ledger_error(e: wit_ledger::LedgerError) -> LedgerError {
+        match e {
+            wit_ledger::LedgerError::Unavailable(m) => LedgerError::Unavailable(m),
+            wit_ledger::LedgerError::InvalidRequest(m) => LedgerError::InvalidRequest(m),
+            wit_ledger::LedgerError::Io(m) => LedgerError::Io(m),
         }
     }
 

@@ -12,6 +12,9 @@ use crate::remote::{self, SshFailure};
 use crate::vm::{self, VmRecord};
 use serde_json::{json, Map, Value};
 
+mod orphans;
+pub use orphans::{create_outcome_unknown, VmListing};
+
 /// The provider name in metadata.
 pub const PROVIDER: &str = "exe-dev";
 /// Fallback workspace when neither lease nor workspace names one.
@@ -345,10 +348,23 @@ impl<'h> Provider<'h> {
     }
 
     /// Create `name` with `new` (or `cp`). Never retried blindly: after any failure or timeout
-    /// the name is looked up and an existing VM is adopted.
+    /// the name is looked up and an existing VM is adopted; after a failure that leaves the
+    /// outcome unknown, the name is watched for the cleanup budget (see `orphans`).
+    ///
+    /// The name is in the host's VM ledger from before the request until the caller settles it
+    /// (the VM is owned by a lease or deleted): a VM whose create this call lost track of is
+    /// never left without a record.
     pub fn create_vm(&self, name: &str, deadline: Deadline) -> Result<VmRecord, ProviderError> {
         let api = self.api()?;
         let cmd = api::create_command(&self.config, name);
+        let ledger = self.ledger();
+        if let Some(l) = &ledger {
+            l.put(
+                name,
+                crate::host::LedgerReason::UncertainCreate,
+                self.create_hold_ms(deadline),
+            );
+        }
         match api.run_once(&cmd, deadline) {
             Ok(body) => {
                 if let Some(vm) = VmRecord::from_value(&body) {
@@ -365,14 +381,24 @@ impl<'h> Provider<'h> {
                     Err(e) => e,
                 };
                 // The create succeeded, so a VM may exist that nobody will own: remove it.
-                if let Err(rm_err) = self.delete_vm(name, None, self.cleanup_deadline()) {
+                let deleted = self.delete_vm(name, None, self.cleanup_deadline());
+                if let Err(rm_err) = &deleted {
                     self.log(
                         LogLevel::Error,
                         "could not delete a VM whose create returned no metadata",
                         &[("vmName", name.to_string()), ("error", rm_err.to_string())],
                     );
                 }
+                self.settle_delete(name, &deleted, false);
                 Err(err)
+            }
+            Err(err) if create_outcome_unknown(&err) => {
+                self.log(
+                    LogLevel::Warn,
+                    "exe.dev create outcome unknown; watching for the VM",
+                    &[("vmName", name.to_string()), ("error", err.to_string())],
+                );
+                self.watch_uncertain_create(name, err)
             }
             Err(err) => {
                 self.log(
@@ -380,6 +406,10 @@ impl<'h> Provider<'h> {
                     "exe.dev create failed; looking the VM up before giving up",
                     &[("vmName", name.to_string()), ("error", err.to_string())],
                 );
+                // exe.dev answered: the create did not happen, unless the name already existed.
+                if let Some(l) = &ledger {
+                    l.remove(name);
+                }
                 // The lookup gets its own short deadline: the create may have used it all.
                 let lookup_deadline = if deadline.remaining(self.host) < 5_000 {
                     self.cleanup_deadline()
@@ -609,6 +639,7 @@ impl<'h> Provider<'h> {
             self.host.random_u64(),
         );
         let deadline = self.deadline();
+        self.sweep_orphans(Some(&name));
         self.log(
             LogLevel::Info,
             "acquiring exe.dev lease",
@@ -617,26 +648,32 @@ impl<'h> Provider<'h> {
         let vm = self.create_vm(&name, deadline)?;
         let target = self.target_for_vm(&vm);
         match self.prepare(&vm.name, &target, requested_cwd, deadline) {
-            Ok(ok) => Ok(Lease {
-                provider_lease_id: Some(vm.name.clone()),
-                metadata: self.lease_metadata(&vm, &target, &ok.prepared, false),
-                expires_at: None,
-            }),
+            Ok(ok) => {
+                // Paperclip owns the VM from here: it is no orphan.
+                if let Some(l) = self.ledger() {
+                    l.remove(&name);
+                }
+                Ok(Lease {
+                    provider_lease_id: Some(vm.name.clone()),
+                    metadata: self.lease_metadata(&vm, &target, &ok.prepared, false),
+                    expires_at: None,
+                })
+            }
             Err(PrepareFailure { error: e, .. }) => {
                 self.log(
                     LogLevel::Warn,
                     "acquire failed after the VM was created; deleting it",
                     &[("vmName", vm.name.clone()), ("error", e.to_string())],
                 );
-                if let Err(rm_err) =
-                    self.delete_vm(&vm.name, Some(&target), self.cleanup_deadline())
-                {
+                let deleted = self.delete_vm(&vm.name, Some(&target), self.cleanup_deadline());
+                if let Err(rm_err) = &deleted {
                     self.log(
                         LogLevel::Error,
                         "could not delete the VM of a failed acquire",
                         &[("vmName", vm.name.clone()), ("error", rm_err.to_string())],
                     );
                 }
+                self.settle_delete(&name, &deleted, false);
                 Err(e)
             }
         }
@@ -650,6 +687,7 @@ impl<'h> Provider<'h> {
         meta: &Map<String, Value>,
     ) -> Result<Lease, ProviderError> {
         let deadline = self.deadline();
+        self.sweep_orphans(Some(lease_id));
         match self.lookup_vm(lease_id, deadline)? {
             None => {
                 let mut m = Map::new();
@@ -718,6 +756,7 @@ impl<'h> Provider<'h> {
         let Some(id) = lease_id.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
+        self.sweep_orphans(Some(id));
         if self.config.reuse_lease {
             if cancel_active_work {
                 self.stop_active_work(id, meta)?;
@@ -731,7 +770,8 @@ impl<'h> Provider<'h> {
         self.destroy(Some(id), meta)
     }
 
-    /// Destroy: always `rm` (already gone is fine).
+    /// Destroy: always `rm` (already gone is fine). Deletes exactly that VM: no sweep of the
+    /// ledger, so the operator's `orphans --delete` deletes only what it names.
     pub fn destroy(
         &self,
         lease_id: Option<&str>,
@@ -741,7 +781,10 @@ impl<'h> Provider<'h> {
             return Ok(None);
         };
         let target = self.target_for_lease(id, meta);
-        self.delete_vm(id, Some(&target), self.deadline())?;
+        let deleted = self.delete_vm(id, Some(&target), self.deadline());
+        // A delete that failed is recorded, so a later call retries it.
+        self.settle_delete(id, &deleted, false);
+        deleted?;
         Ok(Some(Receipt {
             provider_lease_id: id.to_string(),
             state: LeaseState::Destroyed,
@@ -952,10 +995,12 @@ impl<'h> Provider<'h> {
             details: Some(details),
         };
 
+        self.sweep_orphans(None);
         let started = self.host.now_ms();
         let mut probe_target: Option<SshTarget> = None;
         let mut no_api = false;
         let created = self.create_vm(&name, deadline);
+        let create_uncertain = matches!(&created, Err(e) if create_outcome_unknown(e));
         let create_ms = self.host.now_ms().saturating_sub(started);
         let outcome: Result<(VmRecord, SshTarget, remote::Prepared), ProviderError> = match created
         {
@@ -1037,6 +1082,10 @@ impl<'h> Provider<'h> {
         }
         let deleted = (!no_api)
             .then(|| self.delete_vm(&name, probe_target.as_ref(), self.cleanup_deadline()));
+        if let Some(d) = &deleted {
+            // After an uncertain create the VM may still appear: its ledger entry stays.
+            self.settle_delete(&name, d, create_uncertain);
+        }
         let delete_ms = self.host.now_ms().saturating_sub(started);
         diagnostics.extend(deleted.map(|deleted| match &deleted {
             Ok(true) => step(

@@ -30,6 +30,7 @@ mod bindings {
             "wasi:io/poll@0.2.12": wasi::io::poll,
             "wasi:clocks/monotonic-clock@0.2.12": wasi::clocks::monotonic_clock,
             "wasi:random/random@0.2.12": wasi::random::random,
+            "paperclip:vm-ledger/ledger@0.1.0": generate,
         },
     });
 }
@@ -232,6 +233,24 @@ mod component {
                     stderr: r.stderr,
                     metadata: json_text(r.metadata),
                 })
+            })()
+            .map_err(to_wit_error)
+        }
+
+        fn list_vms(context: wit::CallContext) -> WitResult<Vec<wit::VmListing>> {
+            (|| {
+                let host = WasiHost;
+                let provider = Provider::new(&host, &self::context(context))?;
+                Ok(provider
+                    .list_vms()?
+                    .into_iter()
+                    .map(|l| wit::VmListing {
+                        name: l.name,
+                        present: l.present,
+                        status: l.status,
+                        orphan: l.orphan.map(crate::host::to_wit_reason),
+                    })
+                    .collect())
             })()
             .map_err(to_wit_error)
         }

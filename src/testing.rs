@@ -1,7 +1,8 @@
 //! A scripted fake [`Host`] for native unit tests.
 
 use crate::host::{
-    Connected, Host, HttpError, HttpResponse, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
+    Account, Connected, Host, HttpError, HttpResponse, LedgerEntry, LedgerError, LogLevel,
+    Recorded, SshError, SshOutput, SshRequest, SshTarget,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +24,13 @@ pub type LogLine = (LogLevel, String, Vec<(String, String)>);
 #[derive(Default)]
 pub struct FakeHost {
     pub http_script: RefCell<VecDeque<Result<HttpResponse, HttpError>>>,
+    /// Answers by command verb (`ls`, `rm`, …) once `http_script` is empty (a call with no
+    /// answer either way panics).
+    pub http_by_verb: RefCell<HashMap<String, Result<HttpResponse, HttpError>>>,
+    /// The VM ledger: (API URL, token, entry, fake-clock time of the write), oldest first.
+    pub ledger: RefCell<Vec<(String, String, LedgerEntry, u64)>>,
+    /// When set, every ledger call fails with it.
+    pub ledger_error: RefCell<Option<LedgerError>>,
     pub ssh_script: RefCell<VecDeque<Result<SshOutput, SshError>>>,
     pub http_calls: RefCell<Vec<HttpCall>>,
     pub ssh_calls: RefCell<Vec<SshRequest>>,
@@ -58,6 +66,27 @@ impl FakeHost {
             body: body.as_bytes().to_vec(),
         }));
         self
+    }
+
+    /// Answer every `verb` call past the script with `status` and `body`.
+    pub fn http_when(&self, verb: &str, status: u16, body: &str) -> &Self {
+        self.http_by_verb.borrow_mut().insert(
+            verb.to_string(),
+            Ok(HttpResponse {
+                status,
+                body: body.as_bytes().to_vec(),
+            }),
+        );
+        self
+    }
+
+    /// The ledger's VM names, oldest first.
+    pub fn ledger_names(&self) -> Vec<String> {
+        self.ledger
+            .borrow()
+            .iter()
+            .map(|(_, _, e, _)| e.name.clone())
+            .collect()
     }
 
     /// Queue a transport error.
@@ -139,7 +168,10 @@ impl Host for FakeHost {
             body: body.clone(),
             timeout_ms,
         });
-        let next = self.http_script.borrow_mut().pop_front();
+        let next = self.http_script.borrow_mut().pop_front().or_else(|| {
+            let verb = body.split(' ').next().unwrap_or_default();
+            self.http_by_verb.borrow().get(verb).cloned()
+        });
         let answer = next.unwrap_or_else(|| panic!("unexpected HTTP call: {body}"));
         let cost = if answer == Err(HttpError::Timeout) {
             timeout_ms
@@ -211,5 +243,48 @@ impl Host for FakeHost {
 
     fn env_var(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
+    }
+
+    fn ledger_put(&self, account: &Account, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        if let Some(e) = self.ledger_error.borrow().clone() {
+            return Err(e);
+        }
+        let mut l = self.ledger.borrow_mut();
+        l.retain(|(u, t, e, _)| {
+            !(*u == account.api_url && *t == account.token && e.name == entry.name)
+        });
+        l.push((
+            account.api_url.clone(),
+            account.token.clone(),
+            entry.clone(),
+            self.now.get(),
+        ));
+        Ok(())
+    }
+
+    fn ledger_list(&self, account: &Account) -> Result<Vec<Recorded>, LedgerError> {
+        if let Some(e) = self.ledger_error.borrow().clone() {
+            return Err(e);
+        }
+        Ok(self
+            .ledger
+            .borrow()
+            .iter()
+            .filter(|(u, t, _, _)| *u == account.api_url && *t == account.token)
+            .map(|(_, _, e, at)| Recorded {
+                entry: e.clone(),
+                age_ms: self.now.get().saturating_sub(*at),
+            })
+            .collect())
+    }
+
+    fn ledger_remove(&self, account: &Account, name: &str) -> Result<(), LedgerError> {
+        if let Some(e) = self.ledger_error.borrow().clone() {
+            return Err(e);
+        }
+        self.ledger.borrow_mut().retain(|(u, t, e, _)| {
+            !(*u == account.api_url && *t == account.token && e.name == name)
+        });
+        Ok(())
     }
 }

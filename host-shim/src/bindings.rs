@@ -1,7 +1,7 @@
 //! Generated bindings for the `exe-dev-provider` world (generated code only).
 //!
 //! WASI interfaces are mapped onto wasmtime-wasi / wasmtime-wasi-http so that one implementation
-//! serves them; our own `ssh` and `log` imports are implemented in `imports.rs`.
+//! serves them; our own `ssh`, `log` and `vm-ledger` imports are implemented in `imports.rs`.
 
 #![allow(missing_docs, reason = "bindgen-generated code")]
 
@@ -20,3 +20,4 @@ wasmtime::component::bindgen!({
 
 pub use exports::paperclip::sandbox_provider::provider;
 pub use paperclip::sandbox_provider::{log, ssh, types};
+pub use paperclip::vm_ledger::ledger;

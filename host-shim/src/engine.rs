@@ -15,6 +15,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::bindings::{self, provider, ExeDevProviderPre};
+use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
 use crate::limits::CallLimits;
 use crate::state::{HooksFactory, HostState, SshBackend};
@@ -50,6 +51,8 @@ pub struct Grants {
     pub ssh: Arc<dyn SshBackend>,
     /// `EXE_API_KEY`, the only environment variable the component may see.
     pub exe_api_key: Option<String>,
+    /// The durable VM ledger (in the state directory); none keeps no ledger.
+    pub ledger: Option<Arc<VmLedger>>,
 }
 
 /// A loaded component, ready to be instantiated once per call.
@@ -132,6 +135,7 @@ impl ProviderHost {
             hooks: (self.grants.http_hooks)(),
             ssh: self.grants.ssh.clone(),
             sink,
+            ledger: self.grants.ledger.clone(),
             limits: CallLimits::new(self.limits.max_memory_bytes),
         };
         let mut store = Store::new(&self.engine, state);
@@ -152,8 +156,8 @@ fn new_engine() -> anyhow::Result<Engine> {
 
 /// Link exactly what the component is granted: wasi:http (through the policy hooks), the
 /// I/O, clock and random interfaces it depends on, the inert `wasi:cli` pieces and hash seed
-/// Rust's std references (environment holds only `EXE_API_KEY`), and our `ssh` and `log`. No sockets, no
-/// filesystem: a component importing them fails to instantiate.
+/// Rust's std references (environment holds only `EXE_API_KEY`), and our `ssh`, `log` and
+/// `vm-ledger`. No sockets, no filesystem: a component importing them fails to instantiate.
 fn granted_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     use wasmtime_wasi::p2::bindings::{cli, random};
     use wasmtime_wasi::random::WasiRandom;
@@ -172,6 +176,7 @@ fn granted_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut linker, HostState::cli)?;
     bindings::ssh::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    bindings::ledger::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 

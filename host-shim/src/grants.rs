@@ -58,6 +58,7 @@ pub fn nothing(exe_api_key: Option<String>) -> Grants {
         http_hooks: Arc::new(|| Box::new(NoHttp)),
         ssh: Arc::new(NoSsh),
         exe_api_key,
+        ledger: None,
     }
 }
 
@@ -94,6 +95,7 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
         &opts.allow_ssh,
     )?);
     let hooks_policy = policy.clone();
+    let ledger = crate::caps::ledger::VmLedger::new(opts.state_dir.join("vm-ledger"));
     let mut settings = SshSettings::new(opts.state_dir);
     settings.ssh_binary = opts.ssh_binary;
     settings.ssh_config = opts.ssh_config;
@@ -108,6 +110,7 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
         }),
         ssh: Arc::new(OpenSsh(Arc::new(runner))),
         exe_api_key: opts.exe_api_key,
+        ledger: Some(Arc::new(ledger)),
     })
 }
 

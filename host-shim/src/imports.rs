@@ -1,7 +1,8 @@
-//! The component's own imports (`ssh`, `log`), implemented on the store data. Each is a thin
+//! The component's own imports (`ssh`, `log`, `vm-ledger`), implemented on the store data. Each is a thin
 //! forward to its capability module; policy lives there, not here.
 
-use crate::bindings::{log, ssh, types};
+use crate::bindings::{ledger, log, ssh, types};
+use crate::caps::ledger::{Account, Entry, LedgerError, Reason};
 use crate::caps::log::Level;
 use crate::state::HostState;
 
@@ -35,5 +36,81 @@ impl log::Host for HostState {
             log::Level::Error => Level::Error,
         };
         self.sink.log(level, &message, &fields);
+    }
+}
+
+impl ledger::Host for HostState {
+    async fn put(
+        &mut self,
+        account: ledger::Account,
+        entry: ledger::Entry,
+    ) -> Result<(), ledger::LedgerError> {
+        let l = self.ledger.as_ref().ok_or_else(no_ledger)?;
+        let entry = Entry {
+            name: entry.name,
+            reason: reason_from_wit(entry.reason),
+            hold_ms: entry.hold_ms,
+        };
+        l.put(&account_of(&account), &entry).map_err(error_to_wit)
+    }
+
+    async fn entries(
+        &mut self,
+        account: ledger::Account,
+    ) -> Result<Vec<ledger::Recorded>, ledger::LedgerError> {
+        let l = self.ledger.as_ref().ok_or_else(no_ledger)?;
+        let list = l.list(&account_of(&account)).map_err(error_to_wit)?;
+        Ok(list
+            .into_iter()
+            .map(|r| ledger::Recorded {
+                entry: ledger::Entry {
+                    name: r.entry.name,
+                    reason: reason_to_wit(r.entry.reason),
+                    hold_ms: r.entry.hold_ms,
+                },
+                age_ms: r.age_ms,
+            })
+            .collect())
+    }
+
+    async fn remove(
+        &mut self,
+        account: ledger::Account,
+        name: String,
+    ) -> Result<(), ledger::LedgerError> {
+        let l = self.ledger.as_ref().ok_or_else(no_ledger)?;
+        l.remove(&account_of(&account), &name).map_err(error_to_wit)
+    }
+}
+
+fn account_of(a: &ledger::Account) -> Account<'_> {
+    Account {
+        api_url: &a.api_url,
+        token: &a.token,
+    }
+}
+
+fn no_ledger() -> ledger::LedgerError {
+    ledger::LedgerError::Unavailable("this host was given no state directory".into())
+}
+
+fn reason_from_wit(r: ledger::Reason) -> Reason {
+    match r {
+        ledger::Reason::UncertainCreate => Reason::UncertainCreate,
+        ledger::Reason::FailedDelete => Reason::FailedDelete,
+    }
+}
+
+fn reason_to_wit(r: Reason) -> ledger::Reason {
+    match r {
+        Reason::UncertainCreate => ledger::Reason::UncertainCreate,
+        Reason::FailedDelete => ledger::Reason::FailedDelete,
+    }
+}
+
+fn error_to_wit(e: LedgerError) -> ledger::LedgerError {
+    match e {
+        LedgerError::InvalidRequest(m) => ledger::LedgerError::InvalidRequest(m),
+        LedgerError::Io(m) => ledger::LedgerError::Io(m),
     }
 }

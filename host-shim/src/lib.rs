@@ -12,6 +12,7 @@ pub mod grants;
 pub mod harness;
 mod imports;
 pub mod limits;
+pub mod orphans;
 pub mod package;
 pub mod policy;
 pub mod sim;

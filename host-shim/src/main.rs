@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{bench, demo, grants, package, sim, statedir, worker};
+use paperclip_wasm_host::{bench, demo, grants, orphans, package, sim, statedir, worker};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
@@ -111,6 +111,22 @@ enum Command {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// List the VMs this provider created for a config (by its name prefix), marking as orphans
+    /// the ones the host's VM ledger (in --state-dir) records; delete the ones named, or every
+    /// orphan with --yes.
+    Orphans {
+        /// The environment config, a JSON object (secrets as plaintext).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Delete this VM (it must be in the listing). Repeatable.
+        #[arg(long = "delete", value_name = "NAME")]
+        delete: Vec<String>,
+        /// Delete every VM listed as an orphan.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        host: HostArgs,
     },
 }
 
@@ -357,7 +373,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let code = r["exitCode"].as_i64().unwrap_or(1);
             std::process::exit(code as i32);
         }
+        Command::Orphans {
+            config,
+            delete,
+            yes,
+            host,
+        } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            run_orphans(&config, &provider, &delete, yes).await
+        }
     }
+}
+
+/// `orphans`: the listing (JSON on stdout, one line per VM on stderr), then the deletions.
+async fn run_orphans(
+    config: &serde_json::Value,
+    provider: &ProviderHost,
+    delete: &[String],
+    yes: bool,
+) -> anyhow::Result<()> {
+    let listing = orphans::list(provider, config).await?;
+    for l in &listing {
+        eprintln!(
+            "  {:<7} {:<16} {:<12} {}",
+            if l.orphan.is_some() { "orphan" } else { "" },
+            l.orphan.unwrap_or(""),
+            if l.present {
+                l.status.as_deref().unwrap_or("present")
+            } else {
+                "not present"
+            },
+            l.name
+        );
+    }
+    let doomed = orphans::to_delete(&listing, delete, yes)?;
+    let mut deleted = Vec::new();
+    for name in &doomed {
+        let params = json!({
+            "driverKey": "exe-dev", "environmentId": "cli-orphans", "config": config,
+            "providerLeaseId": name,
+        });
+        ops_call(provider, "environmentDestroyLease", params).await?;
+        deleted.push(name.clone());
+    }
+    let vms: Vec<serde_json::Value> = listing.iter().map(orphans::Listed::to_json).collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "vms": vms, "deleted": deleted }))?
+    );
+    Ok(())
 }
 
 fn read_config(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::ssh;
+use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
 use crate::limits::CallLimits;
 
@@ -55,6 +56,8 @@ pub struct HostState {
     pub(crate) hooks: Box<dyn WasiHttpHooks>,
     pub(crate) ssh: Arc<dyn SshBackend>,
     pub(crate) sink: CallSink,
+    /// The VM ledger; none when the host keeps none (no state directory).
+    pub(crate) ledger: Option<Arc<VmLedger>>,
     pub(crate) limits: CallLimits,
 }
 

@@ -224,6 +224,7 @@ impl Harness {
             http_hooks: Arc::new(move || Box::new(ScriptedHttp(hooks.clone()))),
             ssh: Arc::new(ScriptedSsh(ssh.clone())),
             exe_api_key: exe_api_key.map(str::to_string),
+            ledger: None,
         };
         let wasm = std::fs::read(env!("PAPERCLIP_EXE_DEV_WASM")).expect("the built component");
         let host = ProviderHost::load(&wasm, None, grants, Limits::default())
@@ -1934,7 +1935,9 @@ async fn probe_deletes_the_vm_when_the_ssh_capability_fails() {
 #[tokio::test(flavor = "multi_thread")]
 async fn probe_with_a_failed_create_still_tries_to_delete() {
     let h = Harness::new();
-    h.reply(500, r#"{"error":"boom"}"#)
+    // A refused create (422): one look-up. (After a 5xx the name is watched for the cleanup
+    // budget instead; the guest's unit tests cover that.)
+    h.reply(422, r#"{"error":"boom"}"#)
         .reply(200, r#"{"vms":[]}"#)
         .reply(422, r#"{"error":"vm not found"}"#);
     let v = h

@@ -12,6 +12,7 @@ const ALLOWED: &[&str] = &[
     "paperclip:sandbox-provider/types",
     "paperclip:sandbox-provider/ssh",
     "paperclip:sandbox-provider/log",
+    "paperclip:vm-ledger/ledger",
     "wasi:http/types",
     "wasi:http/outgoing-handler",
     "wasi:io/error",

@@ -1,7 +1,7 @@
 use super::*;
 use crate::api::shell_quote;
 use crate::error::ApiError;
-use crate::host::{HostKeyPolicy, HttpError};
+use crate::host::{HostKeyPolicy, HttpError, LedgerReason};
 use crate::testing::FakeHost;
 
 const NEW_OK: &str = r#"{"vm_name":"paperclip-env1-run1","ssh_dest":"paperclip-env1-run1.exe.xyz","https_url":"https://paperclip-env1-run1.exe.xyz","status":"running"}"#;
@@ -158,7 +158,8 @@ fn create_timeout_then_lookup_adopts() {
 #[test]
 fn create_failure_with_no_vm_returns_the_create_error_and_creates_nothing_else() {
     let host = FakeHost::new();
-    host.http(500, "upstream boom").http(200, "{\"vms\":[]}");
+    host.http(500, "upstream boom")
+        .http_when("ls", 200, "{\"vms\":[]}");
     let err = provider(&host, default_cfg())
         .acquire("run-1", None)
         .unwrap_err();
@@ -176,13 +177,191 @@ fn create_failure_with_no_vm_returns_the_create_error_and_creates_nothing_else()
         })
     );
     let bodies = host.bodies();
-    assert_eq!(bodies.len(), 2);
     assert_eq!(
         bodies.iter().filter(|b| b.starts_with("new ")).count(),
         1,
         "new never repeated"
     );
+    // A 500 leaves the outcome unknown: the name is watched for the whole cleanup budget...
+    assert!(bodies.len() > 2, "{bodies:?}");
+    assert!(bodies[1..]
+        .iter()
+        .all(|b| b == "ls --json 'paperclip-env1-run1'"));
+    let waited: u64 = host.sleeps.borrow().iter().sum();
+    assert!(
+        waited >= CLEANUP_TIMEOUT_MS - orphans::WATCH_POLL_MAX_MS,
+        "{waited}"
+    );
     assert!(host.ssh_calls.borrow().is_empty());
+    // ...and then left in the ledger, owned by nobody, for a later call to delete.
+    let ledger = host.ledger.borrow();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].2.name, "paperclip-env1-run1");
+    assert_eq!(ledger[0].2.reason, LedgerReason::UncertainCreate);
+    assert_eq!(ledger[0].2.hold_ms, 0);
+    assert!(!format!("{:?}", host.ledger_names()).contains("tok"));
+}
+
+#[test]
+fn a_vm_that_appears_while_watched_is_adopted_and_leaves_the_ledger() {
+    let host = FakeHost::new();
+    host.http_err(HttpError::Connect("reset".into()))
+        .http(200, "{\"vms\":[]}")
+        .http(200, "{\"vms\":[]}")
+        .http(200, &format!("{{\"vms\":[{NEW_OK}]}}"))
+        .ssh(Some(0), PREPARED, b"");
+    let lease = provider(&host, default_cfg())
+        .acquire("run-1", None)
+        .unwrap();
+    assert_eq!(
+        lease.provider_lease_id.as_deref(),
+        Some("paperclip-env1-run1")
+    );
+    assert_eq!(host.bodies().len(), 4);
+    assert_eq!(*host.sleeps.borrow(), [500, 1000]);
+    assert!(host.ledger.borrow().is_empty());
+    host.assert_drained();
+}
+
+#[test]
+fn a_refused_create_is_looked_up_once_and_not_recorded() {
+    let host = FakeHost::new();
+    host.http(422, "{\"error\":\"invalid image\"}")
+        .http(200, "{\"vms\":[]}");
+    let err = provider(&host, default_cfg())
+        .acquire("run-1", None)
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Api(e) if e.status == 422));
+    assert_eq!(host.bodies().len(), 2);
+    assert!(host.ledger.borrow().is_empty());
+    host.assert_drained();
+}
+
+fn recorded(host: &FakeHost, name: &str, reason: LedgerReason, hold_ms: u64) {
+    host.ledger.borrow_mut().push((
+        "https://exe.dev/exec".into(),
+        "tok".into(),
+        crate::host::LedgerEntry {
+            name: name.into(),
+            reason,
+            hold_ms,
+        },
+        host.now.get(),
+    ));
+}
+
+#[test]
+fn later_calls_delete_recorded_orphans_first() {
+    let host = FakeHost::new();
+    recorded(&host, "paperclip-gone", LedgerReason::FailedDelete, 0);
+    recorded(&host, "paperclip-late", LedgerReason::UncertainCreate, 0);
+    recorded(&host, "paperclip-there", LedgerReason::UncertainCreate, 0);
+    recorded(
+        &host,
+        "paperclip-held",
+        LedgerReason::UncertainCreate,
+        60_000,
+    );
+    host.http(422, "{\"error\":\"vm not found\"}")
+        .http(422, "{\"error\":\"vm not found\"}")
+        .http(200, "{}")
+        .http(200, NEW_OK)
+        .ssh(Some(0), PREPARED, b"");
+    provider(&host, default_cfg())
+        .acquire("run-1", None)
+        .unwrap();
+    assert_eq!(
+        host.bodies()[..3],
+        [
+            "rm --json 'paperclip-gone'",
+            "rm --json 'paperclip-late'",
+            "rm --json 'paperclip-there'"
+        ]
+    );
+    // Gone after a failed delete: settled. Not there (yet) after an uncertain create: kept
+    // until it may no longer appear. Deleted: settled. Held by a live call: untouched.
+    assert_eq!(host.ledger_names(), ["paperclip-late", "paperclip-held"]);
+    host.assert_drained();
+
+    // Past the horizon, a VM that never appeared is forgotten.
+    host.now.set(host.now.get() + orphans::APPEAR_HORIZON_MS);
+    host.http(422, "{\"error\":\"vm not found\"}")
+        .http(422, "{\"error\":\"vm not found\"}")
+        .http(200, "{\"vms\":[]}");
+    provider(&host, default_cfg())
+        .resume("paperclip-x", &Map::new())
+        .unwrap();
+    assert!(host.ledger.borrow().is_empty());
+}
+
+#[test]
+fn a_failed_destroy_is_recorded_and_a_later_one_settles_it() {
+    let host = FakeHost::new();
+    host.http(
+        403,
+        "{\"error\":\"command not allowed by token permissions\"}",
+    );
+    let p = provider(&host, default_cfg());
+    p.destroy(Some("paperclip-env1-run1"), &Map::new())
+        .unwrap_err();
+    let ledger = host.ledger.borrow().clone();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].2.reason, LedgerReason::FailedDelete);
+    host.http(200, "{}");
+    p.destroy(Some("paperclip-env1-run1"), &Map::new()).unwrap();
+    assert!(host.ledger.borrow().is_empty());
+    host.assert_drained();
+}
+
+#[test]
+fn without_a_ledger_the_lifecycle_still_works() {
+    let host = FakeHost::new();
+    *host.ledger_error.borrow_mut() = Some(crate::host::LedgerError::Unavailable("none".into()));
+    host.http(200, NEW_OK).ssh(Some(0), PREPARED, b"");
+    provider(&host, default_cfg())
+        .acquire("run-1", None)
+        .unwrap();
+    host.assert_drained();
+}
+
+#[test]
+fn list_vms_marks_recorded_orphans_and_skips_foreign_vms() {
+    let host = FakeHost::new();
+    recorded(
+        &host,
+        "paperclip-env1-run9",
+        LedgerReason::UncertainCreate,
+        0,
+    );
+    recorded(&host, "paperclip-never", LedgerReason::UncertainCreate, 0);
+    host.http(
+        200,
+        r#"{"vms":[{"vm_name":"paperclip-env1-run1","status":"running"},{"vm_name":"paperclip-env1-run9","status":"running"},{"vm_name":"other-vm"}]}"#,
+    );
+    let list = provider(&host, default_cfg()).list_vms().unwrap();
+    assert_eq!(host.bodies(), ["ls --json"]);
+    let got: Vec<_> = list
+        .iter()
+        .map(|l| (l.name.as_str(), l.present, l.orphan))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("paperclip-env1-run1", true, None),
+            (
+                "paperclip-env1-run9",
+                true,
+                Some(LedgerReason::UncertainCreate)
+            ),
+            (
+                "paperclip-never",
+                false,
+                Some(LedgerReason::UncertainCreate)
+            ),
+        ]
+    );
+    // Listing deletes nothing.
+    assert_eq!(host.ledger_names().len(), 2);
 }
 
 #[test]
@@ -991,14 +1170,24 @@ fn probe_failure_still_deletes() {
     );
     assert_eq!(r.metadata["provider"], json!("exe-dev"));
 
-    // Create failing: the rm is still attempted (the VM may exist).
+    // Create failing: the rm is still attempted (the VM may exist), after the name was
+    // watched for the cleanup budget; the ledger keeps the name (the VM may still appear).
     let host = FakeHost::new();
     host.http(500, "boom")
-        .http(200, "{\"vms\":[]}")
-        .http(422, "{\"error\":\"vm not found\"}");
+        .http_when("ls", 200, "{\"vms\":[]}")
+        .http_when("rm", 422, "{\"error\":\"vm not found\"}");
     let r = run_probe(&host, &ctx(default_cfg()));
     assert!(!r.ok);
-    assert_eq!(host.bodies()[2], "rm --json 'paperclip-probe-89abcdef'");
+    let bodies = host.bodies();
+    assert_eq!(
+        bodies.last().unwrap(),
+        "rm --json 'paperclip-probe-89abcdef'"
+    );
+    assert!(bodies.len() > 3, "{bodies:?}");
+    assert!(bodies[1..bodies.len() - 1]
+        .iter()
+        .all(|b| b == "ls --json 'paperclip-probe-89abcdef'"));
+    assert_eq!(host.ledger_names(), ["paperclip-probe-89abcdef"]);
     assert_eq!(r.diagnostics[0].severity, Severity::Error);
     assert_eq!(
         r.diagnostics.last().unwrap().code.as_deref(),

@@ -1,6 +1,7 @@
 //! One module per capability the host grants the component.
 
 pub mod http;
+pub mod ledger;
 pub mod log;
 pub mod ssh;
 mod ssh_mux;

@@ -179,6 +179,17 @@ async fn process(
         });
     }
 
+    if let Some(after) = inner.faults.take_abandoned(&cmd) {
+        // Never answered: the command runs `after` the client has dropped the request.
+        let _run = RunWhenAbandoned {
+            inner: inner.clone(),
+            call: std::mem::take(call),
+            args,
+            after,
+        };
+        return std::future::pending().await;
+    }
+
     // Run detached: the command's effect completes even if the client gives up or the
     // response is held back, as a server-side command would.
     let delay = inner.faults.api_delay(&cmd);
@@ -205,6 +216,32 @@ async fn process(
         None => Ok(reply),
         Some(None) => Err(LostResponse),
         Some(Some(status)) => Ok(Reply::error(status, default_error_text(status))),
+    }
+}
+
+/// Held by a request that is never answered; when the client gives up (the connection closes
+/// and hyper drops the request), the command runs `after` later and the call is logged with
+/// status 0 (no response).
+struct RunWhenAbandoned {
+    inner: Arc<Inner>,
+    call: ApiCall,
+    args: Vec<String>,
+    after: std::time::Duration,
+}
+
+impl Drop for RunWhenAbandoned {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        inner.record(std::mem::take(&mut self.call));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let args = std::mem::take(&mut self.args);
+        let after = self.after;
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = run_command(&inner, &args).await;
+        });
     }
 }
 

@@ -24,6 +24,7 @@ struct State {
     failures: HashMap<String, Vec<Failure>>,
     delays: HashMap<String, Duration>,
     lost: HashMap<String, (Option<u16>, u32)>,
+    abandoned: HashMap<String, (Duration, u32)>,
     ssh_drops: HashMap<String, u32>,
     onboarding: HashMap<String, bool>,
     ready_delay: Option<Duration>,
@@ -109,6 +110,13 @@ impl Faults {
             .insert(cmd.to_owned(), (Some(status), times));
     }
 
+    /// The next `times` calls of `cmd` are never answered, and the command runs only `after`
+    /// once the client has given up on the request (closed its connection): a `new` whose VM
+    /// appears `after` after the request was abandoned, as exe.dev keeps working on it.
+    pub fn complete_after_abandon(&self, cmd: &str, after: Duration, times: u32) {
+        self.lock().abandoned.insert(cmd.to_owned(), (after, times));
+    }
+
     /// The next `times` SSH connections to `vm` (or any VM with [`ANY`]) are accepted and closed
     /// at once, before the SSH version exchange; connections already open to it are cut now,
     /// as a network blip would, so a pooled (ControlMaster) connection cannot hide the fault.
@@ -164,6 +172,11 @@ impl Faults {
     /// `Some(None)`: drop the connection; `Some(Some(status))`: answer that status instead.
     pub(crate) fn take_lost_response(&self, cmd: &str) -> Option<Option<u16>> {
         take_counted(&mut self.lock().lost, cmd).map(|(status, _)| status)
+    }
+
+    /// `Some(after)`: hold the request unanswered; run the command `after` it is abandoned.
+    pub(crate) fn take_abandoned(&self, cmd: &str) -> Option<Duration> {
+        take_counted(&mut self.lock().abandoned, cmd).map(|(after, _)| after)
     }
 
     pub(crate) fn take_ssh_drop(&self, vm: &str) -> bool {

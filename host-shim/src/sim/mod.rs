@@ -108,7 +108,7 @@ impl SimOptions {
 }
 
 /// One `/exec` request as the simulator saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiCall {
     /// The resolved command name (`new`, `ls`, …), empty when the request never got that far.
     pub command: String,
