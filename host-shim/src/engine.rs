@@ -111,7 +111,7 @@ impl ProviderHost {
         timeout: Duration,
         f: impl AsyncFnOnce(&mut Store<HostState>, &provider::Guest) -> wasmtime::Result<R>,
     ) -> wasmtime::Result<R> {
-        let mut store = self.new_store(sink, timeout + self.limits.call_grace);
+        let mut store = self.new_store(sink, timeout.saturating_add(self.limits.call_grace));
         let instance = self.pre.instantiate_async(&mut store).await?;
         f(&mut store, instance.paperclip_sandbox_provider_provider()).await
     }

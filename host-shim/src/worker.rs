@@ -385,7 +385,7 @@ pub async fn dispatch(
         host,
         method,
         sink,
-        timeout: convert::call_timeout(&params),
+        timeout: convert::call_timeout(method, &params),
     };
     match method {
         "initialize" => Ok(json!({ "ok": true, "supportedMethods": SUPPORTED_METHODS })),

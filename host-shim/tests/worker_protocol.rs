@@ -168,6 +168,30 @@ fn a_runaway_guest_is_stopped_at_its_deadline_and_the_worker_keeps_serving() {
 }
 
 #[test]
+fn a_string_timeout_ms_sets_the_same_deadline_as_the_guest_reads() {
+    // The guest reads `"timeoutMs": "400"` as 400 ms. Were the host to read only unsigned
+    // integers, this runaway call would run to the 300 s default deadline instead: the test
+    // then hangs rather than answering.
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let mut w = Worker::spawn(&["--component", &fixture, "--call-grace-ms", "100"]);
+    for (id, timeout) in [(1, json!("400")), (2, json!(" 400.9 "))] {
+        let r = w.call(
+            id,
+            "environmentValidateConfig",
+            json!({"config": {"x": "loop", "timeoutMs": timeout}}),
+        );
+        assert_eq!(error_code(&r), -32002, "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("deadline"),
+            "{r}"
+        );
+    }
+    let r = w.call(3, "health", json!({}));
+    assert_eq!(r["result"]["message"], "fixture");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
 fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
     let fixture = fixture_wasm().to_str().unwrap().to_owned();
     let mut w = Worker::spawn(&["--component", &fixture, "--max-memory-mb", "64"]);
