@@ -14,6 +14,7 @@ use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
+use crate::access::HttpAccess;
 use crate::bindings::{self, provider, ExeDevProviderPre};
 use crate::caps::log::CallSink;
 use crate::state::{HooksFactory, HostState, SshBackend};
@@ -49,6 +50,10 @@ pub struct Grants {
     pub ssh: Arc<dyn SshBackend>,
     /// `EXE_API_KEY`, the only environment variable the component may see.
     pub exe_api_key: Option<String>,
+    /// The HTTP policy with its operator remedy, for the worker's checks around a call
+    /// (`validate`'s `apiUrl`, the remedy after a refusal). `None`: the hooks alone decide
+    /// (test doubles).
+    pub http_access: Option<Arc<HttpAccess>>,
 }
 
 /// A loaded component, ready to be instantiated once per call.
@@ -94,6 +99,11 @@ impl ProviderHost {
         self.grants.ssh.close_all().await;
     }
 
+    /// The HTTP policy and its remedy, when the grants carry one.
+    pub fn http_access(&self) -> Option<&HttpAccess> {
+        self.grants.http_access.as_deref()
+    }
+
     /// The names of every interface the component imports (for audits).
     pub fn component_imports(&self) -> Vec<String> {
         self.component
@@ -128,7 +138,7 @@ impl ProviderHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: (self.grants.http_hooks)(),
+            hooks: (self.grants.http_hooks)(&sink),
             ssh: self.grants.ssh.clone(),
             sink,
             limits: StoreLimitsBuilder::new()

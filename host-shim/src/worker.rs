@@ -398,7 +398,9 @@ pub async fn dispatch(
             let v = call
                 .infallible(async |s, g| g.call_validate_config(s, &config).await)
                 .await?;
-            Ok(convert::validation_json(v))
+            let mut out = convert::validation_json(v);
+            check_api_url_access(host, &mut out);
+            Ok(out)
         }
         "environmentProbe" => {
             let ctx = convert::call_context(&params)?;
@@ -478,6 +480,70 @@ struct Call<'a> {
     timeout: std::time::Duration,
 }
 
+/// The host's own say on a config the guest accepted: the `apiUrl` it will call (as the guest
+/// normalised it) must be one the HTTP policy allows, or the environment is refused when it is
+/// saved, with the remedy, rather than failing at its first probe.
+fn check_api_url_access(host: &ProviderHost, validation: &mut Value) {
+    let Some(access) = host.http_access() else {
+        return;
+    };
+    let Some(url) = validation
+        .pointer("/normalizedConfig/apiUrl")
+        .and_then(Value::as_str)
+    else {
+        return;
+    };
+    if let Err(problem) = access.check_url("apiUrl", url) {
+        validation["ok"] = Value::Bool(false);
+        if let Some(errors) = validation["errors"].as_array_mut() {
+            errors.push(Value::String(problem));
+        }
+        if let Some(obj) = validation.as_object_mut() {
+            obj.remove("normalizedConfig");
+        }
+    }
+}
+
+/// What the operator can do about the HTTP requests the policy refused during a call.
+fn remedies(host: &ProviderHost, sink: &CallSink) -> Vec<String> {
+    let Some(access) = host.http_access() else {
+        return Vec::new();
+    };
+    sink.denied_http()
+        .iter()
+        .filter_map(|url| {
+            let remedy = access.remedy_for_url(url)?;
+            Some(format!("The worker refused HTTP to {url}. {remedy}"))
+        })
+        .collect()
+}
+
+/// Name the remedies in a failed call's error (message and `data.remedy`).
+fn with_remedies(mut err: RpcError, remedies: &[String]) -> RpcError {
+    if remedies.is_empty() {
+        return err;
+    }
+    for r in remedies {
+        err.message.push(' ');
+        err.message.push_str(r);
+    }
+    let data = err.data.get_or_insert_with(|| json!({}));
+    if data.is_object() {
+        data["remedy"] = Value::String(remedies.join(" "));
+    }
+    err
+}
+
+/// Name the remedies in a probe result, as one more error diagnostic.
+fn probe_with_remedies(mut probe: Value, remedies: &[String]) -> Value {
+    if let Some(diagnostics) = probe["diagnostics"].as_array_mut() {
+        for r in remedies {
+            diagnostics.push(json!({ "severity": "error", "code": "host-policy", "message": r }));
+        }
+    }
+    probe
+}
+
 impl Call<'_> {
     /// A provider function that cannot fail (only trap).
     async fn infallible<T>(
@@ -497,11 +563,14 @@ impl Call<'_> {
         f: impl AsyncFnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<Result<T, ProviderError>>,
         to_json: fn(T) -> Value,
     ) -> Result<Value, RpcError> {
-        let method = self.method;
-        self.infallible(f)
-            .await?
-            .map(to_json)
-            .map_err(|e| convert::provider_error(method, e))
+        let (method, host, sink) = (self.method, self.host, self.sink.clone());
+        let result = self.infallible(f).await?;
+        let remedies = remedies(host, &sink);
+        match result {
+            Ok(v) if method == "environmentProbe" => Ok(probe_with_remedies(to_json(v), &remedies)),
+            Ok(v) => Ok(to_json(v)),
+            Err(e) => Err(with_remedies(convert::provider_error(method, e), &remedies)),
+        }
     }
 }
 
