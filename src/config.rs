@@ -277,6 +277,39 @@ fn number_field(obj: &Map<String, Value>, key: &str) -> Option<Result<f64, ()>> 
     }
 }
 
+/// `timeoutMs` as every part of the product reads it: a number or a numeric string, the
+/// fraction dropped, 1 ms to one day. `None` when absent, null or blank.
+fn timeout_field(obj: &Map<String, Value>) -> Option<Result<u64, String>> {
+    Some(match number_field(obj, "timeoutMs")? {
+        Ok(n) if n.is_finite() && n.trunc() >= 1.0 && n.trunc() <= MAX_TIMEOUT_MS as f64 => {
+            Ok(n.trunc() as u64)
+        }
+        _ => Err("timeoutMs must be between 1 and 86400000.".to_string()),
+    })
+}
+
+/// The deadline (ms) the provider works to in a call with this driver config: its normalised
+/// `timeoutMs` (see [`parse_value`]), else [`DEFAULT_TIMEOUT_MS`] (also when the field is
+/// invalid: such a call fails at once with `invalid-config`).
+///
+/// Pure and native-friendly on purpose: the host-shim links this crate as an rlib and derives
+/// each call's hard deadline from exactly this function, so the two sides can never disagree.
+pub fn effective_timeout_ms(config: &Value) -> u64 {
+    config
+        .as_object()
+        .and_then(timeout_field)
+        .and_then(Result::ok)
+        .unwrap_or(DEFAULT_TIMEOUT_MS)
+}
+
+/// The deadline (ms) of one `execute`: the request's own `timeoutMs`, else the config's; at
+/// least 1 ms and at most `u32::MAX` ms (what the SSH capability takes).
+pub fn execute_timeout_ms(requested: Option<u64>, config_timeout_ms: u64) -> u32 {
+    requested
+        .unwrap_or(config_timeout_ms)
+        .clamp(1, u64::from(u32::MAX)) as u32
+}
+
 fn string_list(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> Vec<String> {
     match obj.get(key) {
         None | Some(Value::Null) => Vec::new(),
@@ -390,12 +423,10 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     config.setup_script = opt_string(obj, "setupScript", &mut errors);
     config.prompt = opt_string(obj, "prompt", &mut errors);
 
-    match number_field(obj, "timeoutMs") {
+    match timeout_field(obj) {
         None => {}
-        Some(Ok(n)) if n.is_finite() && n.trunc() >= 1.0 && n.trunc() <= MAX_TIMEOUT_MS as f64 => {
-            config.timeout_ms = n.trunc() as u64
-        }
-        Some(_) => errors.push("timeoutMs must be between 1 and 86400000.".to_string()),
+        Some(Ok(ms)) => config.timeout_ms = ms,
+        Some(Err(e)) => errors.push(e),
     }
 
     config.reuse_lease = obj.get("reuseLease") == Some(&Value::Bool(true));

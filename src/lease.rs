@@ -877,10 +877,7 @@ impl<'h> Provider<'h> {
             .or_else(|| meta_str(meta, "remoteCwd"));
         let exec_id = format!("{:016x}", self.host.random_u64());
         let script = remote::exec_script(&exec_id, cwd, &req.env, &req.command, &req.args);
-        let timeout_ms = req
-            .timeout_ms
-            .unwrap_or(self.config.timeout_ms)
-            .clamp(1, u32::MAX as u64) as u32;
+        let timeout_ms = crate::config::execute_timeout_ms(req.timeout_ms, self.config.timeout_ms);
         self.log(
             LogLevel::Info,
             "executing on exe.dev VM",

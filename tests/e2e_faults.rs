@@ -424,3 +424,54 @@ async fn onboarding_marker_tells_the_operator_and_removes_the_vm() {
     assert_eq!(env.destroy(&lease).await["state"], "destroyed");
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_url_the_host_refuses_is_caught_at_validate_and_both_errors_name_the_remedy() {
+    let env = Env::start().await;
+    // The worker allows the simulator's authority (`--allow-http`), not this one.
+    let refused = "http://127.0.0.1:9/exec";
+    let remedy = r#"add "--allow-http", "127.0.0.1:9" to the JSON array in bin/worker-args.json of the installed plugin package"#;
+
+    let config = env.config_with(json!({"apiUrl": refused}));
+    let v = env
+        .ok(
+            "environmentValidateConfig",
+            json!({"driverKey": "exe-dev", "config": config}),
+        )
+        .await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v.get("normalizedConfig").is_none(), "{v}");
+    let first = v["errors"][0].as_str().unwrap();
+    assert!(
+        first.starts_with("apiUrl http://127.0.0.1:9/exec is not allowed"),
+        "{v}"
+    );
+    assert!(first.contains(remedy), "{v}");
+    assert!(!first.contains(env.sim.token()), "{v}");
+
+    // The saved config (from before the host's policy changed, say) fails at runtime with the
+    // same remedy, before any connection is made.
+    let err = env
+        .err(
+            "environmentAcquireLease",
+            env.params_with_config(&config, json!({"runId": run_id("refused")})),
+        )
+        .await;
+    assert_eq!(err["data"]["kind"], "denied", "{err}");
+    assert!(message(&err).contains(remedy), "{err}");
+    assert!(
+        err["data"]["remedy"].as_str().unwrap().contains(remedy),
+        "{err}"
+    );
+    assert!(!message(&err).contains(env.sim.token()), "{err}");
+
+    // The allowed authority validates as before.
+    let v = env
+        .ok(
+            "environmentValidateConfig",
+            json!({"driverKey": "exe-dev", "config": env.config}),
+        )
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    env.finish().await;
+}

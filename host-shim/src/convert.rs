@@ -61,9 +61,6 @@ impl RpcError {
     }
 }
 
-/// Paperclip's default `timeoutMs` for exe-dev configs (the manifest default).
-pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
-
 fn parse<T: for<'de> Deserialize<'de>>(params: &Value) -> Result<T, RpcError> {
     T::deserialize(params).map_err(RpcError::invalid_params)
 }
@@ -89,15 +86,21 @@ fn parse_object(text: &str) -> Value {
     }
 }
 
-/// The hard-deadline base for a call: the params' `timeoutMs`, else the config's, else the
-/// exe-dev default. (The engine adds its grace period on top.)
-pub fn call_timeout(params: &Value) -> Duration {
-    let ms = params
-        .get("timeoutMs")
-        .and_then(Value::as_u64)
-        .or_else(|| params.pointer("/config/timeoutMs").and_then(Value::as_u64))
-        .unwrap_or(DEFAULT_TIMEOUT_MS);
-    Duration::from_millis(ms.max(1))
+/// The hard-deadline base for a call (the engine adds its grace period on top): the deadline
+/// the provider itself works to, computed by the guest crate's own normalisation, so a
+/// `timeoutMs` of `"600000"` or `1500.5` means the same on both sides. `execute` takes its
+/// request's `timeoutMs` (an unsigned integer, or the call is refused as invalid params before
+/// it starts), else the config's; every other method takes the config's.
+pub fn call_timeout(method: &str, params: &Value) -> Duration {
+    use paperclip_exe_dev::config;
+    let config_ms = config::effective_timeout_ms(params.get("config").unwrap_or(&Value::Null));
+    let ms = if method == "environmentExecute" {
+        let requested = params.get("timeoutMs").and_then(Value::as_u64);
+        u64::from(config::execute_timeout_ms(requested, config_ms))
+    } else {
+        config_ms
+    };
+    Duration::from_millis(ms)
 }
 
 #[derive(Deserialize)]
@@ -442,18 +445,48 @@ mod tests {
     }
 
     #[test]
-    fn call_timeout_prefers_params_then_config() {
+    fn call_timeout_is_the_guests_own_deadline() {
+        use paperclip_exe_dev::config::{Config, DEFAULT_TIMEOUT_MS};
+        let ms = Duration::from_millis;
+        // The incident: a string timeoutMs was read as absent (300 s) by the host only.
+        for config in [
+            json!({"timeoutMs": "600000"}),
+            json!({"timeoutMs": 600000}),
+            json!({"timeoutMs": 600000.75}),
+            json!({"timeoutMs": " 600000 "}),
+        ] {
+            let guest = Config::from_json(&config.to_string()).unwrap().timeout_ms;
+            assert_eq!(guest, 600_000);
+            for method in [
+                "environmentAcquireLease",
+                "environmentExecute",
+                "environmentProbe",
+            ] {
+                let params = json!({ "config": config });
+                assert_eq!(
+                    call_timeout(method, &params),
+                    ms(guest),
+                    "{method} {config}"
+                );
+            }
+        }
+        let default = ms(DEFAULT_TIMEOUT_MS);
+        assert_eq!(call_timeout("environmentProbe", &json!({})), default);
         assert_eq!(
-            call_timeout(&json!({"timeoutMs": 7})),
-            Duration::from_millis(7)
+            call_timeout(
+                "environmentProbe",
+                &json!({"config": {"timeoutMs": "nope"}})
+            ),
+            default
         );
+        // Only execute has a timeoutMs of its own; it wins over the config's.
+        let p = json!({"timeoutMs": 7, "config": {"timeoutMs": "9"}});
+        assert_eq!(call_timeout("environmentExecute", &p), ms(7));
+        assert_eq!(call_timeout("environmentAcquireLease", &p), ms(9));
+        let p = json!({"timeoutMs": u64::MAX});
         assert_eq!(
-            call_timeout(&json!({"config": {"timeoutMs": 9}})),
-            Duration::from_millis(9)
-        );
-        assert_eq!(
-            call_timeout(&json!({})),
-            Duration::from_millis(DEFAULT_TIMEOUT_MS)
+            call_timeout("environmentExecute", &p),
+            ms(u64::from(u32::MAX))
         );
     }
 }

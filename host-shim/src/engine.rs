@@ -14,6 +14,7 @@ use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
+use crate::access::HttpAccess;
 use crate::bindings::{self, provider, ExeDevProviderPre};
 use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
@@ -53,6 +54,10 @@ pub struct Grants {
     pub exe_api_key: Option<String>,
     /// The durable VM ledger (in the state directory); none keeps no ledger.
     pub ledger: Option<Arc<VmLedger>>,
+    /// The HTTP policy with its operator remedy, for the worker's checks around a call
+    /// (`validate`'s `apiUrl`, the remedy after a refusal). `None`: the hooks alone decide
+    /// (test doubles).
+    pub http_access: Option<Arc<HttpAccess>>,
 }
 
 /// A loaded component, ready to be instantiated once per call.
@@ -98,6 +103,11 @@ impl ProviderHost {
         self.grants.ssh.close_all().await;
     }
 
+    /// The HTTP policy and its remedy, when the grants carry one.
+    pub fn http_access(&self) -> Option<&HttpAccess> {
+        self.grants.http_access.as_deref()
+    }
+
     /// The names of every interface the component imports (for audits).
     pub fn component_imports(&self) -> Vec<String> {
         self.component
@@ -115,7 +125,7 @@ impl ProviderHost {
         timeout: Duration,
         f: impl AsyncFnOnce(&mut Store<HostState>, &provider::Guest) -> wasmtime::Result<R>,
     ) -> wasmtime::Result<R> {
-        let mut store = self.new_store(sink, timeout + self.limits.call_grace);
+        let mut store = self.new_store(sink, timeout.saturating_add(self.limits.call_grace));
         let instance = self.pre.instantiate_async(&mut store).await?;
         f(&mut store, instance.paperclip_sandbox_provider_provider()).await
     }
@@ -132,7 +142,7 @@ impl ProviderHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: (self.grants.http_hooks)(),
+            hooks: (self.grants.http_hooks)(&sink),
             ssh: self.grants.ssh.clone(),
             sink,
             ledger: self.grants.ledger.clone(),
@@ -214,12 +224,40 @@ fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
         .context("compiling the component")
 }
 
+/// The artifact's file name: a SHA-256 over the component's bytes, the engine's compatibility
+/// fingerprint (wasmtime version, target, compiler settings) and this host's version. Unlike
+/// `DefaultHasher`, whose output may change between Rust releases, the digest is stable, so a
+/// rebuilt host with the same engine finds its cache.
 fn cache_path(engine: &Engine, wasm: &[u8], dir: &Path) -> PathBuf {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    wasm.hash(&mut hasher);
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    env!("CARGO_PKG_VERSION").hash(&mut hasher);
-    dir.join(format!("{:016x}.cwasm", hasher.finish()))
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(b"paperclip-wasm-host compiled component v1\0");
+    digest.update(Sha256::digest(wasm));
+    let mut fingerprint = DigestHasher(Sha256::new());
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut fingerprint);
+    digest.update(fingerprint.0.finalize());
+    digest.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let name: String = digest.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("{name}.cwasm"))
+}
+
+/// Feeds what a `Hash` impl writes into a SHA-256 (wasmtime exposes its engine fingerprint only
+/// as `impl Hash`). `finish` is unused: the digest is read from the inner hasher.
+struct DigestHasher(sha2::Sha256);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
 }
 
 fn write_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
@@ -245,4 +283,24 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch ticker thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache key depends on the component's bytes and the engine configuration only: two
+    /// engines of the same configuration agree (a restarted worker finds its artifact), another
+    /// component gets another key.
+    #[test]
+    fn cache_key_is_a_stable_content_digest() {
+        let dir = Path::new("/cache");
+        let (a, b) = (new_engine().unwrap(), new_engine().unwrap());
+        let key = cache_path(&a, b"component one", dir);
+        assert_eq!(key, cache_path(&b, b"component one", dir));
+        assert_ne!(key, cache_path(&a, b"component two", dir));
+        let name = key.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 32 + ".cwasm".len(), "{name}");
+        assert!(name[..32].bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpHooks};
 
+use crate::access::HttpAccess;
 use crate::bindings::ssh;
 use crate::caps::log::CallSink;
 use crate::engine::Grants;
@@ -55,10 +56,11 @@ impl SshBackend for NoSsh {
 /// Grants nothing but the `EXE_API_KEY` environment variable.
 pub fn nothing(exe_api_key: Option<String>) -> Grants {
     Grants {
-        http_hooks: Arc::new(|| Box::new(NoHttp)),
+        http_hooks: Arc::new(|_| Box::new(NoHttp)),
         ssh: Arc::new(NoSsh),
         exe_api_key,
         ledger: None,
+        http_access: Some(Arc::new(HttpAccess::new(Arc::default(), None))),
     }
 }
 
@@ -81,6 +83,9 @@ pub struct GrantOptions {
     pub exe_api_key: Option<String>,
     /// Share one SSH master connection per VM (off with `--no-ssh-connection-reuse`).
     pub reuse_ssh_connections: bool,
+    /// The package's `worker-args.json`, named in the remedy for a refused HTTP authority
+    /// (`None`: not running from an installed package; the remedy names it generically).
+    pub worker_args: Option<std::path::PathBuf>,
 }
 
 /// The real grants: HTTP through the policy hooks, SSH through the OpenSSH runner.
@@ -96,21 +101,23 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
     )?);
     let hooks_policy = policy.clone();
     let ledger = crate::caps::ledger::VmLedger::new(opts.state_dir.join("vm-ledger"));
+    let http_access = Arc::new(HttpAccess::new(policy.clone(), opts.worker_args));
     let mut settings = SshSettings::new(opts.state_dir);
     settings.ssh_binary = opts.ssh_binary;
     settings.ssh_config = opts.ssh_config;
     settings.reuse_connections = opts.reuse_ssh_connections;
     let runner = SshRunner::new(settings, policy)?;
     Ok(Grants {
-        http_hooks: Arc::new(move || {
-            Box::new(PolicyHttpHooks::new(
-                hooks_policy.clone(),
-                HttpLimits::default(),
-            ))
+        http_hooks: Arc::new(move |sink| {
+            Box::new(
+                PolicyHttpHooks::new(hooks_policy.clone(), HttpLimits::default())
+                    .noting_denials_in(sink.clone()),
+            )
         }),
         ssh: Arc::new(OpenSsh(Arc::new(runner))),
         exe_api_key: opts.exe_api_key,
         ledger: Some(Arc::new(ledger)),
+        http_access: Some(http_access),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `paperclip-wasm-host`: runs the exe.dev provider WebAssembly component as a Paperclip plugin
 //! worker, granting it outbound HTTP and SSH under an allow-list policy.
 
+pub mod access;
 pub mod bench;
 pub mod bindings;
 pub mod caps;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{bench, demo, grants, orphans, package, sim, statedir, worker};
+use paperclip_wasm_host::{access, bench, demo, grants, orphans, package, sim, statedir, worker};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
@@ -218,6 +218,9 @@ impl HostArgs {
             state_dir: state_dir.clone(),
             exe_api_key: std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty()),
             reuse_ssh_connections: !self.no_ssh_connection_reuse,
+            worker_args: std::env::current_exe()
+                .ok()
+                .and_then(|exe| access::worker_args_beside(&exe)),
         })?;
         ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)
     }

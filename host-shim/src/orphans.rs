@@ -46,7 +46,7 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
         environment_id: "cli-orphans".to_string(),
         company_id: None,
     };
-    let timeout = crate::convert::call_timeout(&json!({ "config": config }));
+    let timeout = crate::convert::call_timeout("listVms", &json!({ "config": config }));
     let result = host
         .call(CallSink::stderr_only(), timeout, async |s, g| {
             g.call_list_vms(s, &ctx).await

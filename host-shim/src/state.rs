@@ -45,8 +45,9 @@ pub trait SshBackend: Send + Sync {
     }
 }
 
-/// Builds the HTTP hooks (the HTTP policy point) for each new store.
-pub type HooksFactory = Arc<dyn Fn() -> Box<dyn WasiHttpHooks> + Send + Sync>;
+/// Builds the HTTP hooks (the HTTP policy point) for each new store, given the call's sink
+/// (where the hooks note refused requests).
+pub type HooksFactory = Arc<dyn Fn(&CallSink) -> Box<dyn WasiHttpHooks> + Send + Sync>;
 
 /// Store data for one call.
 pub struct HostState {

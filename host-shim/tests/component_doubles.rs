@@ -221,10 +221,11 @@ impl Harness {
         let ssh = Arc::new(Mutex::new(SshScript::default()));
         let hooks = http.clone();
         let grants = Grants {
-            http_hooks: Arc::new(move || Box::new(ScriptedHttp(hooks.clone()))),
+            http_hooks: Arc::new(move |_| Box::new(ScriptedHttp(hooks.clone()))),
             ssh: Arc::new(ScriptedSsh(ssh.clone())),
             exe_api_key: exe_api_key.map(str::to_string),
             ledger: None,
+            http_access: None,
         };
         let wasm = std::fs::read(env!("PAPERCLIP_EXE_DEV_WASM")).expect("the built component");
         let host = ProviderHost::load(&wasm, None, grants, Limits::default())

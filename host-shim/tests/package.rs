@@ -201,3 +201,40 @@ fn packaged_worker_initializes_and_shuts_down_through_node() {
         run_checker_with(&node, &out, &[]);
     }
 }
+
+/// A packaged worker names its own `bin/worker-args.json` in the remedy for a refused apiUrl.
+#[test]
+fn a_packaged_worker_names_its_own_worker_args_file_in_the_remedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg");
+    build_package(
+        &out,
+        Path::new(HOST),
+        Path::new(env!("PAPERCLIP_EXE_DEV_WASM")),
+        &repo_root().join("manifest.json"),
+    )
+    .unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"apiKey": "tok", "apiUrl": "https://api.example.com:8443"}"#,
+    )
+    .unwrap();
+    let run = Command::new(out.join("bin/paperclip-wasm-host"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let args_file = out.join("bin/worker-args.json");
+    let expected = format!(
+        r#"add \"--allow-http\", \"api.example.com:8443\" to the JSON array in {}"#,
+        args_file.display()
+    );
+    assert!(stdout.contains(&expected), "{stdout}");
+}

@@ -168,6 +168,30 @@ fn a_runaway_guest_is_stopped_at_its_deadline_and_the_worker_keeps_serving() {
 }
 
 #[test]
+fn a_string_timeout_ms_sets_the_same_deadline_as_the_guest_reads() {
+    // The guest reads `"timeoutMs": "400"` as 400 ms. Were the host to read only unsigned
+    // integers, this runaway call would run to the 300 s default deadline instead: the test
+    // then hangs rather than answering.
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let mut w = Worker::spawn(&["--component", &fixture, "--call-grace-ms", "100"]);
+    for (id, timeout) in [(1, json!("400")), (2, json!(" 400.9 "))] {
+        let r = w.call(
+            id,
+            "environmentValidateConfig",
+            json!({"config": {"x": "loop", "timeoutMs": timeout}}),
+        );
+        assert_eq!(error_code(&r), -32002, "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("deadline"),
+            "{r}"
+        );
+    }
+    let r = w.call(3, "health", json!({}));
+    assert_eq!(r["result"]["message"], "fixture");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
 fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
     let fixture = fixture_wasm().to_str().unwrap().to_owned();
     let mut w = Worker::spawn(&["--component", &fixture, "--max-memory-mb", "64"]);
@@ -189,5 +213,84 @@ fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
         json!({"config": {"x": "ok"}}),
     );
     assert_eq!(r["result"]["ok"], true, "{r}");
+    assert_eq!(w.wait(), 0);
+}
+
+#[test]
+fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
+    let mut w = Worker::spawn(&[]);
+    let validate = |n: u64| {
+        json!({"jsonrpc":"2.0","id":n,"method":"environmentValidateConfig",
+               "params":{"driverKey":"exe-dev","config":{"apiKey":"tok","namePrefix":format!("p{n}")}}})
+        .to_string()
+        .into_bytes()
+    };
+    // (line, the id and code it must be answered with); `None`: a real call.
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let long_ok = json!({"jsonrpc":"2.0","id":90,"method":"environmentValidateConfig",
+        "params":{"config":{"apiKey":"tok","note":"x".repeat(4 << 20)}}});
+    let bad: Vec<(Vec<u8>, Value, i64)> = vec![
+        (b"\xff\xfe\xfd not utf-8".to_vec(), Value::Null, -32700),
+        (b"{\"jsonrpc\":\"2.0\",\"id\":77,\"method\":\"health\",\"params\":{\"x\":\"\xc3\x28\"}}".to_vec(), Value::Null, -32700),
+        (b"not json at all".to_vec(), Value::Null, -32700),
+        (deep.into_bytes(), Value::Null, -32700),
+        (b"[]".to_vec(), Value::Null, -32600),
+        (br#"{"jsonrpc":"2.0","id":{"a":1},"method":"health"}"#.to_vec(), Value::Null, -32600),
+        (br#"{"jsonrpc":"2.0","id":81,"method":7}"#.to_vec(), json!(81), -32600),
+        (br#"{"id":82,"method":"health"}"#.to_vec(), json!(82), -32600),
+        (br#"{"jsonrpc":"2.0","id":83,"method":"health","params":[]}"#.to_vec(), json!(83), -32602),
+    ];
+    let mut real = Vec::new();
+    let mut expected_errors = Vec::new();
+    for (i, (line, id, code)) in bad.into_iter().enumerate() {
+        let n = i as u64 + 1;
+        w.send_bytes(&validate(n));
+        real.push(n);
+        w.send_bytes(&line);
+        expected_errors.push((id, code));
+    }
+    w.send_bytes(long_ok.to_string().as_bytes());
+    real.push(90);
+    // Over Paperclip's frame limit: discarded as it streams in, answered under its id.
+    let mut huge = br#"{"jsonrpc":"2.0","id":91,"method":"environmentValidateConfig","params":{"config":{"pad":""#.to_vec();
+    huge.resize(huge.len() + (128 << 20), b'a');
+    huge.extend_from_slice(b"\"}}}");
+    w.send_bytes(&huge);
+    drop(huge);
+    expected_errors.push((json!(91), -32600));
+    w.send_bytes(&validate(92));
+    real.push(92);
+
+    let mut answers = Vec::new();
+    while answers.len() < real.len() + expected_errors.len() {
+        answers.push(w.recv());
+    }
+    for n in &real {
+        let r = answers
+            .iter()
+            .find(|a| a["id"] == json!(n))
+            .unwrap_or_else(|| panic!("no answer to call {n}: {answers:?}"));
+        assert_eq!(r["result"]["ok"], true, "{r}");
+    }
+    let mut errors: Vec<(Value, i64)> = answers
+        .iter()
+        .filter(|a| a.get("error").is_some())
+        .map(|a| (a["id"].clone(), error_code(a)))
+        .collect();
+    let key = |e: &(Value, i64)| (e.0.to_string(), e.1);
+    errors.sort_by_key(key);
+    expected_errors.sort_by_key(key);
+    assert_eq!(errors, expected_errors);
+    let too_long = answers.iter().find(|a| a["id"] == 91).unwrap();
+    assert!(
+        too_long["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 134217728 bytes"),
+        "{too_long}"
+    );
+
+    let r = w.call(100, "health", json!({}));
+    assert_eq!(r["result"]["status"], "ok");
     assert_eq!(w.wait(), 0);
 }

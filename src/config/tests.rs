@@ -320,3 +320,36 @@ proptest! {
         let _ = validate(&s, &FakeHost::new());
     }
 }
+
+#[test]
+fn effective_timeout_is_the_normalised_field_or_the_default() {
+    for (v, ms) in [
+        (json!({"timeoutMs": 600000}), 600_000),
+        (json!({"timeoutMs": "600000"}), 600_000),
+        (json!({"timeoutMs": " 1500.9 "}), 1_500),
+        (json!({"timeoutMs": 1.5}), 1),
+        (json!({"timeoutMs": ""}), DEFAULT_TIMEOUT_MS),
+        (json!({"timeoutMs": null}), DEFAULT_TIMEOUT_MS),
+        (json!({"timeoutMs": 0}), DEFAULT_TIMEOUT_MS),
+        (json!({"timeoutMs": "abc"}), DEFAULT_TIMEOUT_MS),
+        (json!({"timeoutMs": 86_400_001}), DEFAULT_TIMEOUT_MS),
+        (json!({"timeoutMs": [1]}), DEFAULT_TIMEOUT_MS),
+        (json!({}), DEFAULT_TIMEOUT_MS),
+        (json!("x"), DEFAULT_TIMEOUT_MS),
+    ] {
+        assert_eq!(effective_timeout_ms(&v), ms, "{v}");
+    }
+    assert_eq!(execute_timeout_ms(Some(5), 9), 5);
+    assert_eq!(execute_timeout_ms(None, 9), 9);
+    assert_eq!(execute_timeout_ms(Some(0), 9), 1);
+    assert_eq!(execute_timeout_ms(Some(u64::MAX), 9), u32::MAX);
+}
+
+proptest! {
+    /// The deadline the host computes from a config is the one the provider works to.
+    #[test]
+    fn effective_timeout_agrees_with_the_parsed_config(v in arb_json()) {
+        let parsed = parse_value(&v, false);
+        prop_assert_eq!(effective_timeout_ms(&v), parsed.config.timeout_ms);
+    }
+}

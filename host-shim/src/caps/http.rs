@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::caps::log::CallSink;
 use crate::policy::{HttpScheme, Policy};
 
 /// Limits applied to every outbound request. The guest may ask for shorter timeouts through
@@ -62,12 +63,24 @@ impl Default for HttpLimits {
 pub struct PolicyHttpHooks {
     policy: Arc<Policy>,
     limits: HttpLimits,
+    sink: Option<CallSink>,
 }
 
 impl PolicyHttpHooks {
     /// Hooks enforcing `policy` with `limits`.
     pub fn new(policy: Arc<Policy>, limits: HttpLimits) -> Self {
-        Self { policy, limits }
+        Self {
+            policy,
+            limits,
+            sink: None,
+        }
+    }
+
+    /// Also note every refused request in the call's `sink` (so the worker can name the
+    /// remedy in the call's result).
+    pub fn noting_denials_in(mut self, sink: CallSink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// The policy decision for a request URI, as `Ok(authority-for-logs)` or
@@ -126,11 +139,15 @@ impl WasiHttpHooks for PolicyHttpHooks {
         let limits = self.limits;
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let sink = self.sink.clone();
         Box::new(async move {
             let authority = match decision {
                 Ok(a) => a,
                 Err(denied) => {
                     tracing::warn!(%method, authority = %denied, "HTTP request denied by host policy");
+                    if let Some(sink) = sink {
+                        sink.note_denied_http(&denied);
+                    }
                     return Err(Error::HttpRequestDenied);
                 }
             };

@@ -2,6 +2,8 @@
 //! Paperclip notifications tagged with the invocation id of the call they belong to, and
 //! tracing lines on stderr. stdout is reserved for protocol lines, so nothing here prints.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +50,8 @@ const MAX_LIVE_CHUNK_BYTES: usize = 256 * 1024;
 pub struct CallSink {
     invocation_id: Option<String>,
     outbox: Option<Outbox>,
+    /// `scheme://authority` of each HTTP request the host's policy refused during the call.
+    denied_http: Arc<Mutex<Vec<String>>>,
 }
 
 /// Guest log severities, mirrored from the WIT `log.level`.
@@ -77,12 +81,22 @@ impl Level {
     }
 }
 
+impl std::fmt::Debug for CallSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSink")
+            .field("invocation_id", &self.invocation_id)
+            .field("to_worker", &self.outbox.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl CallSink {
     /// A sink that forwards to the worker's outbox, tagged with `invocation_id` when known.
     pub fn new(invocation_id: Option<String>, outbox: Option<Outbox>) -> Self {
         Self {
             invocation_id,
             outbox,
+            denied_http: Arc::default(),
         }
     }
 
@@ -113,6 +127,23 @@ impl CallSink {
             params["meta"] = Value::Object(meta);
         }
         self.notify("log", params);
+    }
+
+    /// Record that the host's policy refused an HTTP request to `url` (`scheme://authority`)
+    /// during this call, so the worker can name the remedy in what the call returns.
+    pub fn note_denied_http(&self, url: &str) {
+        let mut denied = self.denied_http.lock().unwrap_or_else(|e| e.into_inner());
+        if !denied.iter().any(|d| d == url) {
+            denied.push(url.to_string());
+        }
+    }
+
+    /// The refused HTTP requests noted so far (each `scheme://authority` once).
+    pub fn denied_http(&self) -> Vec<String> {
+        self.denied_http
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Send one `execute.log` chunk of text for `stream` (`stdout` or `stderr`).

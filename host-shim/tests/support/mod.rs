@@ -106,6 +106,14 @@ impl Worker {
         stdin.flush().unwrap();
     }
 
+    /// Write one raw line of bytes (which need not be UTF-8).
+    pub fn send_bytes(&mut self, line: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// Send a request.
     pub fn send(&mut self, id: u64, method: &str, params: Value) {
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
