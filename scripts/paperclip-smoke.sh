@@ -192,6 +192,16 @@ expect environment 201 "(.config.apiKey | test(\"$UUID\")) and (.config.sshPriva
   "secrets not stored as refs or timeoutMs not normalised"
 EID=$(jq -r .id "$W/r_environment.json")
 
+# An apiUrl the host does not allow is refused when the environment is saved, with the remedy
+# (the --allow-http entry for bin/worker-args.json), not first by a probe.
+jq '.apiUrl = "http://127.0.0.1:9/exec" | {name: "exe-dev refused", driver: "sandbox", config: .}' \
+  "$W/config.json" >"$W/b_env_refused.json"
+call env_refused POST "/companies/$CID/environments" "$W/b_env_refused.json"
+[[ $STATUS != 201 && $STATUS != 200 ]] || die "env_refused: saved (HTTP $STATUS): $(head -c 2000 "$W/r_env_refused.json")"
+grep -qF -- '--allow-http' "$W/r_env_refused.json" && grep -qF -- '127.0.0.1:9' "$W/r_env_refused.json" ||
+  die "env_refused: no remedy in the answer: $(head -c 2000 "$W/r_env_refused.json")"
+log "env_refused: $(jq -c . "$W/r_env_refused.json" | head -c 400)"
+
 call probe POST "/environments/$EID/probe?companyId=$CID"
 expect probe 200 '.ok == true and (.details.providerLeaseId | length > 0)
   and .details.metadata.shellCommand != null and .details.metadata.remoteCwd != null' "probe not ok"

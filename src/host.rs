@@ -190,7 +190,7 @@ impl fmt::Display for SshError {
         match self {
             SshError::Denied(m) => write!(f, "the host does not allow SSH to {m}"),
             SshError::InvalidRequest(m) => write!(f, "invalid SSH request: {m}"),
-            SshError::Spawn(m) => write!(f, "could not start the SSH client: {m}"),
+            SshError::Spawn(m) => write!(f, "the SSH client failed: {m}"),
         }
     }
 }

@@ -240,7 +240,7 @@ fn ssh_error(e: SshError, what: &str) -> ProviderError {
         )),
         SshError::InvalidRequest(m) => ProviderError::InvalidRequest(format!("{what}: {m}")),
         SshError::Spawn(m) => {
-            ProviderError::Ssh(format!("{what}: could not start the SSH client: {m}"))
+            ProviderError::Ssh(format!("Failed to {what}: the SSH client failed: {m}"))
         }
     }
 }

@@ -4,7 +4,7 @@ mod e2e_support;
 
 use std::time::{Duration, Instant};
 
-use e2e_support::{run_id, Env, EnvOptions};
+use e2e_support::{eventually, run_id, Env, EnvOptions};
 use paperclip_wasm_host::sim::{SimOptions, ANY};
 use serde_json::{json, Value};
 
@@ -295,6 +295,13 @@ async fn ssh_refused_is_retried_until_ready() {
     // execute is an error, not a result; the next one reconnects.
     let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
     env.sim.faults().drop_ssh(&vm, 1);
+    // Once the pooled connection has seen the cut, the execute's reconnect is the connection
+    // that is dropped. (Racing the cut instead fails the execute too, but the dropped
+    // connection would then be the next execute's.)
+    assert!(
+        eventually(Duration::from_secs(10), || env.ssh_masters().is_empty()).await,
+        "the pooled connection survived the cut"
+    );
     let err = env
         .err(
             "environmentExecute",

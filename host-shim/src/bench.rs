@@ -102,16 +102,7 @@ async fn measure_link(
             base(json!({ "runId": "bench-link" })),
         )
         .await?;
-    let exec_true = async || {
-        let r = worker
-            .request(
-                "environmentExecute",
-                base(json!({"lease": &lease, "command": "true"})),
-            )
-            .await?;
-        ensure!(r["exitCode"] == 0, "execute true: {r}");
-        Ok(())
-    };
+    let exec_true = async || execute_true(&worker, &base, &lease).await;
     exec_true().await?; // opens the shared connection
     let (host, port, _) = lease_destination(&lease)?;
     let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
@@ -144,6 +135,23 @@ async fn measure_link(
         stdout_20mib: median(bulk.take("ours")),
         ssh_master_20mib: median(bulk.take("master")),
     })
+}
+
+/// Execute literally `true` in `lease`: the command with no arguments, as Paperclip would send
+/// it.
+async fn execute_true(
+    worker: &WorkerClient,
+    base: &impl Fn(Value) -> Value,
+    lease: &Value,
+) -> anyhow::Result<()> {
+    let r = worker
+        .request(
+            "environmentExecute",
+            base(json!({"lease": lease, "command": "true"})),
+        )
+        .await?;
+    ensure!(r["exitCode"] == 0, "execute true: {r}");
+    Ok(())
 }
 
 /// `sshHost`, `sshPort` and the VM name of a lease, as the baselines need them.
@@ -244,17 +252,7 @@ async fn measure(
     })
     .await?;
     let lease = leases[0].clone();
-    // Literally `true`: the command with no arguments, as Paperclip would send it.
-    let exec_true = async || {
-        let r = worker
-            .request(
-                "environmentExecute",
-                base(json!({"lease": &lease, "command": "true"})),
-            )
-            .await?;
-        ensure!(r["exitCode"] == 0, "execute true: {r}");
-        Ok(())
-    };
+    let exec_true = async || execute_true(&worker, &base, &lease).await;
     exec_true().await?; // the first call opens the shared connection
 
     // The baselines reach the same VM the same way, with the system ssh client.

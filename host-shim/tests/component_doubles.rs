@@ -1923,7 +1923,7 @@ async fn probe_deletes_the_vm_when_the_ssh_capability_fails() {
     assert_eq!(
         v["diagnostics"][1]["message"],
         json!(format!(
-            "prepare exe.dev VM {name}: could not start the SSH client: no ssh binary"
+            "Failed to prepare exe.dev VM {name}: the SSH client failed: no ssh binary"
         ))
     );
     assert_eq!(

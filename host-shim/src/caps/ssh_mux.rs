@@ -33,7 +33,10 @@ pub(super) enum MuxUnavailable {
     #[error("connection sharing unavailable: {0}")]
     NotStarted(String),
     /// The session request may have reached the master; running it again could run it twice.
-    #[error("connection sharing failed: {0}")]
+    #[error(
+        "the shared SSH connection failed while the command was being started (it may have \
+         run): {0}"
+    )]
     Ambiguous(String),
 }
 
