@@ -193,8 +193,11 @@ expect environment 201 "(.config.apiKey | test(\"$UUID\")) and (.config.sshPriva
 EID=$(jq -r .id "$W/r_environment.json")
 
 # An apiUrl the host does not allow is refused when the environment is saved, with the remedy
-# (the --allow-http entry for bin/worker-args.json), not first by a probe.
-jq '.apiUrl = "http://127.0.0.1:9/exec" | {name: "exe-dev refused", driver: "sandbox", config: .}' \
+# (the --allow-http entry for bin/worker-args.json), not first by a probe. No pasted key in this
+# config: Paperclip logs the body of a refused request, and redacts `apiKey` there but not
+# `sshPrivateKey`.
+jq '.apiUrl = "http://127.0.0.1:9/exec" | del(.sshPrivateKey)
+  | {name: "exe-dev refused", driver: "sandbox", config: .}' \
   "$W/config.json" >"$W/b_env_refused.json"
 call env_refused POST "/companies/$CID/environments" "$W/b_env_refused.json"
 [[ $STATUS != 201 && $STATUS != 200 ]] || die "env_refused: saved (HTTP $STATUS): $(head -c 2000 "$W/r_env_refused.json")"
