@@ -238,3 +238,26 @@ fn a_packaged_worker_names_its_own_worker_args_file_in_the_remedy() {
     );
     assert!(stdout.contains(&expected), "{stdout}");
 }
+
+/// `--version` says exactly what runs: the host's version, the SHA-256 of the component it
+/// embeds and the WIT package that component was built against.
+#[test]
+fn version_names_the_component_digest_and_wit_package() {
+    use sha2::{Digest, Sha256};
+    let out = Command::new(HOST).arg("--version").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let wasm = std::fs::read(env!("PAPERCLIP_EXE_DEV_WASM")).unwrap();
+    let digest: String = Sha256::digest(&wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        text,
+        format!(
+            "paperclip-wasm-host {}\ncomponent sha256:{digest} ({} bytes)\nwit paperclip:sandbox-provider@0.1.0\n",
+            env!("CARGO_PKG_VERSION"),
+            wasm.len()
+        )
+    );
+}
