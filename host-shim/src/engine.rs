@@ -239,10 +239,7 @@ fn cache_path(engine: &Engine, wasm: &[u8], dir: &Path) -> PathBuf {
         .hash(&mut fingerprint);
     digest.update(fingerprint.0.finalize());
     digest.update(env!("CARGO_PKG_VERSION").as_bytes());
-    let name: String = digest.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name = crate::hex::hex(&digest.finalize()[..16]);
     dir.join(format!("{name}.cwasm"))
 }
 

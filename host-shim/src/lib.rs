@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod grants;
 pub mod harness;
+pub mod hex;
 mod imports;
 pub mod limits;
 pub mod orphans;

@@ -238,10 +238,7 @@ fn wit_package() -> &'static str {
 /// an operator can tell exactly what a package runs. Computed only when asked for.
 fn long_version() -> String {
     use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(EMBEDDED_COMPONENT)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = paperclip_wasm_host::hex::hex(&Sha256::digest(EMBEDDED_COMPONENT));
     format!(
         "{}\ncomponent sha256:{digest} ({} bytes)\nwit {}",
         env!("CARGO_PKG_VERSION"),

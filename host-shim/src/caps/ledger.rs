@@ -88,11 +88,7 @@ fn hex32(parts: &[&[u8]]) -> String {
     for p in parts {
         h.update(p);
     }
-    h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::hex(&h.finalize()[..16])
 }
 
 /// exe.dev's name syntax, which also makes the name a safe file name.
