@@ -61,6 +61,9 @@ pub enum ProviderError {
     /// A deadline passed.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A file transfer failed; the old target is in place.
+    #[error("{0}")]
+    Transfer(String),
     /// The request itself is malformed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

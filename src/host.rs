@@ -195,6 +195,84 @@ impl fmt::Display for SshError {
     }
 }
 
+/// What a transfer moves (mirror of the WIT `transfer.entry-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// One regular file: the stream is its bytes.
+    File,
+    /// A directory: the stream is a tar archive of its contents.
+    Directory,
+}
+
+/// Host → VM: stream a host path into `remote_command` (mirror of WIT `upload-request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRequest {
+    /// The VM.
+    pub target: SshTarget,
+    /// Absolute host path to read.
+    pub local_path: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// `tar --exclude` patterns (directories).
+    pub exclude: Vec<String>,
+    /// Archive what links point to.
+    pub follow_symlinks: bool,
+    /// Reads the gzip stream on stdin; replaces the target only when all of it arrived.
+    pub remote_command: String,
+    /// Deadline for the whole transfer.
+    pub timeout_ms: u32,
+}
+
+/// VM → host: stream `remote_command`'s stdout into a host path (mirror of WIT
+/// `download-request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadRequest {
+    /// The VM.
+    pub target: SshTarget,
+    /// Writes the stream on stdout (gzip when its first stdin line is `gzip`).
+    pub remote_command: String,
+    /// Absolute host path to replace.
+    pub local_path: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Permission bits for the target.
+    pub mode: Option<u32>,
+    /// Deadline for the whole transfer.
+    pub timeout_ms: u32,
+}
+
+/// What a completed transfer moved (mirror of WIT `transfer-report`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Files and links moved.
+    pub files: u64,
+    /// Their content bytes.
+    pub bytes: u64,
+    /// Bytes on the SSH channel.
+    pub wire_bytes: u64,
+    /// The stream was compressed.
+    pub compressed: bool,
+}
+
+/// Why a transfer failed (mirror of WIT `transfer-error`); the old target is whole after any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    /// A host path outside the allowed roots, or an SSH target the host refuses.
+    Denied(String),
+    /// The source does not exist or is not the kind asked for.
+    NotFound(String),
+    /// Malformed request.
+    InvalidRequest(String),
+    /// Reading or writing on the host failed.
+    LocalIo(String),
+    /// The remote command failed or the connection ended first.
+    Remote(SshOutput),
+    /// The deadline passed.
+    Timeout(String),
+    /// The SSH client could not be started.
+    Spawn(String),
+}
+
 /// The exe.dev account a ledger entry belongs to (mirror of the WIT `ledger.account`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Account {
@@ -285,6 +363,13 @@ pub trait Host {
     fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError>;
     /// Run one remote command over SSH.
     fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError>;
+    /// Stream a host file or directory into the VM (see [`UploadRequest`]).
+    fn transfer_upload(&self, request: &UploadRequest) -> Result<TransferReport, TransferError>;
+    /// Stream a VM file or directory to the host (see [`DownloadRequest`]).
+    fn transfer_download(
+        &self,
+        request: &DownloadRequest,
+    ) -> Result<TransferReport, TransferError>;
     /// Drop any pooled connection to `target`.
     fn ssh_disconnect(&self, target: &SshTarget);
     /// Emit a log line (never with secrets).
@@ -313,7 +398,9 @@ pub use wasm::WasiHost;
 #[cfg(target_arch = "wasm32")]
 mod wasm {
     use super::*;
-    use crate::bindings::paperclip::sandbox_provider::{log as wit_log, ssh as wit_ssh};
+    use crate::bindings::paperclip::sandbox_provider::{
+        log as wit_log, ssh as wit_ssh, transfer as wit_transfer,
+    };
     use crate::bindings::paperclip::vm_ledger::ledger as wit_ledger;
     use wasi::clocks::monotonic_clock;
     use wasi::http::outgoing_handler;
@@ -505,6 +592,41 @@ mod wasm {
                 .map_err(from_wit_error)
         }
 
+        fn transfer_upload(
+            &self,
+            request: &UploadRequest,
+        ) -> Result<TransferReport, TransferError> {
+            let req = wit_transfer::UploadRequest {
+                target: to_wit_target(&request.target),
+                local_path: request.local_path.clone(),
+                kind: to_wit_kind(request.kind),
+                exclude: request.exclude.clone(),
+                follow_symlinks: request.follow_symlinks,
+                remote_command: request.remote_command.clone(),
+                timeout_ms: request.timeout_ms,
+            };
+            wit_transfer::upload(&req)
+                .map(from_wit_report)
+                .map_err(from_wit_transfer_error)
+        }
+
+        fn transfer_download(
+            &self,
+            request: &DownloadRequest,
+        ) -> Result<TransferReport, TransferError> {
+            let req = wit_transfer::DownloadRequest {
+                target: to_wit_target(&request.target),
+                remote_command: request.remote_command.clone(),
+                local_path: request.local_path.clone(),
+                kind: to_wit_kind(request.kind),
+                mode: request.mode,
+                timeout_ms: request.timeout_ms,
+            };
+            wit_transfer::download(&req)
+                .map(from_wit_report)
+                .map_err(from_wit_transfer_error)
+        }
+
         fn ssh_disconnect(&self, target: &SshTarget) {
             wit_ssh::disconnect(&to_wit_target(target));
         }
@@ -643,6 +765,35 @@ mod wasm {
                 HostKeyPolicy::AcceptNew => wit_ssh::HostKeyPolicy::AcceptNew,
                 HostKeyPolicy::No => wit_ssh::HostKeyPolicy::No,
             },
+        }
+    }
+
+    fn to_wit_kind(kind: EntryKind) -> wit_transfer::EntryKind {
+        match kind {
+            EntryKind::File => wit_transfer::EntryKind::File,
+            EntryKind::Directory => wit_transfer::EntryKind::Directory,
+        }
+    }
+
+    fn from_wit_report(r: wit_transfer::TransferReport) -> TransferReport {
+        TransferReport {
+            files: r.files,
+            bytes: r.bytes,
+            wire_bytes: r.wire_bytes,
+            compressed: r.compressed,
+        }
+    }
+
+    fn from_wit_transfer_error(e: wit_transfer::TransferError) -> TransferError {
+        use wit_transfer::TransferError as W;
+        match e {
+            W::Denied(m) => TransferError::Denied(m),
+            W::NotFound(m) => TransferError::NotFound(m),
+            W::InvalidRequest(m) => TransferError::InvalidRequest(m),
+            W::LocalIo(m) => TransferError::LocalIo(m),
+            W::Remote(o) => TransferError::Remote(from_wit_output(o)),
+            W::Timeout(m) => TransferError::Timeout(m),
+            W::Spawn(m) => TransferError::Spawn(m),
         }
     }
 }

@@ -13,6 +13,9 @@ use crate::vm::{self, VmRecord};
 use serde_json::{json, Map, Value};
 
 mod orphans;
+mod sync;
+
+pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 pub use orphans::{create_outcome_unknown, VmListing};
 
 /// The provider name in metadata.
@@ -840,6 +843,16 @@ impl<'h> Provider<'h> {
 
     /// Execute one command in the lease's VM.
     pub fn execute(&self, req: ExecuteRequest) -> Result<ExecuteResult, ProviderError> {
+        self.run_command(req, true)
+    }
+
+    /// An execute; `stream_output` forwards output live (Paperclip's `execute.log`), which only
+    /// `environmentExecute` itself asks for.
+    fn run_command(
+        &self,
+        req: ExecuteRequest,
+        stream_output: bool,
+    ) -> Result<ExecuteResult, ProviderError> {
         let Some(id) = req
             .lease
             .provider_lease_id
@@ -912,7 +925,7 @@ impl<'h> Provider<'h> {
                         stdin: req.stdin,
                         timeout_ms: remaining as u32,
                         max_output_bytes: remote::MAX_OUTPUT_BYTES,
-                        stream_output: true,
+                        stream_output,
                     },
                     &what,
                 )?;

@@ -12,6 +12,7 @@ pub mod host;
 pub mod lease;
 pub mod pem;
 pub mod remote;
+pub mod sync_script;
 pub mod vm;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ mod component {
             ProviderError::NotFound(m) => W::NotFound(m),
             ProviderError::Denied(m) => W::Denied(m),
             ProviderError::Timeout(m) => W::Timeout(m),
+            ProviderError::Transfer(m) => W::Transfer(m),
             ProviderError::InvalidRequest(m) => W::InvalidRequest(m),
             ProviderError::NotImplemented(m) => W::NotImplemented(m),
             ProviderError::Internal(m) => W::Internal(m),
@@ -120,6 +122,65 @@ mod component {
             provider.release(id, &meta, request.cancel_active_work)?
         };
         Ok(to_wit_receipt(receipt))
+    }
+
+    fn from_wit_sync(
+        request: wit::SyncRequest,
+    ) -> Result<(lease::Lease, Vec<lease::SyncOperation>), ProviderError> {
+        let l = from_wit_lease(request.lease)?;
+        let operations = request
+            .operations
+            .into_iter()
+            .map(|op| lease::SyncOperation {
+                operation_id: op.operation_id,
+                files: op
+                    .files
+                    .into_iter()
+                    .map(|m| lease::SyncMapping {
+                        source_path: m.source_path,
+                        target_path: m.target_path,
+                        kind: match m.kind {
+                            wit::SyncKind::File => crate::host::EntryKind::File,
+                            wit::SyncKind::Directory => crate::host::EntryKind::Directory,
+                        },
+                        mode: m.mode,
+                        exclude: m.exclude,
+                        follow_symlinks: m.follow_symlinks,
+                    })
+                    .collect(),
+                post_upload_commands: op
+                    .post_upload_commands
+                    .into_iter()
+                    .map(|c| lease::PostUploadCommand {
+                        command: c.command,
+                        cwd: c.cwd,
+                        timeout_ms: c.timeout_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok((l, operations))
+    }
+
+    fn sync(
+        direction: lease::Direction,
+        request: wit::SyncRequest,
+    ) -> WitResult<Vec<wit::SyncResult>> {
+        (|| {
+            let host = WasiHost;
+            let provider = Provider::new(&host, &context(request.context.clone()))?;
+            let (l, operations) = from_wit_sync(request)?;
+            Ok(provider
+                .sync(direction, &l, &operations)?
+                .into_iter()
+                .map(|r| wit::SyncResult {
+                    operation_id: r.operation_id,
+                    files_transferred: r.files_transferred,
+                    bytes_transferred: r.bytes_transferred,
+                })
+                .collect())
+        })()
+        .map_err(to_wit_error)
     }
 
     impl wit::Guest for Component {
@@ -235,6 +296,14 @@ mod component {
                 })
             })()
             .map_err(to_wit_error)
+        }
+
+        fn sync_in(request: wit::SyncRequest) -> WitResult<Vec<wit::SyncResult>> {
+            sync(lease::Direction::In, request)
+        }
+
+        fn sync_out(request: wit::SyncRequest) -> WitResult<Vec<wit::SyncResult>> {
+            sync(lease::Direction::Out, request)
         }
 
         fn list_vms(context: wit::CallContext) -> WitResult<Vec<wit::VmListing>> {

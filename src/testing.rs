@@ -1,8 +1,9 @@
 //! A scripted fake [`Host`] for native unit tests.
 
 use crate::host::{
-    Account, Connected, Host, HttpError, HttpResponse, LedgerEntry, LedgerError, LogLevel,
-    Recorded, SshError, SshOutput, SshRequest, SshTarget,
+    Account, Connected, DownloadRequest, Host, HttpError, HttpResponse, LedgerEntry, LedgerError,
+    LogLevel, Recorded, SshError, SshOutput, SshRequest, SshTarget, TransferError,
+    TransferReport, UploadRequest,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -14,6 +15,13 @@ pub struct HttpCall {
     pub headers: Vec<(String, String)>,
     pub body: String,
     pub timeout_ms: u64,
+}
+
+/// One recorded transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    Upload(UploadRequest),
+    Download(DownloadRequest),
 }
 
 /// One recorded log line: level, message, fields.
@@ -40,6 +48,10 @@ pub struct FakeHost {
     pub connects: RefCell<Vec<(SshTarget, u32)>>,
     pub disconnects: RefCell<Vec<SshTarget>>,
     pub logs: RefCell<Vec<LogLine>>,
+    /// Answers to transfers (uploads and downloads alike), in order.
+    pub transfer_script: RefCell<VecDeque<Result<TransferReport, TransferError>>>,
+    /// Every transfer, in order.
+    pub transfers: RefCell<Vec<Transfer>>,
     pub sleeps: RefCell<Vec<u64>>,
     pub env: HashMap<String, String>,
     pub now: Cell<u64>,
@@ -153,6 +165,16 @@ impl FakeHost {
     }
 }
 
+impl FakeHost {
+    fn next_transfer(&self) -> Result<TransferReport, TransferError> {
+        self.now.set(self.now.get() + self.ssh_cost_ms);
+        self.transfer_script
+            .borrow_mut()
+            .pop_front()
+            .expect("unexpected transfer")
+    }
+}
+
 impl Host for FakeHost {
     fn http_post(
         &self,
@@ -209,6 +231,23 @@ impl Host for FakeHost {
         };
         self.now.set(self.now.get() + cost);
         answer
+    }
+
+    fn transfer_upload(&self, request: &UploadRequest) -> Result<TransferReport, TransferError> {
+        self.transfers
+            .borrow_mut()
+            .push(Transfer::Upload(request.clone()));
+        self.next_transfer()
+    }
+
+    fn transfer_download(
+        &self,
+        request: &DownloadRequest,
+    ) -> Result<TransferReport, TransferError> {
+        self.transfers
+            .borrow_mut()
+            .push(Transfer::Download(request.clone()));
+        self.next_transfer()
     }
 
     fn ssh_disconnect(&self, target: &SshTarget) {

@@ -19,5 +19,5 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::paperclip::sandbox_provider::provider;
-pub use paperclip::sandbox_provider::{log, ssh, types};
+pub use paperclip::sandbox_provider::{log, ssh, transfer, types};
 pub use paperclip::vm_ledger::ledger;

@@ -270,6 +270,109 @@ pub fn execute_params(params: &Value) -> Result<wit::ExecuteRequest, RpcError> {
     })
 }
 
+/// `environmentSyncIn` / `environmentSyncOut` params: `{lease, operations: [{operationId,
+/// files: [{sourcePath, targetPath, kind, mode?, exclude?, followSymlinks?, …}],
+/// postUploadCommands?: [{command, cwd?, timeoutMs?}]}]}`. `access` and `writablePath` are
+/// advisory in Paperclip and ignored.
+pub fn sync_params(params: &Value) -> Result<wit::SyncRequest, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Mapping {
+        source_path: String,
+        target_path: String,
+        kind: String,
+        mode: Option<u32>,
+        #[serde(default)]
+        exclude: Option<Vec<String>>,
+        #[serde(default)]
+        follow_symlinks: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Command {
+        command: String,
+        cwd: Option<String>,
+        timeout_ms: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Operation {
+        operation_id: String,
+        #[serde(default)]
+        files: Vec<Mapping>,
+        #[serde(default)]
+        post_upload_commands: Option<Vec<Command>>,
+    }
+    #[derive(Deserialize)]
+    struct P {
+        lease: Option<LeaseJson>,
+        operations: Vec<Operation>,
+    }
+    let p: P = parse(params)?;
+    let operations = p
+        .operations
+        .into_iter()
+        .map(|op| {
+            let files = op
+                .files
+                .into_iter()
+                .map(|m| {
+                    let kind = match m.kind.as_str() {
+                        "file" => wit::SyncKind::File,
+                        "directory" => wit::SyncKind::Directory,
+                        other => {
+                            return Err(RpcError::invalid_params(format!(
+                                "kind must be \"file\" or \"directory\", not {other:?}"
+                            )))
+                        }
+                    };
+                    Ok(wit::SyncMapping {
+                        source_path: m.source_path,
+                        target_path: m.target_path,
+                        kind,
+                        mode: m.mode.map(|bits| bits & 0o7777),
+                        exclude: m.exclude.unwrap_or_default(),
+                        follow_symlinks: m.follow_symlinks.unwrap_or(false),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(wit::SyncOperation {
+                operation_id: op.operation_id,
+                files,
+                post_upload_commands: op
+                    .post_upload_commands
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| wit::PostUploadCommand {
+                        command: c.command,
+                        cwd: c.cwd,
+                        timeout_ms: c.timeout_ms,
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, RpcError>>()?;
+    Ok(wit::SyncRequest {
+        context: call_context(params)?,
+        lease: lease_record(p.lease),
+        operations,
+    })
+}
+
+/// Sync results → `{operations: [{operationId, filesTransferred, bytesTransferred}]}`.
+pub fn sync_json(results: Vec<wit::SyncResult>) -> Value {
+    json!({
+        "operations": results
+            .into_iter()
+            .map(|r| json!({
+                "operationId": r.operation_id,
+                "filesTransferred": r.files_transferred,
+                "bytesTransferred": r.bytes_transferred,
+            }))
+            .collect::<Vec<_>>()
+    })
+}
+
 /// `validate-config` result → `{ok, warnings, errors, normalizedConfig?}`.
 pub fn validation_json(v: wit::Validation) -> Value {
     let mut out = json!({ "ok": v.ok, "warnings": v.warnings, "errors": v.errors });
@@ -397,6 +500,7 @@ pub fn provider_error(method: &str, e: ProviderError) -> RpcError {
         ProviderError::NotFound(m) => ("not-found", m, None),
         ProviderError::Denied(m) => ("denied", m, None),
         ProviderError::Timeout(m) => ("timeout", m, None),
+        ProviderError::Transfer(m) => ("transfer", m, None),
         ProviderError::InvalidRequest(m) => ("invalid-request", m, None),
         ProviderError::Internal(m) => ("internal", m, None),
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpHooks};
 
 use crate::access::HttpAccess;
-use crate::bindings::ssh;
+use crate::bindings::{ssh, transfer};
 use crate::caps::log::CallSink;
 use crate::engine::Grants;
 use crate::state::{BoxFuture, SshBackend};
@@ -83,6 +83,9 @@ pub struct GrantOptions {
     pub exe_api_key: Option<String>,
     /// Share one SSH master connection per VM (off with `--no-ssh-connection-reuse`).
     pub reuse_ssh_connections: bool,
+    /// `--allow-path` flags: host directories file transfers may read and write, besides the
+    /// defaults (the temp dir and the Paperclip home).
+    pub allow_paths: Vec<std::path::PathBuf>,
     /// The package's `worker-args.json`, named in the remedy for a refused HTTP authority
     /// (`None`: not running from an installed package; the remedy names it generically).
     pub worker_args: Option<std::path::PathBuf>,
@@ -106,7 +109,9 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
     settings.ssh_binary = opts.ssh_binary;
     settings.ssh_config = opts.ssh_config;
     settings.reuse_connections = opts.reuse_ssh_connections;
-    let runner = SshRunner::new(settings, policy)?;
+    let runner = Arc::new(SshRunner::new(settings, policy)?);
+    let roots = crate::transfer_roots::TransferRoots::with_defaults(&opts.allow_paths);
+    let transfers = Arc::new(crate::caps::transfer::Transfers::new(runner.clone(), roots));
     Ok(Grants {
         http_hooks: Arc::new(move |sink| {
             Box::new(
@@ -114,15 +119,18 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
                     .noting_denials_in(sink.clone()),
             )
         }),
-        ssh: Arc::new(OpenSsh(Arc::new(runner))),
+        ssh: Arc::new(OpenSsh(runner, transfers)),
         exe_api_key: opts.exe_api_key,
         ledger: Some(Arc::new(ledger)),
         http_access: Some(http_access),
     })
 }
 
-/// The OpenSSH runner behind the WIT `ssh` interface.
-struct OpenSsh(Arc<crate::caps::ssh::SshRunner>);
+/// The OpenSSH runner behind the WIT `ssh` interface, and the transfers that ride on it.
+struct OpenSsh(
+    Arc<crate::caps::ssh::SshRunner>,
+    Arc<crate::caps::transfer::Transfers>,
+);
 
 impl SshBackend for OpenSsh {
     fn exec(
@@ -166,6 +174,53 @@ impl SshBackend for OpenSsh {
                     Connected::Failed(out) => ssh::ConnectOutcome::Failed(output_to_wit(out)),
                 })
                 .map_err(error_to_wit)
+        })
+    }
+
+    fn upload(
+        &self,
+        r: transfer::UploadRequest,
+    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
+        use crate::caps::transfer::Upload;
+        let transfers = self.1.clone();
+        Box::pin(async move {
+            let upload = Upload {
+                target: target_from_wit(r.target),
+                local_path: r.local_path,
+                kind: kind_from_wit(r.kind),
+                exclude: r.exclude,
+                follow_symlinks: r.follow_symlinks,
+                remote_command: r.remote_command,
+                timeout_ms: r.timeout_ms,
+            };
+            transfers
+                .upload(upload)
+                .await
+                .map(report_to_wit)
+                .map_err(transfer_error_to_wit)
+        })
+    }
+
+    fn download(
+        &self,
+        r: transfer::DownloadRequest,
+    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
+        use crate::caps::transfer::Download;
+        let transfers = self.1.clone();
+        Box::pin(async move {
+            let download = Download {
+                target: target_from_wit(r.target),
+                remote_command: r.remote_command,
+                local_path: r.local_path,
+                kind: kind_from_wit(r.kind),
+                mode: r.mode,
+                timeout_ms: r.timeout_ms,
+            };
+            transfers
+                .download(download)
+                .await
+                .map(report_to_wit)
+                .map_err(transfer_error_to_wit)
         })
     }
 
@@ -265,5 +320,34 @@ fn error_to_wit(e: crate::caps::ssh::SshError) -> ssh::SshError {
         E::Denied(m) => ssh::SshError::Denied(m),
         E::InvalidRequest(m) => ssh::SshError::InvalidRequest(m),
         E::Spawn(m) => ssh::SshError::Spawn(m),
+    }
+}
+
+fn kind_from_wit(k: transfer::EntryKind) -> crate::caps::transfer::Kind {
+    match k {
+        transfer::EntryKind::File => crate::caps::transfer::Kind::File,
+        transfer::EntryKind::Directory => crate::caps::transfer::Kind::Directory,
+    }
+}
+
+fn report_to_wit(r: crate::caps::transfer::Report) -> transfer::TransferReport {
+    transfer::TransferReport {
+        files: r.files,
+        bytes: r.bytes,
+        wire_bytes: r.wire_bytes,
+        compressed: r.compressed,
+    }
+}
+
+fn transfer_error_to_wit(e: crate::caps::transfer::TransferError) -> transfer::TransferError {
+    use crate::caps::transfer::TransferError as E;
+    match e {
+        E::Denied(m) => transfer::TransferError::Denied(m),
+        E::NotFound(m) => transfer::TransferError::NotFound(m),
+        E::InvalidRequest(m) => transfer::TransferError::InvalidRequest(m),
+        E::LocalIo(m) => transfer::TransferError::LocalIo(m),
+        E::Remote(o) => transfer::TransferError::Remote(output_to_wit(o)),
+        E::Timeout(m) => transfer::TransferError::Timeout(m),
+        E::Spawn(m) => transfer::TransferError::Spawn(m),
     }
 }

@@ -1,7 +1,7 @@
 //! The component's own imports (`ssh`, `log`, `vm-ledger`), implemented on the store data. Each is a thin
 //! forward to its capability module; policy lives there, not here.
 
-use crate::bindings::{ledger, log, ssh, types};
+use crate::bindings::{ledger, log, ssh, transfer, types};
 use crate::caps::ledger::{Account, Entry, LedgerError, Reason};
 use crate::caps::log::Level;
 use crate::state::HostState;
@@ -23,6 +23,22 @@ impl ssh::Host for HostState {
 
     async fn disconnect(&mut self, target: ssh::Target) {
         self.ssh.disconnect(target).await
+    }
+}
+
+impl transfer::Host for HostState {
+    async fn upload(
+        &mut self,
+        request: transfer::UploadRequest,
+    ) -> Result<transfer::TransferReport, transfer::TransferError> {
+        self.ssh.upload(request).await
+    }
+
+    async fn download(
+        &mut self,
+        request: transfer::DownloadRequest,
+    ) -> Result<transfer::TransferReport, transfer::TransferError> {
+        self.ssh.download(request).await
     }
 }
 

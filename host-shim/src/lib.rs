@@ -20,6 +20,7 @@ pub mod policy;
 pub mod sim;
 pub mod state;
 pub mod statedir;
+pub mod transfer_roots;
 pub mod worker;
 
 /// The plugin manifest (its `x-wasm-host` key declares the grants), used when no

@@ -175,6 +175,11 @@ struct HostArgs {
     /// Also allow SSH to hosts matching PATTERN (e.g. `*.example.internal`). Repeatable.
     #[arg(long = "allow-ssh", value_name = "PATTERN")]
     allow_ssh: Vec<String>,
+    /// Also let file transfers (native workspace sync) read and write under DIR, besides the
+    /// system temp dir and the Paperclip home (`$PAPERCLIP_HOME`, else `~/.paperclip`).
+    /// Repeatable.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
     /// An OpenSSH client config file, passed to ssh as `-F` (default: none, `-F /dev/null`).
     #[arg(long, value_name = "FILE")]
     ssh_config: Option<PathBuf>,
@@ -218,6 +223,7 @@ impl HostArgs {
             state_dir: state_dir.clone(),
             exe_api_key: std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty()),
             reuse_ssh_connections: !self.no_ssh_connection_reuse,
+            allow_paths: self.allow_path.clone(),
             worker_args: std::env::current_exe()
                 .ok()
                 .and_then(|exe| access::worker_args_beside(&exe)),

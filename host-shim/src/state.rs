@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::bindings::ssh;
+use crate::bindings::{ssh, transfer};
 use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
 use crate::limits::CallLimits;
@@ -36,6 +36,23 @@ pub trait SshBackend: Send + Sync {
         Box::pin(async { Ok(ssh::ConnectOutcome::Unpooled) })
     }
 
+    /// Stream a host file or directory to the VM (the `transfer` capability rides on the SSH
+    /// connection). Backends without it refuse.
+    fn upload(
+        &self,
+        _request: transfer::UploadRequest,
+    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
+        Box::pin(async { Err(no_transfers()) })
+    }
+
+    /// Stream a VM file or directory to the host. Backends without it refuse.
+    fn download(
+        &self,
+        _request: transfer::DownloadRequest,
+    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
+        Box::pin(async { Err(no_transfers()) })
+    }
+
     /// Drop any pooled connection to `target`.
     fn disconnect(&self, target: ssh::Target) -> BoxFuture<()>;
 
@@ -43,6 +60,10 @@ pub trait SshBackend: Send + Sync {
     fn close_all(&self) -> BoxFuture<()> {
         Box::pin(async {})
     }
+}
+
+fn no_transfers() -> transfer::TransferError {
+    transfer::TransferError::Denied("file transfers are not granted to this component".into())
 }
 
 /// Builds the HTTP hooks (the HTTP policy point) for each new store, given the call's sink

@@ -33,6 +33,8 @@ pub const SUPPORTED_METHODS: &[&str] = &[
     "environmentDestroyLease",
     "environmentRealizeWorkspace",
     "environmentExecute",
+    "environmentSyncIn",
+    "environmentSyncOut",
     "health",
     "shutdown",
 ];
@@ -455,6 +457,22 @@ pub async fn dispatch(
             call.fallible(
                 async |s, g| g.call_execute(s, &req).await,
                 convert::execute_json,
+            )
+            .await
+        }
+        "environmentSyncIn" => {
+            let req = convert::sync_params(&params)?;
+            call.fallible(
+                async |s, g| g.call_sync_in(s, &req).await,
+                convert::sync_json,
+            )
+            .await
+        }
+        "environmentSyncOut" => {
+            let req = convert::sync_params(&params)?;
+            call.fallible(
+                async |s, g| g.call_sync_out(s, &req).await,
+                convert::sync_json,
             )
             .await
         }

@@ -23,6 +23,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write as _;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::ssh_mux::{self, MuxUnavailable};
+use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use crate::policy::{normalize_hostname, Policy};
 
 /// Hard ceiling for each of stdout and stderr, whatever the guest asks for: the host holds both
@@ -118,6 +119,16 @@ pub struct SshExec {
     pub timeout_ms: u32,
     /// Cap for each of stdout and stderr (further limited by the runner's ceiling).
     pub max_output_bytes: u64,
+}
+
+/// Descriptors of the caller's to connect a command to, instead of `SshExec::stdin` and the
+/// captured stdout (see [`SshRunner::exec_io`]).
+#[derive(Debug, Default)]
+pub struct ExecIo {
+    /// The command reads this (the read end of the caller's pipe).
+    pub stdin: Option<OwnedFd>,
+    /// The command writes its stdout here (the write end of the caller's pipe).
+    pub stdout: Option<OwnedFd>,
 }
 
 /// Which output stream a chunk came from.
@@ -301,6 +312,18 @@ impl SshRunner {
     pub async fn exec(
         &self,
         req: SshExec,
+        on_chunk: Option<ChunkCallback>,
+    ) -> Result<SshOutput, SshError> {
+        self.exec_io(req, ExecIo::default(), on_chunk).await
+    }
+
+    /// [`SshRunner::exec`] with the command's stdin and/or stdout connected to descriptors of
+    /// the caller's (a transfer's pipes) instead of `req.stdin` and the captured output, so a
+    /// stream of any size passes without being held. The returned stdout is then empty.
+    pub async fn exec_io(
+        &self,
+        req: SshExec,
+        io: ExecIo,
         mut on_chunk: Option<ChunkCallback>,
     ) -> Result<SshOutput, SshError> {
         let target = &req.target;
@@ -324,11 +347,31 @@ impl SshRunner {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
 
+        let ExecIo {
+            stdin: stdin_fd,
+            stdout: stdout_fd,
+        } = io;
         if let Some(control) = self.live_master(target) {
-            let open = ssh_mux::open(&control, &req.command, req.stdin.is_some());
+            let stdin = match (&stdin_fd, &req.stdin) {
+                (Some(fd), _) => fd
+                    .try_clone()
+                    .map(StdinEnd::Fd)
+                    .map_err(|e| SshError::Spawn(format!("duplicating stdin: {e}")))?,
+                (None, Some(_)) => StdinEnd::Pipe,
+                (None, None) => StdinEnd::Null,
+            };
+            let stdout = stdout_fd
+                .as_ref()
+                .map(OwnedFd::try_clone)
+                .transpose()
+                .map_err(|e| SshError::Spawn(format!("duplicating stdout: {e}")))?;
+            let open = ssh_mux::open(&control, &req.command, stdin, stdout);
             let mut sink = OutputSink::new(cap);
             match tokio::time::timeout_at(deadline, open).await {
                 Ok(Ok(session)) => {
+                    // The master holds its duplicates; ours must go, or the caller's reader of
+                    // stdout would wait for an EOF that only our copy withholds.
+                    drop((stdin_fd, stdout_fd));
                     let ended =
                         ssh_mux::run(session, req.stdin, &mut sink, &mut on_chunk, deadline).await;
                     let mut result = sink.finish(ended.exit_code, None, ended.timed_out);
@@ -362,12 +405,15 @@ impl SshRunner {
         cmd.args(&args)
             .env_clear()
             .envs(self.child_env(&target.identity))
-            .stdin(if req.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match (stdin_fd, &req.stdin) {
+                (Some(fd), _) => Stdio::from(fd),
+                (None, Some(_)) => Stdio::piped(),
+                (None, None) => Stdio::null(),
             })
-            .stdout(Stdio::piped())
+            .stdout(match stdout_fd {
+                Some(fd) => Stdio::from(fd),
+                None => Stdio::piped(),
+            })
             .stderr(Stdio::piped())
             // Own process group, so a timeout can kill ssh and everything it started.
             .process_group(0)
@@ -388,6 +434,8 @@ impl SshRunner {
                 self.settings.ssh_binary.display()
             ))
         })?;
+        // The command keeps the caller's descriptors in the child only (see above).
+        drop(cmd);
         let mut group = GroupKill::new(child.id());
 
         // stdin is fed by its own task so that a large upload and large output can never
@@ -401,7 +449,8 @@ impl SshRunner {
             _ => None,
         };
 
-        let mut stdout = child.stdout.take().expect("stdout is piped");
+        // None when stdout went to the caller's descriptor: then there is nothing to collect.
+        let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let mut sink = OutputSink::new(cap);
 
@@ -411,7 +460,15 @@ impl SshRunner {
         // waiting; a pipe still open after that is held by a leftover helper (e.g. a
         // `ProxyCommand` child), which is then killed. No timer decides what is kept.
         let outcome = {
-            let drain = sink.drain(&mut stdout, &mut stderr, &mut on_chunk);
+            let drain = async {
+                match stdout.as_mut() {
+                    Some(out) => sink.drain(out, &mut stderr, &mut on_chunk).await,
+                    None => {
+                        let mut nothing = tokio::io::empty();
+                        sink.drain(&mut nothing, &mut stderr, &mut on_chunk).await
+                    }
+                }
+            };
             tokio::pin!(drain);
             let wait = child.wait();
             tokio::pin!(wait);
@@ -429,7 +486,9 @@ impl SshRunner {
                 let status =
                     status.map_err(|e| SshError::Spawn(format!("waiting for ssh: {e}")))?;
                 if !drained {
-                    let out_done = sink.read_buffered(StreamKind::Stdout, &stdout, &mut on_chunk);
+                    let out_done = stdout.as_ref().is_none_or(|out| {
+                        sink.read_buffered(StreamKind::Stdout, out, &mut on_chunk)
+                    });
                     let err_done = sink.read_buffered(StreamKind::Stderr, &stderr, &mut on_chunk);
                     if !(out_done && err_done) {
                         // The group outlives ssh only through a helper holding the pipes.
@@ -457,6 +516,20 @@ impl SshRunner {
 
         log_finished(target, &result, started, "client");
         Ok(result)
+    }
+
+    /// The round trip to `target` over its live master connection: how long the master takes
+    /// to open a channel (a session for `exit 0`, dropped at once). `None` when there is no
+    /// master to ask (connections not pooled, or none up) or it did not answer within
+    /// `timeout`.
+    pub async fn link_round_trip(&self, target: &SshTarget, timeout: Duration) -> Option<Duration> {
+        self.check_target(target).ok()?;
+        let control = self.live_master(target)?;
+        let open = ssh_mux::open(&control, "exit 0", StdinEnd::Null, None);
+        match tokio::time::timeout(timeout, open).await {
+            Ok(Ok(session)) => Some(session.opened_in),
+            _ => None,
+        }
     }
 
     /// Make sure a master connection to `target` is up, starting one if there is none: a

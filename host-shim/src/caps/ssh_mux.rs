@@ -51,20 +51,34 @@ pub(super) async fn alive(control: &Path) -> bool {
     )
 }
 
-/// One session opened on a master, with our ends of its pipes.
+/// One session opened on a master, with our ends of its pipes (none for a stream handed over
+/// as a descriptor of the caller's).
 pub(super) struct MuxSession {
     session: EstablishedSession,
     stdin: Option<pipe::Sender>,
-    stdout: pipe::Receiver,
+    stdout: Option<pipe::Receiver>,
     stderr: pipe::Receiver,
+    /// How long the master took to open the channel: one round trip to the SSH server.
+    pub(super) opened_in: std::time::Duration,
 }
 
-/// Open a session for `command` on the master listening at `control`. `with_stdin` gives the
-/// command a pipe for stdin (else `/dev/null`).
+/// The command's stdin, as [`open`] sets it up.
+pub(super) enum StdinEnd {
+    /// `/dev/null`.
+    Null,
+    /// A pipe whose write end the session keeps (fed by [`run`]).
+    Pipe,
+    /// The caller's descriptor, handed to the master as is (e.g. a pipe a transfer writes).
+    Fd(OwnedFd),
+}
+
+/// Open a session for `command` on the master listening at `control`, with `stdin` as said and
+/// stdout into `stdout` when given (else a pipe [`run`] collects).
 pub(super) async fn open(
     control: &Path,
     command: &str,
-    with_stdin: bool,
+    stdin: StdinEnd,
+    stdout: Option<OwnedFd>,
 ) -> Result<MuxSession, MuxUnavailable> {
     let not_started = |e: &dyn std::fmt::Display| MuxUnavailable::NotStarted(e.to_string());
     let conn = Connection::connect(control)
@@ -78,21 +92,28 @@ pub(super) async fn open(
 
     // The master's ends must be blocking (OpenSSH sets its own flags); ours become tokio pipes.
     let io_err = |e: std::io::Error| not_started(&e);
-    let (stdin_theirs, stdin_ours): (OwnedFd, Option<pipe::Sender>) = if with_stdin {
-        let (r, w) = std::io::pipe().map_err(io_err)?;
-        let w = pipe::Sender::from_owned_fd(w.into()).map_err(io_err)?;
-        (r.into(), Some(w))
-    } else {
-        (
+    let (stdin_theirs, stdin_ours): (OwnedFd, Option<pipe::Sender>) = match stdin {
+        StdinEnd::Pipe => {
+            let (r, w) = std::io::pipe().map_err(io_err)?;
+            let w = pipe::Sender::from_owned_fd(w.into()).map_err(io_err)?;
+            (r.into(), Some(w))
+        }
+        StdinEnd::Null => (
             std::fs::File::open("/dev/null").map_err(io_err)?.into(),
             None,
-        )
+        ),
+        StdinEnd::Fd(fd) => (fd, None),
     };
-    let (stdout_ours, stdout_theirs) = std::io::pipe().map_err(io_err)?;
+    let (stdout_theirs, stdout): (OwnedFd, Option<pipe::Receiver>) = match stdout {
+        Some(fd) => (fd, None),
+        None => {
+            let (ours, theirs) = std::io::pipe().map_err(io_err)?;
+            let ours = pipe::Receiver::from_owned_fd(ours.into()).map_err(io_err)?;
+            (theirs.into(), Some(ours))
+        }
+    };
     let (stderr_ours, stderr_theirs) = std::io::pipe().map_err(io_err)?;
-    let stdout = pipe::Receiver::from_owned_fd(stdout_ours.into()).map_err(io_err)?;
     let stderr = pipe::Receiver::from_owned_fd(stderr_ours.into()).map_err(io_err)?;
-    let stdout_theirs: OwnedFd = stdout_theirs.into();
     let stderr_theirs: OwnedFd = stderr_theirs.into();
 
     let fds = [
@@ -100,6 +121,7 @@ pub(super) async fn open(
         stdout_theirs.as_raw_fd(),
         stderr_theirs.as_raw_fd(),
     ];
+    let started = std::time::Instant::now();
     let session = conn
         .open_new_session(&session_req, &fds)
         .await
@@ -109,12 +131,14 @@ pub(super) async fn open(
             other => MuxUnavailable::Ambiguous(other.to_string()),
         })?;
     // The master holds its own duplicates now; ours must go, or EOF would never come.
+    let opened_in = started.elapsed();
     drop((stdin_theirs, stdout_theirs, stderr_theirs));
     Ok(MuxSession {
         session,
         stdin: stdin_ours,
         stdout,
         stderr,
+        opened_in,
     })
 }
 
@@ -151,8 +175,9 @@ pub(super) async fn run(
     let MuxSession {
         session,
         stdin: stdin_pipe,
-        mut stdout,
+        stdout,
         mut stderr,
+        ..
     } = s;
     // Its own task, so a large upload and large output never deadlock on full pipes.
     let stdin_task = match (stdin_pipe, stdin) {
@@ -165,7 +190,10 @@ pub(super) async fn run(
     };
 
     let outcome = tokio::time::timeout_at(deadline, async {
-        sink.drain(&mut stdout, &mut stderr, on_chunk).await;
+        match stdout {
+            Some(mut stdout) => sink.drain(&mut stdout, &mut stderr, on_chunk).await,
+            None => sink.drain(&mut tokio::io::empty(), &mut stderr, on_chunk).await,
+        }
         // The session (and with it the control connection) lives until here.
         session.wait().await
     })

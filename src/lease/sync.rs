@@ -1,0 +1,364 @@
+//! Native workspace sync: Paperclip's `environmentSyncIn` / `environmentSyncOut`.
+//!
+//! Each file mapping is one stream through the host's `transfer` capability over the VM's pooled
+//! SSH connection; the VM side is a script from [`crate::sync_script`] that replaces the target
+//! only once the whole stream has arrived. Sync-in then runs the operation's post-upload
+//! commands in order and stops at the first that fails.
+
+use super::{decode, ssh_error, ExecuteRequest, Lease, Provider};
+use crate::api::Deadline;
+use crate::error::ProviderError;
+use crate::host::{
+    Connected, DownloadRequest, EntryKind, LogLevel, SshTarget, TransferError, TransferReport,
+    UploadRequest,
+};
+use crate::remote;
+use crate::sync_script::{self, check_remote_path};
+
+/// Which way a sync moves files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Host to VM (`environmentSyncIn`).
+    In,
+    /// VM to host (`environmentSyncOut`).
+    Out,
+}
+
+impl Direction {
+    fn verb(self) -> &'static str {
+        match self {
+            Direction::In => "sync-in",
+            Direction::Out => "sync-out",
+        }
+    }
+}
+
+/// One source → target pair (Paperclip's file mapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncMapping {
+    /// Absolute source: a host path for sync-in, a VM path for sync-out.
+    pub source_path: String,
+    /// Absolute target: a VM path for sync-in, a host path for sync-out.
+    pub target_path: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Permission bits of the target once complete.
+    pub mode: Option<u32>,
+    /// `tar --exclude` patterns (directories only).
+    pub exclude: Vec<String>,
+    /// Copy what links point to.
+    pub follow_symlinks: bool,
+}
+
+/// A command run after an operation's files (sync-in only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostUploadCommand {
+    /// Run by `sh -c`, verbatim.
+    pub command: String,
+    /// Working directory; the lease's `remoteCwd` when absent.
+    pub cwd: Option<String>,
+    /// Deadline; the config's `timeoutMs` when absent.
+    pub timeout_ms: Option<u64>,
+}
+
+/// One operation: its files, then its post-upload commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOperation {
+    /// Paperclip's opaque id, echoed back.
+    pub operation_id: String,
+    /// Transferred in order.
+    pub files: Vec<SyncMapping>,
+    /// Run in order after the files.
+    pub post_upload_commands: Vec<PostUploadCommand>,
+}
+
+/// What one operation moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncResult {
+    /// The operation's id.
+    pub operation_id: String,
+    /// Files and links transferred.
+    pub files_transferred: u64,
+    /// Their content bytes.
+    pub bytes_transferred: u64,
+}
+
+/// Longest part of a post-upload command or of stderr quoted in an error.
+const QUOTE_MAX: usize = 2000;
+
+fn clip(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= QUOTE_MAX {
+        return text.to_string();
+    }
+    let mut end = QUOTE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The VM-side path of a mapping, checked; the host side is the host's to check.
+fn remote_path(direction: Direction, m: &SyncMapping) -> Result<String, ProviderError> {
+    let path = match direction {
+        Direction::In => &m.target_path,
+        Direction::Out => &m.source_path,
+    };
+    check_remote_path(path).map_err(|e| ProviderError::InvalidRequest(format!("{}: {e}", direction.verb())))
+}
+
+fn check_host_path(direction: Direction, m: &SyncMapping) -> Result<(), ProviderError> {
+    let path = match direction {
+        Direction::In => &m.source_path,
+        Direction::Out => &m.target_path,
+    };
+    if path.starts_with('/') && !path.contains('\0') {
+        Ok(())
+    } else {
+        Err(ProviderError::InvalidRequest(format!(
+            "{}: the host path {path:?} is not absolute",
+            direction.verb()
+        )))
+    }
+}
+
+/// A transfer failure, for Paperclip: what failed, where, and what the other side said.
+fn transfer_failure(e: TransferError, vm: &str, what: &str) -> ProviderError {
+    match e {
+        TransferError::Denied(m) => ProviderError::Denied(format!("{what}: {m}")),
+        TransferError::NotFound(m) => ProviderError::NotFound(format!("{what}: {m}")),
+        TransferError::InvalidRequest(m) => ProviderError::InvalidRequest(format!("{what}: {m}")),
+        TransferError::LocalIo(m) => {
+            ProviderError::Transfer(format!("{what} failed on the Paperclip host: {m}"))
+        }
+        TransferError::Timeout(m) => ProviderError::Timeout(format!("{what}: {m}")),
+        TransferError::Spawn(m) => {
+            ProviderError::Ssh(format!("Failed to {what}: the SSH client failed: {m}"))
+        }
+        TransferError::Remote(out) => {
+            let stderr = decode(out.stderr.clone());
+            let said = clip(&stderr);
+            let own = said
+                .lines()
+                .find_map(|l| l.strip_prefix(sync_script::MESSAGE_PREFIX))
+                .map(str::to_string);
+            match out.exit_code {
+                _ if out.timed_out => ProviderError::Timeout(format!("{what} on exe.dev VM {vm}")),
+                Some(sync_script::SOURCE_MISSING) => ProviderError::NotFound(format!(
+                    "{what}: {}",
+                    own.unwrap_or_else(|| said.clone())
+                )),
+                Some(255) if !out.exit_code_from_remote => ProviderError::Ssh(format!(
+                    "Failed to {what}: the SSH connection to exe.dev VM {vm} ended before the \
+                     transfer completed; the old target is in place. {said}"
+                )),
+                code => ProviderError::Transfer(format!(
+                    "{what} failed in exe.dev VM {vm} (exit {}); the old target is in place: {said}",
+                    code.map_or_else(|| "unknown".to_string(), |c| c.to_string())
+                )),
+            }
+        }
+    }
+}
+
+impl Provider<'_> {
+    /// Run a sync call: every operation's mappings in order (then, for sync-in, its
+    /// post-upload commands), within the config's `timeoutMs`.
+    pub fn sync(
+        &self,
+        direction: Direction,
+        lease: &Lease,
+        operations: &[SyncOperation],
+    ) -> Result<Vec<SyncResult>, ProviderError> {
+        let Some(id) = lease
+            .provider_lease_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        else {
+            return Err(ProviderError::InvalidRequest(
+                "No provider lease ID available for sync.".into(),
+            ));
+        };
+        // Every path is checked before anything moves, so a bad mapping fails the call whole.
+        let mut remote_paths = Vec::new();
+        for op in operations {
+            for m in &op.files {
+                check_host_path(direction, m)?;
+                remote_paths.push(remote_path(direction, m)?);
+            }
+        }
+        let deadline = Deadline::after(self.host, self.config.timeout_ms);
+        let target = self.target_for_lease(id, &lease.metadata);
+        let what = format!("{} with exe.dev VM {id}", direction.verb());
+        self.connect_for_sync(id, &target, &deadline, &what)?;
+
+        let mut remote_paths = remote_paths.into_iter();
+        let mut results = Vec::with_capacity(operations.len());
+        for op in operations {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            for m in &op.files {
+                let remote = remote_paths.next().expect("one checked path per mapping");
+                let report = self.transfer_one(direction, id, &target, m, &remote, &deadline)?;
+                files += report.files;
+                bytes += report.bytes;
+            }
+            if direction == Direction::In {
+                let total = op.post_upload_commands.len();
+                for (i, c) in op.post_upload_commands.iter().enumerate() {
+                    self.post_upload(lease, id, c, i + 1, total, &deadline)?;
+                }
+            }
+            results.push(SyncResult {
+                operation_id: op.operation_id.clone(),
+                files_transferred: files,
+                bytes_transferred: bytes,
+            });
+        }
+        Ok(results)
+    }
+
+    /// The pooled connection first, as for an execute: a failure here is SSH's own.
+    fn connect_for_sync(
+        &self,
+        id: &str,
+        target: &SshTarget,
+        deadline: &Deadline,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let timeout = deadline.remaining(self.host).clamp(1, u64::from(u32::MAX)) as u32;
+        match self
+            .host
+            .ssh_connect(target, timeout)
+            .map_err(|e| ssh_error(e, what))?
+        {
+            Connected::Ready | Connected::Unpooled => Ok(()),
+            Connected::Failed(out) if out.timed_out => Err(ProviderError::Timeout(format!(
+                "{what}: the SSH connection was not up within the deadline"
+            ))),
+            Connected::Failed(out) => Err(ProviderError::Ssh(remote::connect_failure(id, &out))),
+        }
+    }
+
+    fn transfer_one(
+        &self,
+        direction: Direction,
+        id: &str,
+        target: &SshTarget,
+        m: &SyncMapping,
+        remote: &str,
+        deadline: &Deadline,
+    ) -> Result<TransferReport, ProviderError> {
+        let what = format!(
+            "{} of {} to {}",
+            direction.verb(),
+            m.source_path,
+            m.target_path
+        );
+        let remaining = deadline.remaining(self.host);
+        if remaining == 0 {
+            return Err(ProviderError::Timeout(format!(
+                "{what}: the call's deadline passed before it started"
+            )));
+        }
+        let timeout_ms = remaining.min(u64::from(u32::MAX)) as u32;
+        let started = self.host.now_ms();
+        let result = match direction {
+            Direction::In => self.host.transfer_upload(&UploadRequest {
+                target: target.clone(),
+                local_path: m.source_path.clone(),
+                kind: m.kind,
+                exclude: m.exclude.clone(),
+                follow_symlinks: m.follow_symlinks,
+                remote_command: remote::sh_c(&sync_script::upload_script(remote, m.kind, m.mode)),
+                timeout_ms,
+            }),
+            Direction::Out => self.host.transfer_download(&DownloadRequest {
+                target: target.clone(),
+                remote_command: remote::sh_c(&sync_script::download_script(
+                    remote,
+                    m.kind,
+                    &m.exclude,
+                    m.follow_symlinks,
+                )),
+                local_path: m.target_path.clone(),
+                kind: m.kind,
+                mode: m.mode,
+                timeout_ms,
+            }),
+        };
+        let report = result.map_err(|e| transfer_failure(e, id, &what))?;
+        self.log(
+            LogLevel::Info,
+            "synced",
+            &[
+                ("vmName", id.to_string()),
+                ("direction", direction.verb().to_string()),
+                ("files", report.files.to_string()),
+                ("bytes", report.bytes.to_string()),
+                ("wireBytes", report.wire_bytes.to_string()),
+                ("compressed", report.compressed.to_string()),
+                (
+                    "durationMs",
+                    self.host.now_ms().saturating_sub(started).to_string(),
+                ),
+            ],
+        );
+        Ok(report)
+    }
+
+    /// One post-upload command through the execute path (same wrapper, cwd default and
+    /// marker), without live output: its stderr goes into the error when it fails.
+    fn post_upload(
+        &self,
+        lease: &Lease,
+        id: &str,
+        c: &PostUploadCommand,
+        index: usize,
+        total: usize,
+        deadline: &Deadline,
+    ) -> Result<(), ProviderError> {
+        let what = format!(
+            "Post-upload command {index} of {total} (`{}`) in exe.dev VM {id}",
+            clip(&c.command)
+        );
+        let remaining = deadline.remaining(self.host);
+        if remaining == 0 {
+            return Err(ProviderError::Timeout(format!(
+                "{what} did not start: the sync call's deadline passed"
+            )));
+        }
+        let timeout_ms = c.timeout_ms.unwrap_or(self.config.timeout_ms).min(remaining);
+        let r = self.run_command(
+            ExecuteRequest {
+                lease: lease.clone(),
+                command: "sh".into(),
+                args: vec!["-c".into(), c.command.clone()],
+                cwd: c.cwd.clone(),
+                env: Vec::new(),
+                stdin: None,
+                timeout_ms: Some(timeout_ms),
+            },
+            false,
+        )?;
+        if r.timed_out {
+            return Err(ProviderError::Timeout(format!(
+                "{what} timed out after {timeout_ms} ms"
+            )));
+        }
+        match r.exit_code {
+            Some(0) => Ok(()),
+            code => Err(ProviderError::Transfer(format!(
+                "{what} exited with code {}: {}",
+                code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                if r.stderr.trim().is_empty() {
+                    "(no stderr)".to_string()
+                } else {
+                    clip(&r.stderr)
+                }
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
