@@ -366,10 +366,8 @@ pub trait Host {
     /// Stream a host file or directory into the VM (see [`UploadRequest`]).
     fn transfer_upload(&self, request: &UploadRequest) -> Result<TransferReport, TransferError>;
     /// Stream a VM file or directory to the host (see [`DownloadRequest`]).
-    fn transfer_download(
-        &self,
-        request: &DownloadRequest,
-    ) -> Result<TransferReport, TransferError>;
+    fn transfer_download(&self, request: &DownloadRequest)
+        -> Result<TransferReport, TransferError>;
     /// Drop any pooled connection to `target`.
     fn ssh_disconnect(&self, target: &SshTarget);
     /// Emit a log line (never with secrets).

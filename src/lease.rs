@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 mod orphans;
 mod sync;
 
-pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 pub use orphans::{create_outcome_unknown, VmListing};
+pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 
 /// The provider name in metadata.
 pub const PROVIDER: &str = "exe-dev";

@@ -57,8 +57,11 @@ fn split(path: &str) -> (&str, &str) {
 }
 
 /// Signals end the script through `exit`, so the `EXIT` trap removes the temporary copy
-/// (dash does not run it on a signal death).
-const SIGNAL_TRAPS: &str = "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM";
+/// (dash does not run it on a signal death). PIPE matters most: when the connection is lost,
+/// sshd closes the command's pipes, and the failure message on stderr would otherwise kill the
+/// script before its cleanup.
+const SIGNAL_TRAPS: &str =
+    "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM";
 
 fn fail(code: i32, message: &str) -> String {
     format!(
@@ -114,10 +117,7 @@ pub fn download_script(
     exclude: &[String],
     follow_symlinks: bool,
 ) -> String {
-    let head = format!(
-        "IFS= read -r z || z=none\ns={}\n",
-        shell_quote(source)
-    );
+    let head = format!("IFS= read -r z || z=none\ns={}\n", shell_quote(source));
     match kind {
         EntryKind::File => format!(
             "{head}[ -f \"$s\" ] || {missing}\n\

@@ -2,8 +2,8 @@
 
 use crate::host::{
     Account, Connected, DownloadRequest, Host, HttpError, HttpResponse, LedgerEntry, LedgerError,
-    LogLevel, Recorded, SshError, SshOutput, SshRequest, SshTarget, TransferError,
-    TransferReport, UploadRequest,
+    LogLevel, Recorded, SshError, SshOutput, SshRequest, SshTarget, TransferError, TransferReport,
+    UploadRequest,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

@@ -185,6 +185,7 @@ fn granted_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(&mut linker, HostState::cli)?;
     cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut linker, HostState::cli)?;
     bindings::ssh::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    bindings::transfer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     bindings::ledger::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)

@@ -115,7 +115,9 @@ impl TransferRoots {
             .file_name()
             .ok_or_else(|| PathRefused::Malformed(path.to_string()))?
             .to_os_string();
-        let parent = p.parent().expect("an absolute path with a file name has a parent");
+        let parent = p
+            .parent()
+            .expect("an absolute path with a file name has a parent");
         // The nearest existing ancestor is resolved; what follows it must be plain names.
         let mut existing = parent.to_path_buf();
         let mut missing = Vec::new();

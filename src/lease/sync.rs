@@ -104,7 +104,8 @@ fn remote_path(direction: Direction, m: &SyncMapping) -> Result<String, Provider
         Direction::In => &m.target_path,
         Direction::Out => &m.source_path,
     };
-    check_remote_path(path).map_err(|e| ProviderError::InvalidRequest(format!("{}: {e}", direction.verb())))
+    check_remote_path(path)
+        .map_err(|e| ProviderError::InvalidRequest(format!("{}: {e}", direction.verb())))
 }
 
 fn check_host_path(direction: Direction, m: &SyncMapping) -> Result<(), ProviderError> {
@@ -170,11 +171,7 @@ impl Provider<'_> {
         lease: &Lease,
         operations: &[SyncOperation],
     ) -> Result<Vec<SyncResult>, ProviderError> {
-        let Some(id) = lease
-            .provider_lease_id
-            .as_deref()
-            .filter(|s| !s.is_empty())
-        else {
+        let Some(id) = lease.provider_lease_id.as_deref().filter(|s| !s.is_empty()) else {
             return Err(ProviderError::InvalidRequest(
                 "No provider lease ID available for sync.".into(),
             ));
@@ -327,7 +324,10 @@ impl Provider<'_> {
                 "{what} did not start: the sync call's deadline passed"
             )));
         }
-        let timeout_ms = c.timeout_ms.unwrap_or(self.config.timeout_ms).min(remaining);
+        let timeout_ms = c
+            .timeout_ms
+            .unwrap_or(self.config.timeout_ms)
+            .min(remaining);
         let r = self.run_command(
             ExecuteRequest {
                 lease: lease.clone(),

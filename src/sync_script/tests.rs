@@ -139,6 +139,38 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
     }
 }
 
+/// A lost connection: the stream is cut and stderr is a pipe nobody reads any more, so the
+/// failure message itself raises SIGPIPE. The temporary copy must still go.
+#[test]
+fn a_cut_stream_with_stderr_gone_still_cleans_up() {
+    for shell in SHELLS {
+        let dir = scratch();
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
+        let stream = gzip(&tar_of(&src));
+        let target = dir.join("t");
+        let script = upload_script(target.to_str().unwrap(), EntryKind::Directory, None);
+        let (err_read, err_write) = std::io::pipe().unwrap();
+        drop(err_read);
+        let mut child = Command::new(shell)
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err_write))
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(&stream[..stream.len() / 2]).unwrap();
+        drop(pipe);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{shell}");
+        assert_eq!(names(&dir), ["src"], "{shell}: a temporary was left");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 #[test]
 fn directory_upload_replaces_the_tree() {
     for shell in SHELLS {
@@ -224,13 +256,8 @@ fn a_failing_tar_fails_the_download_even_through_gzip() {
         let tree = dir.join("t");
         std::fs::create_dir_all(&tree).unwrap();
         // tar fails (exit 2) on an unreadable option value; gzip alone would hide it.
-        let script = download_script(
-            tree.to_str().unwrap(),
-            EntryKind::Directory,
-            &[],
-            false,
-        )
-        .replace("tar -cf -", "tar --no-such-option -cf -");
+        let script = download_script(tree.to_str().unwrap(), EntryKind::Directory, &[], false)
+            .replace("tar -cf -", "tar --no-such-option -cf -");
         let (code, _, err) = run(shell, &script, b"gzip\n");
         assert_eq!(code, PACK_FAILED, "{shell}: {err}");
         std::fs::remove_dir_all(dir).unwrap();

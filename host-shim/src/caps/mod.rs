@@ -4,5 +4,5 @@ pub mod http;
 pub mod ledger;
 pub mod log;
 pub mod ssh;
-pub mod transfer;
 mod ssh_mux;
+pub mod transfer;

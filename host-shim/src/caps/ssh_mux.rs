@@ -192,7 +192,10 @@ pub(super) async fn run(
     let outcome = tokio::time::timeout_at(deadline, async {
         match stdout {
             Some(mut stdout) => sink.drain(&mut stdout, &mut stderr, on_chunk).await,
-            None => sink.drain(&mut tokio::io::empty(), &mut stderr, on_chunk).await,
+            None => {
+                sink.drain(&mut tokio::io::empty(), &mut stderr, on_chunk)
+                    .await
+            }
         }
         // The session (and with it the control connection) lives until here.
         session.wait().await

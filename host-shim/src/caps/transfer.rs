@@ -542,7 +542,9 @@ fn stage(
     match kind {
         Kind::File => {
             // Created 0600: the content is never readable by others while it arrives.
-            let mut file = tempfile::Builder::new().prefix(&prefix).tempfile_in(parent)?;
+            let mut file = tempfile::Builder::new()
+                .prefix(&prefix)
+                .tempfile_in(parent)?;
             let n = io::copy(&mut stream, &mut file)?;
             file.as_file().sync_all()?;
             counts.files.store(1, Ordering::Relaxed);
@@ -551,14 +553,19 @@ fn stage(
         }
         Kind::Directory => {
             // Created 0700; its final mode is applied just before the rename.
-            let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(parent)?;
+            let dir = tempfile::Builder::new()
+                .prefix(&prefix)
+                .tempdir_in(parent)?;
             let mut archive = tar::Archive::new(&mut stream);
             archive.set_overwrite(true);
             let mut root_mode = None;
             for entry in archive.entries()? {
                 let mut entry = entry?;
                 let path = entry.path()?.into_owned();
-                if path.components().all(|c| matches!(c, std::path::Component::CurDir)) {
+                if path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::CurDir))
+                {
                     // The top directory itself: its mode is applied at commit.
                     root_mode = entry.header().mode().ok();
                     continue;
@@ -594,7 +601,9 @@ mod tests {
         header.set_size(3);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, "new", &b"abc"[..]).unwrap();
+        builder
+            .append_data(&mut header, "new", &b"abc"[..])
+            .unwrap();
         let tar_bytes = builder.into_inner().unwrap();
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(&tar_bytes).unwrap();

@@ -65,14 +65,20 @@ fn op(files: Vec<SyncMapping>, commands: &[&str]) -> SyncOperation {
 #[test]
 fn sync_in_streams_each_mapping_then_runs_the_commands_in_order() {
     let host = FakeHost::new();
-    host.transfer_script.borrow_mut().extend([report(1, 1024), report(3, 10)]);
+    host.transfer_script
+        .borrow_mut()
+        .extend([report(1, 1024), report(3, 10)]);
     host.ssh(Some(0), b"", b"").ssh(Some(0), b"", b"");
     let mut d = mapping("/tmp/p/ws", "/home/exedev/w/src", EntryKind::Directory);
     d.exclude = vec![".git".into()];
     d.mode = Some(0o755);
     let ops = [op(
         vec![
-            mapping("/tmp/p/ws.tar", "/home/exedev/w/.paperclip-runtime/x/ws.tar", EntryKind::File),
+            mapping(
+                "/tmp/p/ws.tar",
+                "/home/exedev/w/.paperclip-runtime/x/ws.tar",
+                EntryKind::File,
+            ),
             d,
         ],
         &["tar -xf a.tar", "rm -f a.tar"],
@@ -119,12 +125,18 @@ fn sync_in_streams_each_mapping_then_runs_the_commands_in_order() {
 fn the_first_failing_post_upload_command_stops_the_call_with_its_code_and_stderr() {
     let host = FakeHost::new();
     host.transfer_script.borrow_mut().push_back(report(1, 5));
-    host.ssh(Some(2), b"", b"tar: a.tar: Cannot open: No such file or directory\n");
+    host.ssh(
+        Some(2),
+        b"",
+        b"tar: a.tar: Cannot open: No such file or directory\n",
+    );
     let ops = [op(
         vec![mapping("/tmp/a", "/home/exedev/a", EntryKind::File)],
         &["tar -xf a.tar", "never"],
     )];
-    let e = provider(&host).sync(Direction::In, &lease(), &ops).unwrap_err();
+    let e = provider(&host)
+        .sync(Direction::In, &lease(), &ops)
+        .unwrap_err();
     let ProviderError::Transfer(m) = e else {
         panic!("{e:?}")
     };
@@ -169,14 +181,23 @@ fn sync_out_downloads_with_the_vm_side_script_and_skips_commands() {
 #[test]
 fn bad_paths_fail_before_anything_moves() {
     for (direction, m) in [
-        (Direction::In, mapping("relative", "/home/exedev/a", EntryKind::File)),
+        (
+            Direction::In,
+            mapping("relative", "/home/exedev/a", EntryKind::File),
+        ),
         (Direction::In, mapping("/tmp/a", "/", EntryKind::Directory)),
-        (Direction::In, mapping("/tmp/a", "/home/../etc", EntryKind::Directory)),
+        (
+            Direction::In,
+            mapping("/tmp/a", "/home/../etc", EntryKind::Directory),
+        ),
         (Direction::Out, mapping("home/a", "/tmp/a", EntryKind::File)),
         (Direction::Out, mapping("/home/a", "tmp", EntryKind::File)),
     ] {
         let host = FakeHost::new();
-        let ops = [op(vec![mapping("/tmp/ok", "/home/exedev/ok", EntryKind::File), m], &[])];
+        let ops = [op(
+            vec![mapping("/tmp/ok", "/home/exedev/ok", EntryKind::File), m],
+            &[],
+        )];
         let e = provider(&host).sync(direction, &lease(), &ops).unwrap_err();
         assert!(matches!(e, ProviderError::InvalidRequest(_)), "{e:?}");
         assert!(host.transfers.borrow().is_empty());
@@ -189,7 +210,10 @@ fn transfer_errors_say_what_failed_and_where() {
     let cases: Vec<(TransferError, &str)> = vec![
         (TransferError::Denied("/etc is outside".into()), "Denied"),
         (TransferError::NotFound("no /tmp/x".into()), "NotFound"),
-        (TransferError::LocalIo("No space left on device".into()), "Transfer"),
+        (
+            TransferError::LocalIo("No space left on device".into()),
+            "Transfer",
+        ),
         (
             TransferError::Remote(SshOutput {
                 exit_code: Some(sync_script::SOURCE_MISSING),
@@ -226,9 +250,13 @@ fn transfer_errors_say_what_failed_and_where() {
     ];
     for (error, kind) in cases {
         let host = FakeHost::new();
-        host.transfer_script.borrow_mut().push_back(Err(error.clone()));
+        host.transfer_script
+            .borrow_mut()
+            .push_back(Err(error.clone()));
         let ops = [op(vec![mapping("/w", "/tmp/w", EntryKind::Directory)], &[])];
-        let e = provider(&host).sync(Direction::Out, &lease(), &ops).unwrap_err();
+        let e = provider(&host)
+            .sync(Direction::Out, &lease(), &ops)
+            .unwrap_err();
         let text = format!("{e:?}");
         assert!(text.starts_with(kind), "{error:?} → {text}");
         assert!(text.contains("sync-out of /w to /tmp/w"), "{text}");
