@@ -230,6 +230,25 @@ EXEC_EXIT=$(sed -n "/executing on exe.dev VM.*$TEST_VM/,\$p" "$W/server.log" |
 [[ $EXEC_EXIT == 1 || $EXEC_EXIT == 127 ]] || die "execute exit code '$EXEC_EXIT', expected 1 or 127 (command -v miss)"
 log "test-environment execute on $TEST_VM exited $EXEC_EXIT"
 
+# Native workspace sync: opencode_local's test-environment syncs an empty workspace in (a tar plus
+# its extract command) and the workspace out. Both must go through environmentSyncIn/Out (the
+# guest logs "synced" per mapping), not through the execute fallback, whose uploads are executes
+# fed base64 on stdin (`base64 -d >> TMP`): every execute on that lease must have empty stdin.
+call test_opencode POST "/companies/$CID/adapters/opencode_local/test-environment" "$W/b_test.json"
+expect test_opencode 200 '[.checks[].code] | index("sandbox_test_identity")' "opencode test-environment did not run"
+OC_VM=$(jq -r '.checks[] | select(.code == "sandbox_test_identity") | .detail' "$W/r_test_opencode.json" |
+  sed -n 's/.*providerLeaseId=\([^;]*\);.*/\1/p')
+[[ -n $OC_VM ]] || die "test_opencode: no lease id in $(head -c 2000 "$W/r_test_opencode.json")"
+SYNC_IN=$(grep -a '"synced"\|synced' "$W/server.log" | grep -a "$OC_VM" | grep -ac 'sync-in' || true)
+SYNC_OUT=$(grep -a '"synced"\|synced' "$W/server.log" | grep -a "$OC_VM" | grep -ac 'sync-out' || true)
+OC_EXECS=$(grep -a 'executing on exe.dev VM' "$W/server.log" | grep -ac "$OC_VM" || true)
+OC_FED=$(grep -a 'executing on exe.dev VM' "$W/server.log" | grep -a "$OC_VM" | grep -avc '"stdinBytes":"0"' || true)
+[[ $SYNC_IN -ge 1 && $SYNC_OUT -ge 1 ]] ||
+  die "test_opencode: native sync not used (sync-in $SYNC_IN, sync-out $SYNC_OUT log lines for $OC_VM)"
+[[ $OC_EXECS -ge 1 && $OC_FED == 0 ]] ||
+  die "test_opencode: $OC_FED of $OC_EXECS executes on $OC_VM were fed stdin (the fallback's base64 -d ran)"
+log "test_opencode on $OC_VM: $SYNC_IN native sync-in, $SYNC_OUT native sync-out, $OC_EXECS executes, none fed stdin"
+
 call disable POST "/plugins/$PLUGIN_ID/disable"
 expect disable 200 '.status == "disabled"' "plugin not disabled"
 for ((i = 0; i < 40; i++)); do kill -0 "$WORKER1" 2>/dev/null || break; sleep 0.25; done
@@ -244,7 +263,7 @@ call probe_after_restart POST "/environments/$EID/probe?companyId=$CID"
 expect probe_after_restart 200 '.ok == true' "probe after restart not ok"
 
 call leases GET "/environments/$EID/leases"
-expect leases 200 'length == 3 and all(.[]; .releasedAt != null and .cleanupStatus == "success")' \
+expect leases 200 'length == 4 and all(.[]; .releasedAt != null and .cleanupStatus == "success")' \
   "a lease was not released cleanly"
 
 # --- checks: no VM left, no secret leaked ----------------------------------------------------

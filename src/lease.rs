@@ -899,6 +899,10 @@ impl<'h> Provider<'h> {
                 ("command", req.command.clone()),
                 ("execId", exec_id.clone()),
                 ("timeoutMs", timeout_ms.to_string()),
+                (
+                    "stdinBytes",
+                    req.stdin.as_ref().map_or(0, Vec::len).to_string(),
+                ),
             ],
         );
         let what = format!("execute commands on exe.dev VM {id}");

@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Fresh-connection `ssh` baseline commands.
     pub fresh: usize,
+    /// Also run the sync rows (100 MiB in and out, on loopback and over the link).
+    pub sync: bool,
 }
 
 impl Default for BenchOptions {
@@ -38,6 +40,7 @@ impl Default for BenchOptions {
             rounds: 10,
             fresh: 10,
             link: LinkModel::new(30, 100),
+            sync: true,
         }
     }
 }
@@ -70,7 +73,67 @@ pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> an
     print_table(&rows, wasm_size);
     println!();
     print_link_table(&link_rows, &opts.link);
+    if opts.sync {
+        for link in [None, Some(opts.link)] {
+            let sim = Simulator::start(SimOptions {
+                link,
+                ..SimOptions::default()
+            })
+            .await?;
+            let result = sync_rows(host_binary, &sim).await;
+            let left = sim.vm_names();
+            sim.shutdown().await;
+            let figures = result?;
+            ensure!(left.is_empty(), "VMs left behind: {left:?}");
+            println!();
+            crate::bench_sync::print(
+                &figures,
+                &link.map_or_else(|| "loopback".to_string(), |l| l.describe()),
+            );
+        }
+    }
     Ok(())
+}
+
+/// The sync rows on one simulator: its own worker, lease and baseline master connection.
+async fn sync_rows(
+    host_binary: &Path,
+    sim: &Simulator,
+) -> anyhow::Result<crate::bench_sync::SyncFigures> {
+    let scratch = tempfile::tempdir()?;
+    let worker = ready(
+        host_binary,
+        &harness::worker_args(sim, &scratch.path().join("state")),
+        &harness::quiet_env(),
+    )
+    .await?;
+    let config = harness::driver_config(sim, 600_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-sync", extra);
+    let lease = worker
+        .request(
+            "environmentAcquireLease",
+            base(json!({ "runId": "bench-sync" })),
+        )
+        .await?;
+    let vm = lease["providerLeaseId"].as_str().unwrap_or_default().to_string();
+    let home = sim
+        .vm_home(&vm)
+        .ok_or_else(|| anyhow::anyhow!("no VM {vm} in the simulator"))?;
+    let (host, port, _) = lease_destination(&lease)?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
+    raw.start_master().await?;
+    let figures = crate::bench_sync::measure(
+        &worker,
+        worker.pid(),
+        &base,
+        &lease,
+        &home,
+        &|remote| raw.command(remote),
+    )
+    .await;
+    raw.stop_master().await;
+    destroy(&worker, &base, &lease).await?;
+    figures
 }
 
 /// The link rows: what a command and a large output cost over a real link's round trip and
@@ -503,6 +566,17 @@ impl RawSsh {
             control: scratch.join("baseline-master.sock"),
             host: host.to_string(),
         }
+    }
+
+    /// `ssh … host <remote>` over the master, for a pipeline the caller wires up.
+    fn command(&self, remote: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.args(&self.common)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.control.display()))
+            .arg(&self.host)
+            .arg(remote);
+        cmd
     }
 
     async fn run(&self, via_master: bool, command: &str) -> anyhow::Result<()> {

@@ -26,6 +26,11 @@ pub struct WorkerClient {
 }
 
 impl WorkerClient {
+    /// The worker's process id (none once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Spawn `program worker <args>` with only `PATH` and `env` in its environment.
     pub async fn spawn(
         program: &Path,

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod bench;
+pub mod bench_sync;
 pub mod bindings;
 pub mod caps;
 pub mod client;

@@ -58,6 +58,9 @@ enum Command {
         /// Bandwidth of the link model the link rows run over, in Mbit/s (0: uncapped).
         #[arg(long, default_value_t = 100, value_name = "MBIT")]
         link_mbit: u64,
+        /// Skip the sync rows (100 MiB in and out, three ways, on loopback and over the link).
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Build an installable Paperclip plugin folder (package.json, dist/, bin/).
     Package {
@@ -314,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fresh,
             link_rtt_ms,
             link_mbit,
+            no_sync,
         } => {
             let me = std::env::current_exe().context("locating this binary")?;
             let opts = bench::BenchOptions {
@@ -321,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds,
                 fresh,
                 link: sim::LinkModel::new(link_rtt_ms, link_mbit),
+                sync: !no_sync,
             };
             bench::run(&me, EMBEDDED_COMPONENT.len(), opts).await
         }
