@@ -70,40 +70,90 @@ fn fail(code: i32, message: &str) -> String {
     )
 }
 
-/// Sync-in: read the gzip stream on stdin and replace `target` (checked) with it: written
-/// beside the target, then renamed over it, so the old target stays whole unless the stream
-/// arrived complete and unpacked. `mode` is applied before the rename.
-pub fn upload_script(target: &str, kind: EntryKind, mode: Option<u32>) -> String {
+/// The name of the temporary copy of `target` (checked) that an upload writes beside it:
+/// `.<name>.paperclip-sync.<tag>`, with `tag` chosen by the caller so that it can commit or
+/// discard the copy later.
+pub fn temp_path(target: &str, tag: &str) -> String {
     let (parent, name) = split(target);
-    let chmod = mode
-        .map(|m| format!("chmod {:o} \"$tmp\" || exit\n", m & 0o7777))
-        .unwrap_or_default();
+    let parent = if parent == "/" { "" } else { parent };
+    format!("{parent}/.{name}.paperclip-sync.{tag}")
+}
+
+/// Sync-in: read the stream on stdin into `tmp` (from [`temp_path`]) beside `target`
+/// (checked). The stream's first line says how it is framed:
+/// - `gzip`: a gzip stream, which checks itself, so the script commits on its own (`mode`
+///   applied, then renamed over the target) once all of it arrived and unpacked;
+/// - `none`: the raw bytes, which cannot tell a cut at a tar member boundary from the end, so
+///   the script only unpacks and leaves `tmp` for [`commit_script`], run once the host has
+///   confirmed it sent everything (or for [`discard_script`]).
+///
+/// On any failure the script removes `tmp`, so the old target is all that is left.
+pub fn upload_script(target: &str, tmp: &str, kind: EntryKind, mode: Option<u32>) -> String {
+    let (parent, _) = split(target);
     let head = format!(
-        "t={t}\np={p}\nmkdir -p -- \"$p\" || exit\n",
+        "IFS= read -r z || z=none\nt={t}\ntmp={tmp}\nmkdir -p -- {p} || exit\n",
         t = shell_quote(target),
+        tmp = shell_quote(tmp),
         p = shell_quote(parent),
     );
     let cut = fail(STREAM_CUT, &format!("the stream to {target} was cut short"));
+    let unpack = fail(UNPACK_FAILED, &format!("could not unpack into {target}"));
+    let commit = commit_lines(kind, mode);
     match kind {
         EntryKind::File => format!(
-            "{head}tmp=\"$p\"/{tmp}\n\
-             trap 'rm -f -- \"$tmp\"' EXIT\n{SIGNAL_TRAPS}\n\
+            "{head}trap 'rm -f -- \"$tmp\"' EXIT\n{SIGNAL_TRAPS}\n\
+             if [ \"$z\" = gzip ]; then\n\
              gzip -dc > \"$tmp\" || {cut}\n\
-             {chmod}mv -f -- \"$tmp\" \"$t\" || exit\n\
-             trap - EXIT\n",
-            tmp = shell_quote(&format!(".{name}.paperclip-sync.")) + "$$",
+             {commit}\
+             else\n\
+             cat > \"$tmp\" || {unpack}\n\
+             fi\n\
+             trap - EXIT\n"
         ),
         EntryKind::Directory => format!(
-            "{head}tmp=$(mktemp -d \"$p\"/{tmp}) || exit\n\
+            "{head}mkdir -- \"$tmp\" || exit\n\
              trap 'rm -rf -- \"$tmp\"' EXIT\n{SIGNAL_TRAPS}\n\
+             if [ \"$z\" = gzip ]; then\n\
              gz=$( {{ {{ gzip -dc; echo $? >&4; }} | tar -xf - -C \"$tmp\" >&2; }} 4>&1 ) || {unpack}\n\
              [ \"$gz\" = 0 ] || {cut}\n\
-             {chmod}rm -rf -- \"$t\" && mv -- \"$tmp\" \"$t\" || exit\n\
-             trap - EXIT\n",
-            tmp = shell_quote(&format!(".{name}.paperclip-sync.")) + "XXXXXX",
-            unpack = fail(UNPACK_FAILED, &format!("could not unpack into {target}")),
+             {commit}\
+             else\n\
+             tar -xf - -C \"$tmp\" || {unpack}\n\
+             fi\n\
+             trap - EXIT\n"
         ),
     }
+}
+
+/// Apply the mode to `$tmp` and rename it over `$t`, failing the script if either fails.
+fn commit_lines(kind: EntryKind, mode: Option<u32>) -> String {
+    let chmod = mode
+        .map(|m| format!("chmod {:o} \"$tmp\" || exit\n", m & 0o7777))
+        .unwrap_or_default();
+    match kind {
+        EntryKind::File => format!("{chmod}mv -f -- \"$tmp\" \"$t\" || exit\n"),
+        EntryKind::Directory => {
+            format!("{chmod}rm -rf -- \"$t\" && mv -- \"$tmp\" \"$t\" || exit\n")
+        }
+    }
+}
+
+/// Put an uncompressed upload's `tmp` in place of `target` (see [`upload_script`]); removes
+/// `tmp` if that fails.
+pub fn commit_script(target: &str, tmp: &str, kind: EntryKind, mode: Option<u32>) -> String {
+    format!(
+        "t={t}\ntmp={tmp}\n[ -e \"$tmp\" ] || {gone}\n\
+         trap 'rm -rf -- \"$tmp\"' EXIT\n{SIGNAL_TRAPS}\n{commit}trap - EXIT\n",
+        t = shell_quote(target),
+        tmp = shell_quote(tmp),
+        gone = fail(UNPACK_FAILED, &format!("the upload to {target} is gone")),
+        commit = commit_lines(kind, mode),
+    )
+}
+
+/// Remove an upload's `tmp` (an uncompressed upload the host could not finish).
+pub fn discard_script(tmp: &str) -> String {
+    format!("rm -rf -- {}\n", shell_quote(tmp))
 }
 
 /// Sync-out: write `source` (checked) on stdout — the file's bytes, or a tar archive of the

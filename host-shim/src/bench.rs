@@ -115,22 +115,21 @@ async fn sync_rows(
             base(json!({ "runId": "bench-sync" })),
         )
         .await?;
-    let vm = lease["providerLeaseId"].as_str().unwrap_or_default().to_string();
+    let vm = lease["providerLeaseId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let home = sim
         .vm_home(&vm)
         .ok_or_else(|| anyhow::anyhow!("no VM {vm} in the simulator"))?;
     let (host, port, _) = lease_destination(&lease)?;
     let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
     raw.start_master().await?;
-    let figures = crate::bench_sync::measure(
-        &worker,
-        worker.pid(),
-        &base,
-        &lease,
-        &home,
-        &|remote| raw.command(remote),
-    )
-    .await;
+    let figures =
+        crate::bench_sync::measure(&worker, worker.pid(), &base, &lease, &home, &|remote| {
+            raw.command(remote)
+        })
+        .await;
     raw.stop_master().await;
     destroy(&worker, &base, &lease).await?;
     figures

@@ -159,8 +159,15 @@ pub async fn measure(
         "the native round trip changed the tree"
     );
 
-    let (fallback_in, fallback_out) =
-        fallback(worker, base, lease, &source, &remote("fallback"), scratch.path()).await?;
+    let (fallback_in, fallback_out) = fallback(
+        worker,
+        base,
+        lease,
+        &source,
+        &remote("fallback"),
+        scratch.path(),
+    )
+    .await?;
 
     // Raw: local tar into ssh, and back.
     let t = Instant::now();
@@ -300,14 +307,14 @@ async fn pipe_local_to_remote(
         .stdout(Stdio::null())
         .status()
         .await?;
-    ensure!(status.success() && tar.wait()?.success(), "raw tar | ssh failed");
+    ensure!(
+        status.success() && tar.wait()?.success(),
+        "raw tar | ssh failed"
+    );
     Ok(())
 }
 
-async fn pipe_remote_to_local(
-    mut ssh: tokio::process::Command,
-    dest: &Path,
-) -> anyhow::Result<()> {
+async fn pipe_remote_to_local(mut ssh: tokio::process::Command, dest: &Path) -> anyhow::Result<()> {
     let mut child = ssh.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
     let out = child.stdout.take().expect("piped").into_owned_fd()?;
     let tar = std::process::Command::new("tar")

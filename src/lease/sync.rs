@@ -5,12 +5,12 @@
 //! only once the whole stream has arrived. Sync-in then runs the operation's post-upload
 //! commands in order and stops at the first that fails.
 
-use super::{decode, ssh_error, ExecuteRequest, Lease, Provider};
+use super::{decode, ssh_error, ExecuteRequest, Lease, Provider, SCRIPT_OUTPUT_CAP};
 use crate::api::Deadline;
 use crate::error::ProviderError;
 use crate::host::{
-    Connected, DownloadRequest, EntryKind, LogLevel, SshTarget, TransferError, TransferReport,
-    UploadRequest,
+    Connected, DownloadRequest, EntryKind, LogLevel, SshRequest, SshTarget, TransferError,
+    TransferReport, UploadRequest,
 };
 use crate::remote;
 use crate::sync_script::{self, check_remote_path};
@@ -259,16 +259,34 @@ impl Provider<'_> {
         }
         let timeout_ms = remaining.min(u64::from(u32::MAX)) as u32;
         let started = self.host.now_ms();
+        let tmp = sync_script::temp_path(remote, &format!("{:016x}", self.host.random_u64()));
         let result = match direction {
-            Direction::In => self.host.transfer_upload(&UploadRequest {
-                target: target.clone(),
-                local_path: m.source_path.clone(),
-                kind: m.kind,
-                exclude: m.exclude.clone(),
-                follow_symlinks: m.follow_symlinks,
-                remote_command: remote::sh_c(&sync_script::upload_script(remote, m.kind, m.mode)),
-                timeout_ms,
-            }),
+            Direction::In => self
+                .host
+                .transfer_upload(&UploadRequest {
+                    target: target.clone(),
+                    local_path: m.source_path.clone(),
+                    kind: m.kind,
+                    exclude: m.exclude.clone(),
+                    follow_symlinks: m.follow_symlinks,
+                    remote_command: remote::sh_c(&sync_script::upload_script(
+                        remote, &tmp, m.kind, m.mode,
+                    )),
+                    timeout_ms,
+                })
+                .inspect_err(|e| {
+                    if matches!(e, TransferError::LocalIo(_)) {
+                        // The VM may hold a complete-looking copy the host never finished.
+                        let discard = sync_script::discard_script(&tmp);
+                        let _ = self.remote_script(target, &discard, deadline);
+                    }
+                })
+                .and_then(|report| {
+                    if !report.compressed {
+                        self.commit_upload(id, target, remote, &tmp, m, deadline, &what)?;
+                    }
+                    Ok(report)
+                }),
             Direction::Out => self.host.transfer_download(&DownloadRequest {
                 target: target.clone(),
                 remote_command: remote::sh_c(&sync_script::download_script(
@@ -301,6 +319,55 @@ impl Provider<'_> {
             ],
         );
         Ok(report)
+    }
+
+    /// A small VM-side script over SSH within the call's deadline.
+    fn remote_script(
+        &self,
+        target: &SshTarget,
+        script: &str,
+        deadline: &Deadline,
+    ) -> Result<crate::host::SshOutput, crate::host::SshError> {
+        let timeout_ms = deadline.remaining(self.host).clamp(1, u64::from(u32::MAX)) as u32;
+        self.host.ssh_exec(&SshRequest {
+            target: target.clone(),
+            command: remote::sh_c(script),
+            stdin: None,
+            timeout_ms,
+            max_output_bytes: SCRIPT_OUTPUT_CAP,
+            stream_output: false,
+        })
+    }
+
+    /// An uncompressed upload arrived whole (the host sent all of it and the VM unpacked it):
+    /// put it in place. Until now only the temporary copy beside the target existed.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; a struct would only rename them"
+    )]
+    fn commit_upload(
+        &self,
+        id: &str,
+        target: &SshTarget,
+        remote: &str,
+        tmp: &str,
+        m: &SyncMapping,
+        deadline: &Deadline,
+        what: &str,
+    ) -> Result<(), TransferError> {
+        let script = sync_script::commit_script(remote, tmp, m.kind, m.mode);
+        match self.remote_script(target, &script, deadline) {
+            Ok(out) if out.exit_code == Some(0) => Ok(()),
+            Ok(out) => Err(TransferError::Remote(out)),
+            Err(e) => {
+                self.log(
+                    LogLevel::Warn,
+                    "could not commit an upload",
+                    &[("vmName", id.to_string()), ("what", what.to_string())],
+                );
+                Err(TransferError::Spawn(e.to_string()))
+            }
+        }
     }
 
     /// One post-upload command through the execute path (same wrapper, cwd default and

@@ -35,6 +35,17 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     run("/bin/sh", "gzip -1c", data).1
 }
 
+/// A stream as the host sends it: the framing line, then the bytes.
+fn framed(mode: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut v = format!("{mode}\n").into_bytes();
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn tmp_of(target: &Path) -> String {
+    temp_path(target.to_str().unwrap(), "0123456789abcdef")
+}
+
 fn tar_of(dir: &Path) -> Vec<u8> {
     let out = Command::new("tar")
         .args(["-cf", "-", "-C"])
@@ -84,9 +95,14 @@ fn file_upload_replaces_the_target_and_applies_the_mode() {
         let target = dir.join("sub/f.tar");
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(&target, b"old").unwrap();
-        let script = upload_script(target.to_str().unwrap(), EntryKind::File, Some(0o640));
+        let script = upload_script(
+            target.to_str().unwrap(),
+            &tmp_of(&target),
+            EntryKind::File,
+            Some(0o640),
+        );
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let (code, _, err) = run(shell, &script, &gzip(&payload));
+        let (code, _, err) = run(shell, &script, &framed("gzip", &gzip(&payload)));
         assert_eq!(code, 0, "{shell}: {err}");
         assert_eq!(std::fs::read(&target).unwrap(), payload);
         use std::os::unix::fs::PermissionsExt;
@@ -108,8 +124,13 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
         let cut = &stream[..stream.len() / 2];
         let (code, _, err) = run(
             shell,
-            &upload_script(target.to_str().unwrap(), EntryKind::File, None),
-            cut,
+            &upload_script(
+                target.to_str().unwrap(),
+                &tmp_of(&target),
+                EntryKind::File,
+                None,
+            ),
+            &framed("gzip", cut),
         );
         assert_eq!(code, STREAM_CUT, "{shell}: {err}");
         assert!(err.contains("paperclip-sync: the stream to"), "{err}");
@@ -125,12 +146,17 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
         let old = dir.join("w");
         std::fs::create_dir_all(&old).unwrap();
         std::fs::write(old.join("keep"), b"k").unwrap();
-        let script = upload_script(old.to_str().unwrap(), EntryKind::Directory, None);
+        let script = upload_script(
+            old.to_str().unwrap(),
+            &tmp_of(&old),
+            EntryKind::Directory,
+            None,
+        );
         let stream = gzip(&whole);
         // Without its trailer the archive is whole up to a member boundary (tar alone would
         // accept that); gzip is what notices.
         for cut in [&stream[..stream.len() - 8], &stream[..stream.len() / 2]] {
-            let (code, _, err) = run(shell, &script, cut);
+            let (code, _, err) = run(shell, &script, &framed("gzip", cut));
             assert_eq!(code, STREAM_CUT, "{shell} cut at {}: {err}", cut.len());
             assert_eq!(names(&old), ["keep"]);
             assert_eq!(names(&dir), ["f", "src", "w"]);
@@ -150,7 +176,13 @@ fn a_cut_stream_with_stderr_gone_still_cleans_up() {
         std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
         let stream = gzip(&tar_of(&src));
         let target = dir.join("t");
-        let script = upload_script(target.to_str().unwrap(), EntryKind::Directory, None);
+        let script = upload_script(
+            target.to_str().unwrap(),
+            &tmp_of(&target),
+            EntryKind::Directory,
+            None,
+        );
+        let stream = framed("gzip", &stream);
         let (err_read, err_write) = std::io::pipe().unwrap();
         drop(err_read);
         let mut child = Command::new(shell)
@@ -183,8 +215,13 @@ fn directory_upload_replaces_the_tree() {
         let target = dir.join("deep/w");
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("stale"), b"s").unwrap();
-        let script = upload_script(target.to_str().unwrap(), EntryKind::Directory, Some(0o750));
-        let (code, _, err) = run(shell, &script, &gzip(&tar_of(&src)));
+        let script = upload_script(
+            target.to_str().unwrap(),
+            &tmp_of(&target),
+            EntryKind::Directory,
+            Some(0o750),
+        );
+        let (code, _, err) = run(shell, &script, &framed("gzip", &gzip(&tar_of(&src))));
         assert_eq!(code, 0, "{shell}: {err}");
         assert_eq!(names(&target), ["d", "empty", "link"]);
         assert_eq!(std::fs::read(target.join("d/é/x")).unwrap(), b"x");
@@ -261,5 +298,64 @@ fn a_failing_tar_fails_the_download_even_through_gzip() {
         let (code, _, err) = run(shell, &script, b"gzip\n");
         assert_eq!(code, PACK_FAILED, "{shell}: {err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Uncompressed: the script only unpacks beside the target; the commit (or the discard) is a
+/// separate step, taken once the host knows it sent everything.
+#[test]
+fn an_uncompressed_upload_waits_for_its_commit() {
+    for shell in SHELLS {
+        for kind in [EntryKind::File, EntryKind::Directory] {
+            let dir = scratch();
+            let src = dir.join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("a"), b"new").unwrap();
+            let target = dir.join("t");
+            let bytes = match kind {
+                EntryKind::File => b"new".to_vec(),
+                EntryKind::Directory => tar_of(&src),
+            };
+            match kind {
+                EntryKind::File => std::fs::write(&target, b"old").unwrap(),
+                EntryKind::Directory => std::fs::create_dir(&target).unwrap(),
+            }
+            let tmp = tmp_of(&target);
+            let t = target.to_str().unwrap();
+            let script = upload_script(t, &tmp, kind, Some(0o700));
+            for finish in ["discard", "commit"] {
+                let (code, _, err) = run(shell, &script, &framed("none", &bytes));
+                assert_eq!(code, 0, "{shell} {kind:?}: {err}");
+                assert!(
+                    Path::new(&tmp).exists(),
+                    "{shell}: unpacked beside the target"
+                );
+                if kind == EntryKind::File {
+                    assert_eq!(std::fs::read(&target).unwrap(), b"old", "not committed yet");
+                } else {
+                    assert!(names(&target).is_empty(), "not committed yet");
+                }
+                let next = if finish == "commit" {
+                    commit_script(t, &tmp, kind, Some(0o700))
+                } else {
+                    discard_script(&tmp)
+                };
+                let (code, _, err) = run(shell, &next, b"");
+                assert_eq!(code, 0, "{shell} {finish}: {err}");
+                assert!(!Path::new(&tmp).exists());
+                if finish == "commit" {
+                    let file = match kind {
+                        EntryKind::File => target.clone(),
+                        EntryKind::Directory => target.join("a"),
+                    };
+                    assert_eq!(std::fs::read(file).unwrap(), b"new");
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+                    assert_eq!(mode, 0o700);
+                }
+            }
+            assert_eq!(names(&dir), ["src", "t"]);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 }

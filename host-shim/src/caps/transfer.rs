@@ -11,8 +11,10 @@
 //! Compression: gzip level 1 costs about as much CPU per byte as a fast link moves, so it pays
 //! only on slower links. The host asks the master how long a channel open takes (one round
 //! trip); at [`COMPRESS_AT_ROUND_TRIP`] or more (or with no master to ask) it compresses.
-//! Uploads are always gzip-framed (level 0, stored, when not compressing), so a stream cut at a
-//! tar member boundary still fails `gzip -d` in the VM instead of passing for a whole tree.
+//! Both directions start with one line on the command's stdin, `gzip` or `none`. A gzip upload
+//! checks itself (a cut stream fails `gzip -d`), so the VM commits it on its own; a raw one
+//! cannot tell a cut at a tar member boundary from its end, so the VM only unpacks it beside the
+//! target and the component commits it once this side reports that everything was sent.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -217,13 +219,8 @@ impl Transfers {
         let producer = {
             let counts = counts.clone();
             let (kind, exclude, follow) = (req.kind, req.exclude.clone(), req.follow_symlinks);
-            let level = if compressed {
-                Compression::fast()
-            } else {
-                Compression::none()
-            };
             tokio::task::spawn_blocking(move || {
-                produce(&source, kind, &exclude, follow, level, writer, &counts)
+                produce(&source, kind, &exclude, follow, compressed, writer, &counts)
             })
         };
         let exec = SshExec {
@@ -390,24 +387,49 @@ fn count_entry<R: Read>(entry: &tar::Entry<'_, R>, counts: &Counts) {
     }
 }
 
-/// The upload's blocking side: source → (tar) → gzip → pipe.
+/// The upload's blocking side: the framing line (`gzip` or `none`), then the source — through
+/// `tar` for a directory — gzip-compressed or raw, into the pipe.
 fn produce(
     source: &Path,
     kind: Kind,
     exclude: &[String],
     follow_symlinks: bool,
-    level: Compression,
+    compress: bool,
     pipe: io::PipeWriter,
     counts: &Counts,
 ) -> io::Result<()> {
-    let wire = CountingWriter {
-        inner: pipe,
-        count: &counts.wire,
-    };
-    let mut gz = GzEncoder::new(io::BufWriter::with_capacity(256 * 1024, wire), level);
+    let mut wire = io::BufWriter::with_capacity(
+        256 * 1024,
+        CountingWriter {
+            inner: pipe,
+            count: &counts.wire,
+        },
+    );
+    if compress {
+        wire.write_all(b"gzip\n")?;
+        let mut gz = GzEncoder::new(wire, Compression::fast());
+        write_source(source, kind, exclude, follow_symlinks, &mut gz, counts)?;
+        gz.finish()?.flush()
+    } else {
+        wire.write_all(b"none\n")?;
+        write_source(source, kind, exclude, follow_symlinks, &mut wire, counts)?;
+        wire.flush()
+    }
+}
+
+/// The source's bytes into `out`: a file as is, a directory as the system `tar` writes it
+/// (counted on the way by a tar reader).
+fn write_source(
+    source: &Path,
+    kind: Kind,
+    exclude: &[String],
+    follow_symlinks: bool,
+    out: &mut dyn Write,
+    counts: &Counts,
+) -> io::Result<()> {
     match kind {
         Kind::File => {
-            let n = io::copy(&mut File::open(source)?, &mut gz)?;
+            let n = io::copy(&mut File::open(source)?, out)?;
             counts.files.store(1, Ordering::Relaxed);
             counts.bytes.store(n, Ordering::Relaxed);
         }
@@ -435,10 +457,7 @@ fn produce(
                 let _ = stderr.take(LOCAL_STDERR_CAP).read_to_string(&mut text);
                 text
             });
-            let mut archive = tar::Archive::new(Tee {
-                inner: stdout,
-                out: &mut gz,
-            });
+            let mut archive = tar::Archive::new(Tee { inner: stdout, out });
             for entry in archive.entries()? {
                 count_entry(&entry?, counts);
             }
@@ -455,8 +474,6 @@ fn produce(
             }
         }
     }
-    let mut buffered = gz.finish()?;
-    buffered.flush()?;
     Ok(())
 }
 

@@ -38,12 +38,13 @@ fn mapping(source: &str, target: &str, kind: EntryKind) -> SyncMapping {
     }
 }
 
+/// A compressed upload's report: the VM committed it on its own.
 fn report(files: u64, bytes: u64) -> Result<TransferReport, TransferError> {
     Ok(TransferReport {
         files,
         bytes,
         wire_bytes: bytes,
-        compressed: false,
+        compressed: true,
     })
 }
 
@@ -99,14 +100,10 @@ fn sync_in_streams_each_mapping_then_runs_the_commands_in_order() {
     assert_eq!(first.local_path, "/tmp/p/ws.tar");
     assert_eq!(first.kind, EntryKind::File);
     assert_eq!(first.target.host, "vm1.exe.xyz");
-    assert_eq!(
-        first.remote_command,
-        remote::sh_c(&sync_script::upload_script(
-            "/home/exedev/w/.paperclip-runtime/x/ws.tar",
-            EntryKind::File,
-            None
-        ))
-    );
+    assert!(first.remote_command.contains("IFS= read -r z"));
+    assert!(first
+        .remote_command
+        .contains("/home/exedev/w/.paperclip-runtime/x/.ws.tar.paperclip-sync."));
     let Transfer::Upload(second) = &transfers[1] else {
         panic!("an upload")
     };
@@ -270,4 +267,88 @@ fn a_lease_without_an_id_is_refused() {
     l.provider_lease_id = None;
     let e = provider(&host).sync(Direction::In, &l, &[]).unwrap_err();
     assert!(matches!(e, ProviderError::InvalidRequest(_)));
+}
+
+#[test]
+fn an_uncompressed_upload_is_committed_after_the_host_reports_success() {
+    let host = FakeHost::new();
+    host.transfer_script
+        .borrow_mut()
+        .push_back(Ok(TransferReport {
+            files: 2,
+            bytes: 20,
+            wire_bytes: 30,
+            compressed: false,
+        }));
+    host.ssh(Some(0), b"", b"");
+    let mut m = mapping("/tmp/ws", "/home/exedev/w", EntryKind::Directory);
+    m.mode = Some(0o755);
+    provider(&host)
+        .sync(Direction::In, &lease(), &[op(vec![m], &[])])
+        .unwrap();
+    let transfers = host.transfers.borrow();
+    let Transfer::Upload(up) = &transfers[0] else {
+        panic!("an upload")
+    };
+    let commands = host.commands();
+    assert_eq!(commands.len(), 1);
+    // The commit names the same temporary the upload wrote.
+    let tmp_start = up
+        .remote_command
+        .find("/home/exedev/.w.paperclip-sync.")
+        .unwrap();
+    let tmp =
+        &up.remote_command[tmp_start..tmp_start + "/home/exedev/.w.paperclip-sync.".len() + 16];
+    assert!(commands[0].contains(tmp), "{}", commands[0]);
+    assert!(commands[0].contains("chmod 755"));
+
+    // A commit that fails is the call's failure.
+    let host = FakeHost::new();
+    host.transfer_script
+        .borrow_mut()
+        .push_back(Ok(TransferReport::default()));
+    host.ssh(
+        Some(46),
+        b"",
+        b"paperclip-sync: the upload to /home/exedev/w is gone\n",
+    );
+    let e = provider(&host)
+        .sync(
+            Direction::In,
+            &lease(),
+            &[op(
+                vec![mapping("/tmp/ws", "/home/exedev/w", EntryKind::Directory)],
+                &[],
+            )],
+        )
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Transfer(_)), "{e:?}");
+}
+
+#[test]
+fn a_host_side_failure_discards_the_vm_copy() {
+    let host = FakeHost::new();
+    host.transfer_script
+        .borrow_mut()
+        .push_back(Err(TransferError::LocalIo("Input/output error".into())));
+    host.ssh(Some(0), b"", b"");
+    let e = provider(&host)
+        .sync(
+            Direction::In,
+            &lease(),
+            &[op(
+                vec![mapping("/tmp/ws", "/home/exedev/w", EntryKind::Directory)],
+                &[],
+            )],
+        )
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Transfer(_)), "{e:?}");
+    let commands = host.commands();
+    assert_eq!(commands.len(), 1);
+    assert!(
+        commands[0].contains("rm -rf -- ")
+            && commands[0].contains("/home/exedev/.w.paperclip-sync."),
+        "{}",
+        commands[0]
+    );
 }
