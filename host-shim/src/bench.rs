@@ -551,6 +551,8 @@ impl RawSsh {
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
             "StrictHostKeyChecking=accept-new".into(),
             "-o".into(),
             format!(

@@ -11,6 +11,7 @@ use paperclip_wasm_host::grants;
 const ALLOWED: &[&str] = &[
     "paperclip:sandbox-provider/types",
     "paperclip:sandbox-provider/ssh",
+    "paperclip:sandbox-provider/transfer",
     "paperclip:sandbox-provider/log",
     "paperclip:vm-ledger/ledger",
     "wasi:http/types",

@@ -190,7 +190,54 @@ fn params() -> BoxedStrategy<Value> {
         ("env", text_map()),
         ("stdin", text()),
         ("timeoutMs", mostly(any::<u64>().prop_map(Value::from))),
+        ("operations", operations()),
     ]))
+}
+
+/// Sync operations: mostly Paperclip's shape (with paths that are often absolute), sometimes
+/// anything.
+fn operations() -> BoxedStrategy<Value> {
+    let path = || {
+        prop_oneof![
+            "/[a-z.]{0,6}(/[a-z.]{0,4}){0,2}".prop_map(Value::String),
+            text()
+        ]
+        .boxed()
+    };
+    let mapping = object_of(vec![
+        ("sourcePath", path()),
+        ("targetPath", path()),
+        (
+            "kind",
+            mostly(prop_oneof![Just(json!("file")), Just(json!("directory"))]),
+        ),
+        ("mode", mostly(any::<u32>().prop_map(Value::from))),
+        ("exclude", texts()),
+        (
+            "followSymlinks",
+            mostly(any::<bool>().prop_map(Value::Bool)),
+        ),
+    ]);
+    let command = object_of(vec![
+        ("command", text()),
+        ("cwd", text()),
+        ("timeoutMs", mostly(any::<u64>().prop_map(Value::from))),
+    ]);
+    let operation = object_of(vec![
+        (
+            "operationId",
+            prop_oneof![Just(json!("sync-op-1")), text()].boxed(),
+        ),
+        (
+            "files",
+            mostly(prop::collection::vec(mapping, 0..3).prop_map(Value::Array)),
+        ),
+        (
+            "postUploadCommands",
+            mostly(prop::collection::vec(command, 0..2).prop_map(Value::Array)),
+        ),
+    ]);
+    mostly(prop::collection::vec(operation, 0..3).prop_map(Value::Array))
 }
 
 #[test]

@@ -96,12 +96,15 @@ fn exits_zero_on_stdin_eof() {
 #[test]
 fn known_but_unimplemented_methods_are_32004_and_garbage_is_32700() {
     let mut w = Worker::spawn(&[]);
-    let r = w.call(1, "environmentSyncIn", json!({}));
+    let r = w.call(1, "onEvent", json!({}));
     assert_eq!(error_code(&r), -32004);
     assert_eq!(
         r["error"]["message"],
-        "environmentSyncIn is not implemented by this plugin"
+        "onEvent is not implemented by this plugin"
     );
+    // Native sync is implemented: params without `operations` are invalid, not unknown.
+    let r = w.call(11, "environmentSyncIn", json!({}));
+    assert_eq!(error_code(&r), -32602);
     w.send_raw("this is not json");
     let r = w.recv();
     assert_eq!(error_code(&r), -32700);
