@@ -15,7 +15,7 @@ use crate::caps::ssh::{HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings,
 use crate::client::WorkerClient;
 use crate::harness;
 use crate::policy::Policy;
-use crate::sim::{LinkModel, SimOptions, Simulator};
+use exe_dev_sim::{LinkModel, SimOptions, Simulator};
 
 /// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::client::WorkerClient;
 use crate::harness;
-use crate::sim::{LinkModel, SimOptions, Simulator};
+use exe_dev_sim::{LinkModel, SimOptions, Simulator};
 
 /// Run the demo, printing each step with its duration. Fails if any step fails or a VM is left.
 /// `link` puts the simulator's SSH path behind a link model (round trip, bandwidth cap).

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::sim::Simulator;
+use exe_dev_sim::Simulator;
 
 /// Worker flags granting HTTP to the simulator's API and routing SSH through its config.
 pub fn worker_args(sim: &Simulator, state_dir: &Path) -> Vec<String> {

@@ -17,7 +17,6 @@ pub mod limits;
 pub mod orphans;
 pub mod package;
 pub mod policy;
-pub mod sim;
 pub mod state;
 pub mod statedir;
 pub mod worker;

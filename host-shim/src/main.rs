@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use exe_dev_sim::cli::LinkArgs;
+use exe_dev_sim::LinkModel;
 use paperclip_wasm_host::caps::log::CallSink;
 use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{access, bench, demo, grants, orphans, package, sim, statedir, worker};
+use paperclip_wasm_host::{access, bench, demo, grants, orphans, package, statedir, worker};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
@@ -71,14 +73,6 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         manifest: Option<PathBuf>,
     },
-    /// Run the exe.dev simulator until Ctrl-C (prints its API URL, token, ssh config and key).
-    Sim {
-        /// Directory for the simulator's keys, ssh config and VM homes (default: a temp dir).
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[command(flatten)]
-        link: LinkArgs,
-    },
     /// Validate a driver config file (JSON) as Paperclip would, and print the result.
     Validate {
         /// The environment config, a JSON object.
@@ -128,25 +122,6 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
-}
-
-/// The simulator's link model: added round trip and bandwidth cap on its SSH path (both 0:
-/// plain loopback).
-#[derive(Args, Clone, Copy)]
-struct LinkArgs {
-    /// Round-trip time added to the simulator's SSH path, in milliseconds.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    link_rtt_ms: u64,
-    /// Bandwidth cap of the simulator's SSH path, in Mbit/s (0: uncapped).
-    #[arg(long, default_value_t = 0, value_name = "MBIT")]
-    link_mbit: u64,
-}
-
-impl LinkArgs {
-    fn model(self) -> Option<sim::LinkModel> {
-        (self.link_rtt_ms > 0 || self.link_mbit > 0)
-            .then(|| sim::LinkModel::new(self.link_rtt_ms, self.link_mbit))
-    }
 }
 
 /// Options shared by every command that runs the component.
@@ -314,7 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serial,
                 rounds,
                 fresh,
-                link: sim::LinkModel::new(link_rtt_ms, link_mbit),
+                link: LinkModel::new(link_rtt_ms, link_mbit),
             };
             bench::run(&me, EMBEDDED_COMPONENT.len(), opts).await
         }
@@ -344,14 +319,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             package::build_package(&out, &me, &component, &manifest)?;
             println!("Paperclip plugin package written to {}", out.display());
             Ok(())
-        }
-        Command::Sim { state_dir, link } => {
-            sim::serve(sim::SimOptions {
-                state_dir,
-                link: link.model(),
-                ..Default::default()
-            })
-            .await
         }
         Command::Validate { config, host } => {
             let config = read_config(&config)?;

@@ -863,7 +863,7 @@ async fn real_openssh_accepts_the_argv_and_never_parses_the_command_as_options()
 /// pasted key, the simulator's `--ssh-config` and the state dir's `known_hosts`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_ssh_through_the_simulator() {
-    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    use exe_dev_sim::{SimOptions, Simulator};
     if !ssh_available() {
         return;
     }
@@ -977,7 +977,7 @@ async fn gone_soon(dir: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_shared_replaced_when_dead_and_closed() {
-    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    use exe_dev_sim::{SimOptions, Simulator};
     if !ssh_available() {
         return;
     }
@@ -1066,7 +1066,7 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
 /// no `ssh` process is started for them, and what comes back is what a spawned client gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_over_a_live_master_start_no_ssh_client() {
-    use paperclip_wasm_host::sim::{SimOptions, Simulator};
+    use exe_dev_sim::{SimOptions, Simulator};
     if !ssh_available() {
         return;
     }
@@ -1273,11 +1273,7 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
 
 /// `new --json --name=<name>` on the simulator through the policy hooks, as the component
 /// sends it; returns the created VM's JSON.
-async fn create_sim_vm(
-    sim: &paperclip_wasm_host::sim::Simulator,
-    token: &str,
-    name: &str,
-) -> serde_json::Value {
+async fn create_sim_vm(sim: &exe_dev_sim::Simulator, token: &str, name: &str) -> serde_json::Value {
     let mut hooks = PolicyHttpHooks::new(policy(&[&sim.api_authority()]), HttpLimits::default());
     let body = http_body_util::Full::new(Bytes::from(format!("new --json --name={name}")))
         .map_err(|never| match never {})
@@ -1313,7 +1309,7 @@ fn seq_output(n: u32) -> Vec<u8> {
 /// and on spawned clients (with and without connection sharing), on loopback and over a link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_trailing_the_exit_status_is_never_lost() {
-    use paperclip_wasm_host::sim::{LinkModel, SimOptions, Simulator};
+    use exe_dev_sim::{LinkModel, SimOptions, Simulator};
     if !ssh_available() {
         return;
     }

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use exe_dev_sim::{LinkModel, SimOptions, Simulator};
 use paperclip_wasm_host::client::WorkerClient;
-use paperclip_wasm_host::sim::{LinkModel, SimOptions, Simulator};
 use serde_json::{json, Value};
 
 /// The worker binary under test (built by cargo for this test target).

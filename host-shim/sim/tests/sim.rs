@@ -5,9 +5,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use exe_dev_sim::{Routing, SimOptions, Simulator, ANY, ONBOARDING_MARKER};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use paperclip_wasm_host::sim::{Routing, SimOptions, Simulator, ANY, ONBOARDING_MARKER};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 

@@ -25,6 +25,7 @@
 //!   are closed but the process is not killed. `rm` kills every process group of the VM.
 
 mod api;
+pub mod cli;
 mod faults;
 mod flags;
 mod gateway;
