@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
-use crate::caps::ssh::{HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget};
 use crate::client::WorkerClient;
 use crate::harness;
-use crate::policy::Policy;
 use exe_dev_sim::{LinkModel, SimOptions, Simulator};
+use paperclip_wasm_runtime::caps::ssh::{
+    HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget,
+};
+use paperclip_wasm_runtime::policy::Policy;
 
 /// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
 #[derive(Clone, Copy, Debug)]

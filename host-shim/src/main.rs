@@ -9,9 +9,11 @@ use clap::{Args, Parser, Subcommand};
 
 use exe_dev_sim::cli::LinkArgs;
 use exe_dev_sim::LinkModel;
-use paperclip_wasm_host::caps::log::CallSink;
-use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{access, bench, demo, grants, orphans, package, statedir, worker};
+use paperclip_wasm_host::{bench, demo, orphans, package, worker};
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::dispatch::dispatch;
+use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
+use paperclip_wasm_runtime::{grants, statedir};
 use serde_json::json;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
@@ -195,7 +197,7 @@ impl HostArgs {
             reuse_ssh_connections: !self.no_ssh_connection_reuse,
             worker_args: std::env::current_exe()
                 .ok()
-                .and_then(|exe| access::worker_args_beside(&exe)),
+                .and_then(|exe| package::worker_args_beside(&exe)),
         })?;
         ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)
     }
@@ -213,7 +215,7 @@ fn wit_package() -> &'static str {
 /// an operator can tell exactly what a package runs. Computed only when asked for.
 fn long_version() -> String {
     use sha2::{Digest, Sha256};
-    let digest = paperclip_wasm_host::hex::hex(&Sha256::digest(EMBEDDED_COMPONENT));
+    let digest = paperclip_wasm_runtime::hex::hex(&Sha256::digest(EMBEDDED_COMPONENT));
     format!(
         "{}\ncomponent sha256:{digest} ({} bytes)\nwit {}",
         env!("CARGO_PKG_VERSION"),
@@ -443,7 +445,7 @@ async fn ops_call(
     params: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
     eprintln!("paperclip-wasm-host: {method}…");
-    worker::dispatch(provider, method, params, CallSink::stderr_only())
+    dispatch(provider, method, params, CallSink::stderr_only())
         .await
         .map_err(|e| anyhow::anyhow!("{method} failed ({}): {}", e.code, e.message))
 }

@@ -8,10 +8,10 @@
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::bindings::ledger::Reason;
-use crate::bindings::provider::CallContext;
-use crate::caps::log::CallSink;
-use crate::engine::ProviderHost;
+use paperclip_wasm_runtime::bindings::ledger::Reason;
+use paperclip_wasm_runtime::bindings::provider::CallContext;
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::engine::ProviderHost;
 
 /// One VM of the listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,8 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
         environment_id: "cli-orphans".to_string(),
         company_id: None,
     };
-    let timeout = crate::convert::call_timeout("listVms", &json!({ "config": config }));
+    let timeout =
+        paperclip_wasm_runtime::convert::call_timeout("listVms", &json!({ "config": config }));
     let result = host
         .call(CallSink::stderr_only(), timeout, async |s, g| {
             g.call_list_vms(s, &ctx).await
@@ -55,7 +56,7 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
         .map_err(anyhow::Error::from)
         .context("listing VMs: the provider component failed")?;
     let vms = result.map_err(|e| {
-        let e = crate::convert::provider_error("listVms", e);
+        let e = paperclip_wasm_runtime::convert::provider_error("listVms", e);
         anyhow::anyhow!("{}", e.message)
     })?;
     Ok(vms

@@ -25,12 +25,12 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use serde_json::{json, Map, Value};
 
-use crate::policy::{Policy, MANIFEST_GRANTS_KEY};
+use paperclip_wasm_runtime::policy::{Policy, MANIFEST_GRANTS_KEY};
 
 /// The npm package name. Paperclip passes `EXE_API_KEY` through only to this exact name (with
 /// driver key `exe-dev`, installed from the registry or the bundled catalog).
@@ -44,6 +44,15 @@ pub const COMPONENT_NAME: &str = "paperclip_exe_dev.wasm";
 
 /// The worker entrypoint the manifest must declare (the launcher this module writes).
 pub const WORKER_ENTRYPOINT: &str = "./dist/worker.js";
+
+/// The `worker-args.json` that configures the worker binary `exe`, when `exe` sits in an
+/// installed plugin package's `bin/` (beside the package's `manifest.json`).
+pub fn worker_args_beside(exe: &Path) -> Option<PathBuf> {
+    let bin = exe.parent()?;
+    bin.join("manifest.json")
+        .is_file()
+        .then(|| bin.join("worker-args.json"))
+}
 
 /// Build the plugin folder at `out` (created if missing; files this function owns are
 /// replaced, anything else in the folder is left alone).
@@ -273,5 +282,17 @@ mod tests {
         let m: Value = serde_json::from_str(text).unwrap();
         paperclip_manifest(&m).unwrap();
         Policy::from_manifest(&m, &[], &[]).unwrap();
+    }
+
+    #[test]
+    fn worker_args_are_found_beside_a_packaged_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("paperclip-wasm-host");
+        assert_eq!(worker_args_beside(&exe), None);
+        std::fs::write(dir.path().join("manifest.json"), "{}").unwrap();
+        assert_eq!(
+            worker_args_beside(&exe),
+            Some(dir.path().join("worker-args.json"))
+        );
     }
 }

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use paperclip_wasm_host::caps::http::{HttpLimits, PolicyHttpHooks};
-use paperclip_wasm_host::caps::ssh::{
+use paperclip_wasm_runtime::caps::http::{HttpLimits, PolicyHttpHooks};
+use paperclip_wasm_runtime::caps::ssh::{
     Connected, HostKeyPolicy, Identity, SshError, SshExec, SshRunner, SshSettings, SshTarget,
     StreamKind,
 };
-use paperclip_wasm_host::policy::Policy;
+use paperclip_wasm_runtime::policy::Policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::{Error as HttpError, WasiBody, WasiHttpHooks};

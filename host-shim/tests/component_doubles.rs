@@ -1,5 +1,5 @@
 //! Component-level tests: every provider function is called through the real `.wasm` under
-//! wasmtime (via `worker::dispatch`, as the worker does), with scripted HTTP and SSH doubles in
+//! wasmtime (via `dispatch::dispatch`, as the worker does), with scripted HTTP and SSH doubles in
 //! place of exe.dev. The exact `/exec` bodies, headers and remote commands are asserted.
 
 use std::collections::VecDeque;
@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use paperclip_wasm_host::bindings::ssh;
-use paperclip_wasm_host::caps::log::CallSink;
-use paperclip_wasm_host::convert::RpcError;
-use paperclip_wasm_host::engine::{Grants, Limits, ProviderHost};
-use paperclip_wasm_host::state::{BoxFuture, SshBackend};
-use paperclip_wasm_host::worker::dispatch;
+use paperclip_wasm_runtime::bindings::ssh;
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::convert::RpcError;
+use paperclip_wasm_runtime::dispatch::dispatch;
+use paperclip_wasm_runtime::engine::{Grants, Limits, ProviderHost};
+use paperclip_wasm_runtime::state::{BoxFuture, SshBackend};
 use serde_json::{json, Value};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody, WasiHttpHooks};
 

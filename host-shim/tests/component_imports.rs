@@ -3,8 +3,8 @@
 
 mod support;
 
-use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::grants;
+use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
+use paperclip_wasm_runtime::grants;
 
 /// Interfaces the component may import (without version): the declared world plus the inert
 /// `wasi:cli` pieces Rust's std references for panics and `std::env`, and the HashMap seed.

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use paperclip_wasm_host::caps::log::CallSink;
-use paperclip_wasm_host::convert::RpcError;
-use paperclip_wasm_host::engine::{Limits, ProviderHost};
-use paperclip_wasm_host::{grants, worker};
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::convert::RpcError;
+use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
+use paperclip_wasm_runtime::{dispatch, grants};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 /// Every method the worker announces (so a new one is fuzzed, and must be reached, from the
 /// start), minus `shutdown`, plus `initialize`.
 fn methods() -> Vec<&'static str> {
-    worker::SUPPORTED_METHODS
+    dispatch::SUPPORTED_METHODS
         .iter()
         .copied()
         .filter(|m| *m != "shutdown")
@@ -219,7 +219,7 @@ fn arbitrary_config_and_params_never_trap_any_method() {
     let reached: std::sync::Mutex<std::collections::BTreeMap<&str, usize>> = Default::default();
     runner
         .run(&strategy, |(method, params)| {
-            let answer = rt.block_on(worker::dispatch(
+            let answer = rt.block_on(dispatch::dispatch(
                 &host,
                 method,
                 params.clone(),

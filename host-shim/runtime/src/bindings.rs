@@ -6,7 +6,7 @@
 #![allow(missing_docs, reason = "bindgen-generated code")]
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "exe-dev-provider",
     imports: { default: async },
     exports: { default: async },

@@ -225,7 +225,7 @@ fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
 }
 
 /// The artifact's file name: a SHA-256 over the component's bytes, the engine's compatibility
-/// fingerprint (wasmtime version, target, compiler settings) and this host's version. Unlike
+/// fingerprint (wasmtime version, target, compiler settings) and this runtime's version. Unlike
 /// `DefaultHasher`, whose output may change between Rust releases, the digest is stable, so a
 /// rebuilt host with the same engine finds its cache.
 fn cache_path(engine: &Engine, wasm: &[u8], dir: &Path) -> PathBuf {

@@ -3,14 +3,15 @@
 //! The HTTP policy itself lives in [`crate::policy`] and is enforced by the `wasi:http` hooks
 //! ([`crate::caps::http`]). This module turns a refusal into the exact remedy: the
 //! `--allow-http HOST:PORT` entry to add to `bin/worker-args.json` of the installed plugin
-//! package (the only way operator flags reach a worker Paperclip starts; see
-//! [`crate::package`]). It is used twice by the worker:
+//! package (the only way operator flags reach a worker Paperclip starts; see the worker's
+//! `package` module, which also finds that file beside a packaged binary). It is used twice by
+//! the worker:
 //! - after the guest's `validate-config`, on the guest-normalised `apiUrl`, so a config the
 //!   host would refuse is rejected when the environment is saved, not first by a probe;
 //! - after a call during which the hooks refused a request, so the runtime error names the
 //!   remedy too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::policy::{is_loopback_host, HttpScheme, Policy};
@@ -24,7 +25,7 @@ pub struct HttpAccess {
 
 impl HttpAccess {
     /// `policy`, with `worker_args` the absolute path of the package's `worker-args.json` when
-    /// known (see [`worker_args_beside`]).
+    /// known (the worker finds it beside its own binary).
     pub fn new(policy: Arc<Policy>, worker_args: Option<PathBuf>) -> Self {
         Self {
             policy,
@@ -77,15 +78,6 @@ impl HttpAccess {
              the plugin (disable and enable it in Paperclip)."
         )
     }
-}
-
-/// The `worker-args.json` that configures the worker binary `exe`, when `exe` sits in an
-/// installed plugin package's `bin/` (beside the package's `manifest.json`).
-pub fn worker_args_beside(exe: &Path) -> Option<PathBuf> {
-    let bin = exe.parent()?;
-    bin.join("manifest.json")
-        .is_file()
-        .then(|| bin.join("worker-args.json"))
 }
 
 fn scheme_name(scheme: HttpScheme) -> &'static str {
@@ -168,17 +160,5 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("use an https:// URL"), "{e}");
         assert!(!e.contains("--allow-http"), "{e}");
-    }
-
-    #[test]
-    fn worker_args_are_found_beside_a_packaged_binary() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("paperclip-wasm-host");
-        assert_eq!(worker_args_beside(&exe), None);
-        std::fs::write(dir.path().join("manifest.json"), "{}").unwrap();
-        assert_eq!(
-            worker_args_beside(&exe),
-            Some(dir.path().join("worker-args.json"))
-        );
     }
 }
