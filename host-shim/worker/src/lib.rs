@@ -11,4 +11,4 @@ pub mod worker;
 
 /// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
 /// `--manifest` is given.
-pub static EMBEDDED_MANIFEST: &str = include_str!("../../manifest.json");
+pub static EMBEDDED_MANIFEST: &str = include_str!("../../../manifest.json");

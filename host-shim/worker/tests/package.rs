@@ -12,6 +12,7 @@ const HOST: &str = env!("CARGO_BIN_EXE_paperclip-wasm-host");
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
+        .and_then(Path::parent)
         .unwrap()
         .to_path_buf()
 }

@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn repo_manifest_is_packageable() {
-        let text = include_str!("../../manifest.json");
+        let text = include_str!("../../../manifest.json");
         let m: Value = serde_json::from_str(text).unwrap();
         paperclip_manifest(&m).unwrap();
         Policy::from_manifest(&m, &[], &[]).unwrap();

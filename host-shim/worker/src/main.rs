@@ -205,7 +205,7 @@ impl HostArgs {
 
 /// The WIT package the embedded component was built against (from `wit/world.wit`).
 fn wit_package() -> &'static str {
-    include_str!("../../wit/world.wit")
+    include_str!("../../../wit/world.wit")
         .lines()
         .find_map(|l| l.trim().strip_prefix("package "))
         .map_or("unknown", |p| p.trim_end_matches(';'))

@@ -23,6 +23,7 @@ pub fn product_wasm() -> &'static str {
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
+        .and_then(Path::parent)
         .unwrap()
         .to_path_buf()
 }

@@ -18,7 +18,8 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir
         .parent()
-        .expect("host-shim sits in the workspace root");
+        .and_then(|host_shim| host_shim.parent())
+        .expect("the crate sits in host-shim/ of the workspace root");
     for input in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
