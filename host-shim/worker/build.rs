@@ -1,5 +1,7 @@
 //! Builds the guest component (`paperclip_exe_dev.wasm`) so the host binary can embed it and
-//! tests can load it: one `cargo build` of the workspace gives a working worker.
+//! tests can load it: one `cargo build` of the workspace gives a working worker. It is also the
+//! build script of `paperclip-test-support` (host-shim/test-support), which hands the same
+//! component to the tests of the other crates.
 //!
 //! The guest is built by a nested cargo into its own target directory (so the outer build's
 //! lock is not contended) with the small `guest` profile. Set `PAPERCLIP_EXE_DEV_WASM` to use

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
-use crate::client::WorkerClient;
-use crate::harness;
 use exe_dev_sim::{LinkModel, SimOptions, Simulator};
+use paperclip_test_support::client::WorkerClient;
+use paperclip_test_support::harness;
 use paperclip_wasm_runtime::caps::ssh::{
     HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget,
 };

@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 
-use crate::client::WorkerClient;
-use crate::harness;
 use exe_dev_sim::{LinkModel, SimOptions, Simulator};
+use paperclip_test_support::client::WorkerClient;
+use paperclip_test_support::harness;
 
 /// Run the demo, printing each step with its duration. Fails if any step fails or a VM is left.
 /// `link` puts the simulator's SSH path behind a link model (round trip, bandwidth cap).

@@ -2,9 +2,7 @@
 //! worker, granting it outbound HTTP and SSH under an allow-list policy.
 
 pub mod bench;
-pub mod client;
 pub mod demo;
-pub mod harness;
 pub mod orphans;
 pub mod package;
 pub mod worker;

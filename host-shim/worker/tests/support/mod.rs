@@ -1,60 +1,18 @@
-//! Shared helpers for the integration tests: the real worker binary, the real component, and
-//! the test-fixture component.
+//! Shared helpers for the worker's integration tests: the real worker binary, the real
+//! component, and the test-fixture component (the components come from
+//! `paperclip-test-support`).
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
 
+pub use paperclip_test_support::components::{fixture_wasm, product_wasm};
 use serde_json::{json, Value};
 
 /// The worker binary under test.
 pub fn host_binary() -> &'static str {
     env!("CARGO_BIN_EXE_paperclip-wasm-host")
-}
-
-/// The product component built by build.rs.
-pub fn product_wasm() -> &'static str {
-    env!("PAPERCLIP_EXE_DEV_WASM")
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Build (once per test binary) and return the misbehaving test-fixture component.
-pub fn fixture_wasm() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = workspace_root();
-        let manifest = root.join("host-shim/tests/fixtures/misbehaving-provider/Cargo.toml");
-        let target_dir = root.join("target/fixtures");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .status()
-            .expect("running cargo for the fixture");
-        assert!(status.success(), "building the fixture component failed");
-        target_dir.join("wasm32-wasip2/release/misbehaving_provider.wasm")
-    })
 }
 
 /// A running worker process speaking JSON-RPC over pipes.

@@ -1014,7 +1014,7 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
     let first = masters_in(&cm);
     assert_eq!(first.len(), 1, "one master after the first call");
     let calls = (0..8).map(|i| runner.exec(request(&format!("echo {i}")), None));
-    for (i, out) in paperclip_wasm_host::harness::join_all(calls)
+    for (i, out) in paperclip_test_support::harness::join_all(calls)
         .await
         .into_iter()
         .enumerate()
@@ -1167,7 +1167,7 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
     assert_eq!((out.stdout.len(), out.stdout_truncated), (1000, true));
     // Eight at once share the master as well.
     let calls = (0..8).map(|i| runner.exec(request(&format!("echo {i}")), None));
-    for (i, out) in paperclip_wasm_host::harness::join_all(calls)
+    for (i, out) in paperclip_test_support::harness::join_all(calls)
         .await
         .into_iter()
         .enumerate()

@@ -1,8 +1,6 @@
 //! Import audit: the shipped component may import only what its world declares, and never
 //! `wasi:sockets` or `wasi:filesystem`.
 
-mod support;
-
 use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
 use paperclip_wasm_runtime::grants;
 
@@ -66,7 +64,7 @@ fn the_audit_rejects_sockets_filesystem_and_undeclared_imports() {
 
 #[test]
 fn the_product_component_imports_nothing_beyond_its_world() {
-    let wasm = std::fs::read(support::product_wasm()).unwrap();
+    let wasm = std::fs::read(paperclip_test_support::components::product_wasm()).unwrap();
     let host = ProviderHost::load(&wasm, None, grants::nothing(None), Limits::default())
         .expect("the component instantiates against the granted linker");
     let imports = host.component_imports();

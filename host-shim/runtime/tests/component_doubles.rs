@@ -227,7 +227,8 @@ impl Harness {
             ledger: None,
             http_access: None,
         };
-        let wasm = std::fs::read(env!("PAPERCLIP_EXE_DEV_WASM")).expect("the built component");
+        let wasm = std::fs::read(paperclip_test_support::components::product_wasm())
+            .expect("the built component");
         let host = ProviderHost::load(&wasm, None, grants, Limits::default())
             .expect("the component loads");
         Harness { host, http, ssh }
