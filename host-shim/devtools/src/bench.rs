@@ -1,4 +1,4 @@
-//! `paperclip-wasm-host bench`: performance against the simulator, each figure beside a
+//! `paperclip-dev bench` (`cargo bench-host`): performance against the simulator, each figure beside a
 //! baseline measured in the same run (a plain `ssh` per command, and `ssh` over an established
 //! master connection), reported as ratios. Timings vary between machines; ratios in one run
 //! are what to compare.
@@ -464,7 +464,7 @@ async fn ready(
 
 /// An [`SshRunner`] as the worker builds one for the simulator (its config, its host policy).
 fn capability_runner(sim: &Simulator, state_dir: &Path) -> anyhow::Result<SshRunner> {
-    let manifest: Value = serde_json::from_str(crate::EMBEDDED_MANIFEST)?;
+    let manifest: Value = serde_json::from_str(paperclip_wasm_host::EMBEDDED_MANIFEST)?;
     let policy = Policy::from_manifest(&manifest, &[sim.api_authority()], &[])?;
     let mut settings = SshSettings::new(state_dir);
     settings.ssh_config = Some(sim.ssh_config_path());
