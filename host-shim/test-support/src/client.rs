@@ -1,6 +1,7 @@
-//! A JSON-RPC client for a worker process: spawns `paperclip-wasm-host worker` exactly as
-//! Paperclip does (pipes, scrubbed environment) and sends concurrent requests. Used by the
-//! demo, the benchmark and the end-to-end tests.
+//! A JSON-RPC client for a worker process: spawns `paperclip-wasm-host worker` (or
+//! `paperclip-dev worker`, the same entry point) exactly as Paperclip does (pipes, scrubbed
+//! environment) and sends concurrent requests. Used by the demo, the benchmark and the
+//! end-to-end tests.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! What a Paperclip-like caller needs to drive a worker against the simulator: the worker flags
 //! that grant access to it, a driver config pointing at it, and Paperclip-shaped params.
-//! Shared by `demo` and `bench`.
+//! Shared by `paperclip-dev`'s `demo` and `bench` and by the end-to-end tests.
 
 use std::path::Path;
 
