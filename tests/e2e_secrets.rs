@@ -6,7 +6,7 @@ mod e2e_support;
 use std::time::Duration;
 
 use e2e_support::{entries_below, eventually, files_below, run_id, Env, EnvOptions};
-use paperclip_wasm_host::sim::ANY;
+use exe_dev_sim::ANY;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use e2e_support::{run_id, Env, EnvOptions, LINK_30MS_100MBIT};
-use paperclip_wasm_host::sim::LinkModel;
+use exe_dev_sim::LinkModel;
 use serde_json::{json, Value};
 
 /// What a tree holds, for comparison: relative path → kind, permission bits, content or link.

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use paperclip_wasm_host::client::WorkerClient;
-use paperclip_wasm_host::sim::{LinkModel, SimOptions, Simulator};
+use exe_dev_sim::{LinkModel, SimOptions, Simulator};
+use paperclip_test_support::client::WorkerClient;
+use paperclip_test_support::harness;
 use serde_json::{json, Value};
 
 /// The worker binary under test (built by cargo for this test target).
@@ -103,14 +104,7 @@ impl Env {
     pub async fn start_with(opts: EnvOptions) -> Env {
         let sim = Simulator::start(opts.sim).await.expect("simulator starts");
         let state = tempfile::tempdir().expect("state dir");
-        let mut args = vec![
-            "--state-dir".to_string(),
-            state.path().display().to_string(),
-            "--allow-http".to_string(),
-            sim.api_authority(),
-            "--ssh-config".to_string(),
-            sim.ssh_config_path().display().to_string(),
-        ];
+        let mut args = harness::worker_args(&sim, state.path());
         args.extend(opts.worker_args);
         let mut env: Vec<(String, String)> = opts
             .log_filter

@@ -1,0 +1,826 @@
+//! `paperclip-dev bench` (`cargo bench-host`): performance against the simulator, each figure beside a
+//! baseline measured in the same run (a plain `ssh` per command, and `ssh` over an established
+//! master connection), reported as ratios. Timings vary between machines; ratios in one run
+//! are what to compare.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use serde_json::{json, Value};
+
+use exe_dev_sim::{LinkModel, SimOptions, Simulator};
+use paperclip_test_support::client::WorkerClient;
+use paperclip_test_support::harness;
+use paperclip_wasm_runtime::caps::ssh::{
+    HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget,
+};
+use paperclip_wasm_runtime::policy::Policy;
+
+/// Iteration counts; small enough for a 2-core machine to finish in well under a minute.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// The link model of the link rows (execute and 20 MiB over an added round trip and a
+    /// bandwidth cap).
+    pub link: LinkModel,
+    /// Serial executes (and master-connection baseline commands).
+    pub serial: usize,
+    /// Rounds of 8 concurrent executes.
+    pub rounds: usize,
+    /// Fresh-connection `ssh` baseline commands.
+    pub fresh: usize,
+    /// Also run the sync rows (100 MiB in and out, on loopback and over the link).
+    pub sync: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            serial: 40,
+            rounds: 10,
+            fresh: 10,
+            link: LinkModel::new(30, 100),
+            sync: true,
+        }
+    }
+}
+
+const TWENTY_MIB: usize = 20 << 20;
+
+/// Pause after each sample, untimed.
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// Run the benchmark and print the table. `wasm_size` is the shipped component's size.
+pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> anyhow::Result<()> {
+    let sim = Simulator::start(SimOptions::default()).await?;
+    let result = measure(host_binary, &sim, opts).await;
+    let left = sim.vm_names();
+    sim.shutdown().await;
+    let rows = result?;
+    ensure!(left.is_empty(), "VMs left behind: {left:?}");
+
+    let sim = Simulator::start(SimOptions {
+        link: Some(opts.link),
+        ..SimOptions::default()
+    })
+    .await?;
+    let result = measure_link(host_binary, &sim, opts).await;
+    let left = sim.vm_names();
+    sim.shutdown().await;
+    let link_rows = result?;
+    ensure!(left.is_empty(), "VMs left behind: {left:?}");
+
+    print_table(&rows, wasm_size);
+    println!();
+    print_link_table(&link_rows, &opts.link);
+    if opts.sync {
+        for link in [None, Some(opts.link)] {
+            let sim = Simulator::start(SimOptions {
+                link,
+                ..SimOptions::default()
+            })
+            .await?;
+            let result = sync_rows(host_binary, &sim).await;
+            let left = sim.vm_names();
+            sim.shutdown().await;
+            let figures = result?;
+            ensure!(left.is_empty(), "VMs left behind: {left:?}");
+            println!();
+            crate::bench_sync::print(
+                &figures,
+                &link.map_or_else(|| "loopback".to_string(), |l| l.describe()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The sync rows on one simulator: its own worker, lease and baseline master connection.
+async fn sync_rows(
+    host_binary: &Path,
+    sim: &Simulator,
+) -> anyhow::Result<crate::bench_sync::SyncFigures> {
+    let scratch = tempfile::tempdir()?;
+    let worker = ready(
+        host_binary,
+        &harness::worker_args(sim, &scratch.path().join("state")),
+        &harness::quiet_env(),
+    )
+    .await?;
+    let config = harness::driver_config(sim, 600_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-sync", extra);
+    let lease = worker
+        .request(
+            "environmentAcquireLease",
+            base(json!({ "runId": "bench-sync" })),
+        )
+        .await?;
+    let vm = lease["providerLeaseId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let home = sim
+        .vm_home(&vm)
+        .ok_or_else(|| anyhow::anyhow!("no VM {vm} in the simulator"))?;
+    let (host, port, _) = lease_destination(&lease)?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
+    raw.start_master().await?;
+    let figures =
+        crate::bench_sync::measure(&worker, worker.pid(), &base, &lease, &home, &|remote| {
+            raw.command(remote)
+        })
+        .await;
+    raw.stop_master().await;
+    destroy(&worker, &base, &lease).await?;
+    figures
+}
+
+/// The link rows: what a command and a large output cost over a real link's round trip and
+/// bandwidth, beside the system ssh client over a master connection on the same link.
+struct LinkFigures {
+    serial_median: Duration,
+    ssh_master: Duration,
+    stdout_20mib: Duration,
+    ssh_master_20mib: Duration,
+}
+
+async fn measure_link(
+    host_binary: &Path,
+    sim: &Simulator,
+    opts: BenchOptions,
+) -> anyhow::Result<LinkFigures> {
+    let scratch = tempfile::tempdir()?;
+    let worker = ready(
+        host_binary,
+        &harness::worker_args(sim, &scratch.path().join("state")),
+        &harness::quiet_env(),
+    )
+    .await?;
+    let config = harness::driver_config(sim, 120_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-link", extra);
+    let lease = worker
+        .request(
+            "environmentAcquireLease",
+            base(json!({ "runId": "bench-link" })),
+        )
+        .await?;
+    let exec_true = async || execute_true(&worker, &base, &lease).await;
+    exec_true().await?; // opens the shared connection
+    let (host, port, _) = lease_destination(&lease)?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
+    raw.start_master().await?;
+
+    let mut serial = Samples::default();
+    for _ in 0..opts.serial.min(15) {
+        serial.time("ours", &exec_true).await?;
+        serial
+            .time("master", async || raw.run(true, "true").await)
+            .await?;
+    }
+    let big = twenty_mib_command();
+    let big_params = base(json!({"lease": &lease, "command": "sh", "args": ["-c", &big]}));
+    let mut bulk = Samples::default();
+    for _ in 0..2 {
+        bulk.time("ours", async || {
+            execute_twenty_mib(&worker, big_params.clone()).await
+        })
+        .await?;
+        bulk.time("master", async || raw.run(true, &big).await)
+            .await?;
+    }
+    raw.stop_master().await;
+    destroy(&worker, &base, &lease).await?;
+    worker.shutdown().await?;
+    Ok(LinkFigures {
+        serial_median: median(serial.take("ours")),
+        ssh_master: median(serial.take("master")),
+        stdout_20mib: median(bulk.take("ours")),
+        ssh_master_20mib: median(bulk.take("master")),
+    })
+}
+
+/// Execute literally `true` in `lease`: the command with no arguments, as Paperclip would send
+/// it.
+async fn execute_true(
+    worker: &WorkerClient,
+    base: &impl Fn(Value) -> Value,
+    lease: &Value,
+) -> anyhow::Result<()> {
+    let r = worker
+        .request(
+            "environmentExecute",
+            base(json!({"lease": lease, "command": "true"})),
+        )
+        .await?;
+    ensure!(r["exitCode"] == 0, "execute true: {r}");
+    Ok(())
+}
+
+/// `sshHost`, `sshPort` and the VM name of a lease, as the baselines need them.
+fn lease_destination(lease: &Value) -> anyhow::Result<(String, u64, String)> {
+    let host = lease["metadata"]["sshHost"]
+        .as_str()
+        .or(lease["metadata"]["sshDest"].as_str())
+        .context("lease metadata without sshHost")?
+        .to_string();
+    let port = lease["metadata"]["sshPort"].as_u64().unwrap_or(22);
+    let vm_name = lease["providerLeaseId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((host, port, vm_name))
+}
+
+/// A remote command printing exactly 20 MiB.
+fn twenty_mib_command() -> String {
+    format!("head -c {TWENTY_MIB} /dev/zero | tr '\\0' a")
+}
+
+/// Execute the 20 MiB command and check every byte came back.
+async fn execute_twenty_mib(worker: &WorkerClient, params: Value) -> anyhow::Result<()> {
+    let r = worker.request("environmentExecute", params).await?;
+    let len = r["stdout"].as_str().map(str::len);
+    ensure!(
+        len == Some(TWENTY_MIB),
+        "20 MiB stdout came back with {len:?} bytes"
+    );
+    Ok(())
+}
+
+struct Figures {
+    ready_cold: Duration,
+    ready_warm: Duration,
+    serial_median: Duration,
+    serial_p90: Duration,
+    round_median: Duration,
+    acquire: Duration,
+    stdout_20mib: Duration,
+    ssh_fresh: Duration,
+    ssh_master: Duration,
+    ssh_fresh_round: Duration,
+    ssh_master_20mib: Duration,
+    ssh_master_wrapper: Duration,
+    ssh_master_round: Duration,
+    ssh_master_wrapper_round: Duration,
+    remote_alone: Duration,
+    remote_alone_round: Duration,
+    capability_alone: Duration,
+}
+
+async fn measure(
+    host_binary: &Path,
+    sim: &Simulator,
+    opts: BenchOptions,
+) -> anyhow::Result<Figures> {
+    let scratch = tempfile::tempdir()?;
+    let quiet = harness::quiet_env();
+    let args = |dir: &str| harness::worker_args(sim, &scratch.path().join(dir));
+
+    // Worker ready: spawn → initialize answered. Cold = empty state dir (compiles the
+    // component); warm = the compiled artifact is cached.
+    let mut i = 0;
+    let cold = timed_serial(3, async || {
+        i += 1;
+        ready(host_binary, &args(&format!("cold-{i}")), &quiet)
+            .await?
+            .shutdown()
+            .await
+    })
+    .await?;
+    let warm = timed_serial(10, async || {
+        ready(host_binary, &args("cold-1"), &quiet)
+            .await?
+            .shutdown()
+            .await
+    })
+    .await?;
+    let worker = ready(host_binary, &args("cold-1"), &quiet).await?;
+
+    let config = harness::driver_config(sim, 60_000);
+    let base = |extra: Value| harness::call_params(&config, "bench", "bench-env", extra);
+    let exec_on = |lease: &Value, script: &str| {
+        base(json!({"lease": lease, "command": "sh", "args": ["-c", script]}))
+    };
+
+    // Acquire: create + readiness + one SSH round trip. Three leases; the first is used below.
+    let mut leases = Vec::new();
+    let acquires = timed_serial(3, async || {
+        let run_id = format!("bench-run-{}", leases.len());
+        let lease = worker
+            .request("environmentAcquireLease", base(json!({ "runId": run_id })))
+            .await?;
+        leases.push(lease);
+        Ok(())
+    })
+    .await?;
+    let lease = leases[0].clone();
+    let exec_true = async || execute_true(&worker, &base, &lease).await;
+    exec_true().await?; // the first call opens the shared connection
+
+    // The baselines reach the same VM the same way, with the system ssh client.
+    let (host, port, vm_name) = lease_destination(&lease)?;
+    // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
+    // profile sourcing, cd, export, exec), replayed by the baselines: same remote work.
+    let wrapper = sim
+        .ssh_log()
+        .into_iter()
+        .rev()
+        .filter(|c| c.vm == vm_name)
+        .filter_map(|c| c.command)
+        .find(|c| c.contains("PAPERCLIP_EXEC_ID") && c.contains("'true'"))
+        .context("the simulator logged no execute of `true`")?;
+    let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
+    raw.start_master().await?;
+    // The same remote work with no SSH at all, started the way the VM's SSH server starts a
+    // command. The simulated VMs share this machine's cores, so this is also where concurrent
+    // executes queue.
+    let in_vm = async || {
+        let code = sim.run_in_vm(&vm_name, &wrapper).await?;
+        ensure!(code == Some(0), "the wrapper alone exited with {code:?}");
+        Ok(())
+    };
+    // Our SSH capability alone (no worker, no component) sending the same command over its
+    // shared connection: splits our overhead into transport and worker + component.
+    let capability = capability_runner(sim, &scratch.path().join("capability"))?;
+    let cap_request = SshExec {
+        target: SshTarget {
+            host: host.clone(),
+            port: u16::try_from(port).context("sshPort")?,
+            user: lease["metadata"]["sshUser"].as_str().map(str::to_string),
+            identity: Identity::KeyMaterial(sim.client_key_pem()),
+            host_key_policy: HostKeyPolicy::AcceptNew,
+        },
+        command: wrapper.clone(),
+        stdin: None,
+        timeout_ms: 60_000,
+        max_output_bytes: 1 << 20,
+    };
+    let via_capability = async || {
+        let out = capability.exec(cap_request.clone(), None).await?;
+        ensure!(out.exit_code == Some(0), "capability run: {out:?}");
+        Ok(())
+    };
+    via_capability().await?; // starts its shared connection
+
+    // Samples are interleaved (one of each per iteration), so drift in this machine's speed
+    // during the run weighs on every column alike.
+    let mut serial = Samples::default();
+    for i in 0..opts.serial {
+        serial.time("ours", &exec_true).await?;
+        serial
+            .time("master", async || raw.run(true, "true").await)
+            .await?;
+        serial
+            .time("master wrapper", async || raw.run(true, &wrapper).await)
+            .await?;
+        serial.time("remote alone", &in_vm).await?;
+        serial.time("capability", &via_capability).await?;
+        if i < opts.fresh {
+            serial
+                .time("fresh", async || raw.run(false, "true").await)
+                .await?;
+        }
+    }
+    let mut rounds = Samples::default();
+    for i in 0..opts.rounds {
+        rounds
+            .time("ours", async || round(&exec_true).await)
+            .await?;
+        rounds
+            .time("master", async || {
+                round(async || raw.run(true, "true").await).await
+            })
+            .await?;
+        rounds
+            .time("master wrapper", async || {
+                round(async || raw.run(true, &wrapper).await).await
+            })
+            .await?;
+        rounds
+            .time("remote alone", async || round(&in_vm).await)
+            .await?;
+        if i < 3 {
+            rounds
+                .time("fresh", async || {
+                    round(async || raw.run(false, "true").await).await
+                })
+                .await?;
+        }
+    }
+    let big = twenty_mib_command();
+    let mut bulk = Samples::default();
+    for _ in 0..3 {
+        bulk.time("ours", async || {
+            execute_twenty_mib(&worker, exec_on(&lease, &big)).await
+        })
+        .await?;
+        bulk.time("master", async || raw.run(true, &big).await)
+            .await?;
+    }
+    capability.close_all().await;
+    raw.stop_master().await;
+    for l in &leases {
+        destroy(&worker, &base, l).await?;
+    }
+    worker.shutdown().await?;
+
+    let mut serial_ours = serial.take("ours");
+    Ok(Figures {
+        ready_cold: median(cold),
+        ready_warm: median(warm),
+        serial_median: median(serial_ours.clone()),
+        serial_p90: percentile(&mut serial_ours, 0.9),
+        round_median: median(rounds.take("ours")),
+        acquire: median(acquires),
+        stdout_20mib: median(bulk.take("ours")),
+        ssh_fresh: median(serial.take("fresh")),
+        ssh_master: median(serial.take("master")),
+        ssh_fresh_round: median(rounds.take("fresh")),
+        ssh_master_20mib: median(bulk.take("master")),
+        ssh_master_wrapper: median(serial.take("master wrapper")),
+        ssh_master_round: median(rounds.take("master")),
+        ssh_master_wrapper_round: median(rounds.take("master wrapper")),
+        remote_alone: median(serial.take("remote alone")),
+        remote_alone_round: median(rounds.take("remote alone")),
+        capability_alone: median(serial.take("capability")),
+    })
+}
+
+/// Wall times by series name.
+#[derive(Default)]
+struct Samples(std::collections::HashMap<&'static str, Vec<Duration>>);
+
+impl Samples {
+    /// Time one run of `f` into series `name`.
+    async fn time<T>(
+        &mut self,
+        name: &'static str,
+        f: impl AsyncFnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<()> {
+        let t = Instant::now();
+        f().await?;
+        self.0.entry(name).or_default().push(t.elapsed());
+        // Let the sample's teardown (client exits, session close, reaping) finish before the
+        // next one starts, so no sample pays for its predecessor.
+        tokio::time::sleep(SETTLE).await;
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str) -> Vec<Duration> {
+        self.0.remove(name).unwrap_or_default()
+    }
+}
+
+/// One round: 8 concurrent runs of `f`.
+async fn round<T>(f: impl AsyncFn() -> anyhow::Result<T>) -> anyhow::Result<()> {
+    for r in harness::join_all((0..8).map(|_| f())).await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn destroy(
+    worker: &WorkerClient,
+    base: &impl Fn(Value) -> Value,
+    lease: &Value,
+) -> anyhow::Result<()> {
+    let params =
+        json!({"providerLeaseId": lease["providerLeaseId"], "leaseMetadata": lease["metadata"]});
+    worker
+        .request("environmentDestroyLease", base(params))
+        .await?;
+    Ok(())
+}
+
+/// Wall time of each of `n` runs of `f`, one after another.
+async fn timed_serial<T>(
+    n: usize,
+    mut f: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
+async fn ready(
+    host_binary: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<WorkerClient> {
+    let w = WorkerClient::spawn(host_binary, args, env).await?;
+    let init = w
+        .request(
+            "initialize",
+            json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+        )
+        .await?;
+    ensure!(init["ok"] == true, "initialize: {init}");
+    Ok(w)
+}
+
+/// An [`SshRunner`] as the worker builds one for the simulator (its config, its host policy).
+fn capability_runner(sim: &Simulator, state_dir: &Path) -> anyhow::Result<SshRunner> {
+    let manifest: Value = serde_json::from_str(paperclip_wasm_host::EMBEDDED_MANIFEST)?;
+    let policy = Policy::from_manifest(&manifest, &[sim.api_authority()], &[])?;
+    let mut settings = SshSettings::new(state_dir);
+    settings.ssh_config = Some(sim.ssh_config_path());
+    SshRunner::new(settings, Arc::new(policy))
+}
+
+/// The baseline: the system OpenSSH client run by hand, as a script would.
+struct RawSsh {
+    common: Vec<String>,
+    control: PathBuf,
+    host: String,
+}
+
+impl RawSsh {
+    fn new(sim: &Simulator, scratch: &Path, host: &str, port: &str) -> Self {
+        let common = vec![
+            "-F".into(),
+            sim.ssh_config_path().display().to_string(),
+            "-T".into(),
+            "-i".into(),
+            sim.client_key_path().display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=accept-new".into(),
+            "-o".into(),
+            format!(
+                "UserKnownHostsFile={}",
+                scratch.join("baseline_known_hosts").display()
+            ),
+            "-p".into(),
+            port.into(),
+        ];
+        Self {
+            common,
+            control: scratch.join("baseline-master.sock"),
+            host: host.to_string(),
+        }
+    }
+
+    /// `ssh … host <remote>` over the master, for a pipeline the caller wires up.
+    fn command(&self, remote: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.args(&self.common)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.control.display()))
+            .arg(&self.host)
+            .arg(remote);
+        cmd
+    }
+
+    async fn run(&self, via_master: bool, command: &str) -> anyhow::Result<()> {
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.args(&self.common);
+        if via_master {
+            cmd.arg("-o")
+                .arg(format!("ControlPath={}", self.control.display()));
+        }
+        cmd.arg(&self.host).arg(command);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().await?;
+        ensure!(
+            out.status.success(),
+            "baseline ssh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    async fn start_master(&self) -> anyhow::Result<()> {
+        let status = tokio::process::Command::new("ssh")
+            .args(&self.common)
+            .args([
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=60",
+                "-f",
+                "-N",
+            ])
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.control.display()))
+            .arg(&self.host)
+            .stdin(Stdio::null())
+            .status()
+            .await?;
+        ensure!(
+            status.success(),
+            "starting the baseline master connection failed"
+        );
+        Ok(())
+    }
+
+    async fn stop_master(&self) {
+        let _ = tokio::process::Command::new("ssh")
+            .args(&self.common)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.control.display()))
+            .args(["-O", "exit"])
+            .arg(&self.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+}
+
+fn print_link_table(f: &LinkFigures, link: &LinkModel) {
+    println!("Over the simulator's link model ({}):", link.describe());
+    println!();
+    println!("| measure | ours | baseline (same run, same link) | ratio |");
+    println!("|---|---|---|---|");
+    for (measure, ours, base) in [
+        (
+            "execute `true`, serial median",
+            f.serial_median,
+            f.ssh_master,
+        ),
+        ("20 MiB stdout", f.stdout_20mib, f.ssh_master_20mib),
+    ] {
+        println!(
+            "| {measure} | {} | ssh over master {} | {:.2}× |",
+            ms(ours),
+            ms(base),
+            ratio(ours, base)
+        );
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    percentile(&mut v, 0.5)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((v.len() - 1) as f64 * p).round() as usize;
+    v[idx]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn print_table(f: &Figures, wasm_size: usize) {
+    let row = |measure: &str, ours: String, baseline: String, ratio: String, target: &str| {
+        println!("| {measure} | {ours} | {baseline} | {ratio} | {target} |");
+    };
+    let times = |a: Duration, b: Duration| format!("{:.2}×", ratio(a, b));
+    let faster = |slow: Duration, fast: Duration| format!("{:.1}× faster", ratio(slow, fast));
+    let none = || "—".to_string();
+    println!("| measure | ours | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    row(
+        "worker ready, cold (compile)",
+        ms(f.ready_cold),
+        none(),
+        none(),
+        "—",
+    );
+    row(
+        "worker ready, warm (cached)",
+        ms(f.ready_warm),
+        none(),
+        none(),
+        "≤ 50 ms",
+    );
+    let serial = "execute `true`, serial median";
+    row(
+        serial,
+        ms(f.serial_median),
+        format!("ssh over master {}", ms(f.ssh_master)),
+        times(f.serial_median, f.ssh_master),
+        "≤ 1.5×",
+    );
+    row(
+        serial,
+        ms(f.serial_median),
+        format!(
+            "ssh over master, same remote wrapper {}",
+            ms(f.ssh_master_wrapper)
+        ),
+        times(f.serial_median, f.ssh_master_wrapper),
+        "—",
+    );
+    row(
+        serial,
+        ms(f.serial_median),
+        format!("fresh ssh {}", ms(f.ssh_fresh)),
+        faster(f.ssh_fresh, f.serial_median),
+        "≥ 10×",
+    );
+    row(
+        "execute `true`, serial p90",
+        ms(f.serial_p90),
+        none(),
+        none(),
+        "—",
+    );
+    let round = "8 concurrent executes, round median";
+    row(
+        round,
+        ms(f.round_median),
+        format!("our serial median {}", ms(f.serial_median)),
+        times(f.round_median, f.serial_median),
+        "≤ 2×",
+    );
+    row(
+        "8 concurrent, raw baseline",
+        format!("8 × ssh over master {}", ms(f.ssh_master_round)),
+        format!("ssh over master {}", ms(f.ssh_master)),
+        times(f.ssh_master_round, f.ssh_master),
+        "—",
+    );
+    row(
+        round,
+        ms(f.round_median),
+        format!(
+            "8 × ssh over master, same remote wrapper {}",
+            ms(f.ssh_master_wrapper_round)
+        ),
+        times(f.round_median, f.ssh_master_wrapper_round),
+        "—",
+    );
+    row(
+        "remote work alone (the wrapper, no SSH), serial median",
+        ms(f.remote_alone),
+        none(),
+        none(),
+        "—",
+    );
+    row(
+        "our SSH capability alone (no worker), same remote wrapper, serial median",
+        ms(f.capability_alone),
+        format!("remote work alone {}", ms(f.remote_alone)),
+        times(f.capability_alone, f.remote_alone),
+        "—",
+    );
+    row(
+        "remote work alone, 8 concurrent, round median",
+        ms(f.remote_alone_round),
+        format!("remote work alone, serial {}", ms(f.remote_alone)),
+        times(f.remote_alone_round, f.remote_alone),
+        "—",
+    );
+    row(
+        round,
+        ms(f.round_median),
+        format!(
+            "remote work alone, 8 concurrent {}",
+            ms(f.remote_alone_round)
+        ),
+        times(f.round_median, f.remote_alone_round),
+        "—",
+    );
+    row(
+        "8 concurrent, vs 8 fresh ssh",
+        ms(f.round_median),
+        format!("8 fresh ssh {}", ms(f.ssh_fresh_round)),
+        faster(f.ssh_fresh_round, f.round_median),
+        "—",
+    );
+    row(
+        "acquire (create + ready + 1 SSH round trip)",
+        ms(f.acquire),
+        none(),
+        none(),
+        "—",
+    );
+    row(
+        "20 MiB stdout",
+        ms(f.stdout_20mib),
+        format!("ssh over master {}", ms(f.ssh_master_20mib)),
+        times(f.stdout_20mib, f.ssh_master_20mib),
+        "—",
+    );
+    row(
+        "component size (release)",
+        format!("{} KB", wasm_size / 1000),
+        none(),
+        none(),
+        "≤ 400 KB",
+    );
+}

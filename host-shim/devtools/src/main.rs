@@ -1,0 +1,108 @@
+//! `paperclip-dev`: development tools for the exe.dev provider host, never shipped. `demo` runs
+//! the whole lifecycle offline against the exe.dev simulator; `bench` measures against it. Both
+//! spawn this binary's hidden `worker` subcommand, which is the shipped worker's entry point
+//! (`paperclip_wasm_host::commands::run_worker`, with the component embedded in the worker
+//! library), so they go through the real worker protocol and component over stdio.
+
+mod bench;
+mod bench_sync;
+mod demo;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use exe_dev_sim::cli::LinkArgs;
+use exe_dev_sim::LinkModel;
+use paperclip_wasm_host::cli::{execute, HostArgs};
+use paperclip_wasm_host::commands::run_worker;
+
+#[derive(Parser)]
+#[command(
+    name = "paperclip-dev",
+    about = "Development tools for the exe.dev provider host: the offline demo and the benchmark"
+)]
+struct Cli {
+    /// What to log on stderr (tracing filter syntax, as for `paperclip-wasm-host`). Default:
+    /// `warn` for `worker`, `info` for the other commands. Without the flag,
+    /// `PAPERCLIP_WASM_HOST_LOG` applies.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The worker of `paperclip-wasm-host worker`, with the same flags: what `demo` and `bench`
+    /// spawn.
+    #[command(hide = true)]
+    Worker(HostArgs),
+    /// Run the full lifecycle offline against the embedded exe.dev simulator.
+    Demo {
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+    /// Measure against the simulator, beside raw-ssh baselines from the same run.
+    Bench {
+        /// Serial executes (and master-connection baseline commands).
+        #[arg(long, default_value_t = 40)]
+        serial: usize,
+        /// Rounds of 8 concurrent executes.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Fresh-connection ssh baseline commands.
+        #[arg(long, default_value_t = 10)]
+        fresh: usize,
+        /// Round-trip time of the link model the link rows run over, in milliseconds.
+        #[arg(long, default_value_t = 30, value_name = "MS")]
+        link_rtt_ms: u64,
+        /// Bandwidth of the link model the link rows run over, in Mbit/s (0: uncapped).
+        #[arg(long, default_value_t = 100, value_name = "MBIT")]
+        link_mbit: u64,
+        /// Skip the sync rows (100 MiB in and out, three ways, on loopback and over the link).
+        #[arg(long)]
+        no_sync: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Worker(_) => "warn",
+        _ => "info",
+    };
+    execute(
+        "paperclip-dev",
+        cli.log_level.as_deref(),
+        default_filter,
+        run(cli.command),
+    )
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Worker(args) => run_worker(args).await,
+        Command::Demo { link } => {
+            let me = std::env::current_exe().context("locating this binary")?;
+            demo::run(&me, link.model()).await
+        }
+        Command::Bench {
+            serial,
+            rounds,
+            fresh,
+            link_rtt_ms,
+            link_mbit,
+            no_sync,
+        } => {
+            let me = std::env::current_exe().context("locating this binary")?;
+            let opts = bench::BenchOptions {
+                serial,
+                rounds,
+                fresh,
+                link: LinkModel::new(link_rtt_ms, link_mbit),
+                sync: !no_sync,
+            };
+            bench::run(&me, paperclip_wasm_host::EMBEDDED_COMPONENT.len(), opts).await
+        }
+    }
+}

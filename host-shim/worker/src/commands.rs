@@ -1,0 +1,200 @@
+//! What each command of `paperclip-wasm-host` does: the worker (the Paperclip protocol over
+//! stdio), `package`, and the operator commands (`validate`, `probe`, `exec`, `orphans`), which
+//! call the component directly with the params Paperclip would send.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::dispatch::dispatch;
+use paperclip_wasm_runtime::engine::ProviderHost;
+
+use crate::cli::{Command, HostArgs};
+use crate::{orphans, package, worker};
+
+/// Run one command of `paperclip-wasm-host`.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Worker(args) => run_worker(args).await,
+        Command::Package {
+            out,
+            component,
+            manifest,
+        } => {
+            let scratch = tempfile::tempdir()?;
+            let component = match component {
+                Some(p) => p,
+                None => {
+                    let p = scratch.path().join("paperclip_exe_dev.wasm");
+                    std::fs::write(&p, crate::EMBEDDED_COMPONENT)?;
+                    p
+                }
+            };
+            let manifest = match manifest {
+                Some(p) => p,
+                None => {
+                    let p = scratch.path().join("manifest.json");
+                    std::fs::write(&p, crate::EMBEDDED_MANIFEST)?;
+                    p
+                }
+            };
+            let me = std::env::current_exe().context("locating this binary")?;
+            package::build_package(&out, &me, &component, &manifest)?;
+            println!("Paperclip plugin package written to {}", out.display());
+            Ok(())
+        }
+        Command::Validate { config, host } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let params = json!({ "driverKey": "exe-dev", "config": config });
+            let r = ops_call(&provider, "environmentValidateConfig", params).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r["ok"] != true {
+                anyhow::bail!("the config is invalid: {}", r["errors"][0]);
+            }
+            Ok(())
+        }
+        Command::Probe { config, host } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let params =
+                json!({ "driverKey": "exe-dev", "environmentId": "cli-probe", "config": config });
+            let r = ops_call(&provider, "environmentProbe", params).await?;
+            for d in r["diagnostics"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "  {:<7} {:<12} {}  {}",
+                    d["severity"].as_str().unwrap_or(""),
+                    d["code"].as_str().unwrap_or(""),
+                    d["message"].as_str().unwrap_or(""),
+                    d.get("details").map(|v| v.to_string()).unwrap_or_default()
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r["ok"] != true {
+                anyhow::bail!("{}", r["summary"].as_str().unwrap_or("probe failed"));
+            }
+            Ok(())
+        }
+        Command::Exec {
+            config,
+            vm,
+            cwd,
+            host,
+            command,
+        } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            let (program, args) = command.split_first().expect("clap requires a command");
+            let params = json!({
+                "driverKey": "exe-dev", "environmentId": "cli-exec", "config": config,
+                "lease": { "providerLeaseId": vm, "metadata": {} },
+                "command": program, "args": args, "cwd": cwd,
+            });
+            let r = ops_call(&provider, "environmentExecute", params).await?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(r["stdout"].as_str().unwrap_or("").as_bytes())?;
+            std::io::stderr().write_all(r["stderr"].as_str().unwrap_or("").as_bytes())?;
+            if r["timedOut"] == true {
+                anyhow::bail!("the command timed out and was terminated");
+            }
+            let code = r["exitCode"].as_i64().unwrap_or(1);
+            std::process::exit(code as i32);
+        }
+        Command::Orphans {
+            config,
+            delete,
+            yes,
+            host,
+        } => {
+            let config = read_config(&config)?;
+            let provider = host.load()?;
+            run_orphans(&config, &provider, &delete, yes).await
+        }
+    }
+}
+
+/// `worker`: speak Paperclip's plugin-worker protocol on stdin/stdout until `shutdown` or EOF.
+/// `paperclip-dev worker` runs exactly this, so the demo and the benchmark go through it too.
+pub async fn run_worker(args: HostArgs) -> anyhow::Result<()> {
+    clear_nonblocking_stdio();
+    let host = Arc::new(args.load()?);
+    let exit = worker::serve(host.clone(), tokio::io::stdin(), tokio::io::stdout()).await;
+    // Masters would otherwise idle on until ControlPersist ends them.
+    host.close_connections().await;
+    tracing::debug!("worker exiting: {:?}", exit?);
+    Ok(())
+}
+
+/// `orphans`: the listing (JSON on stdout, one line per VM on stderr), then the deletions.
+async fn run_orphans(
+    config: &serde_json::Value,
+    provider: &ProviderHost,
+    delete: &[String],
+    yes: bool,
+) -> anyhow::Result<()> {
+    let listing = orphans::list(provider, config).await?;
+    for l in &listing {
+        eprintln!(
+            "  {:<7} {:<16} {:<12} {}",
+            if l.orphan.is_some() { "orphan" } else { "" },
+            l.orphan.unwrap_or(""),
+            if l.present {
+                l.status.as_deref().unwrap_or("present")
+            } else {
+                "not present"
+            },
+            l.name
+        );
+    }
+    let doomed = orphans::to_delete(&listing, delete, yes)?;
+    let mut deleted = Vec::new();
+    for name in &doomed {
+        let params = json!({
+            "driverKey": "exe-dev", "environmentId": "cli-orphans", "config": config,
+            "providerLeaseId": name,
+        });
+        ops_call(provider, "environmentDestroyLease", params).await?;
+        deleted.push(name.clone());
+    }
+    let vms: Vec<serde_json::Value> = listing.iter().map(orphans::Listed::to_json).collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "vms": vms, "deleted": deleted }))?
+    );
+    Ok(())
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("parsing config {} as JSON", path.display()))
+}
+
+/// Call the component directly (no worker process), logging guest progress to stderr.
+async fn ops_call(
+    provider: &ProviderHost,
+    method: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("paperclip-wasm-host: {method}…");
+    dispatch(provider, method, params, CallSink::stderr_only())
+        .await
+        .map_err(|e| anyhow::anyhow!("{method} failed ({}): {}", e.code, e.message))
+}
+
+/// Paperclip hands the worker Unix-socket stdio that may be non-blocking; blocking reads and
+/// writes expect blocking descriptors.
+fn clear_nonblocking_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: fcntl on the standard descriptors with valid commands; failure is harmless.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `paperclip-wasm-host`: runs the exe.dev provider WebAssembly component as a Paperclip plugin
+//! worker, granting it outbound HTTP and SSH under an allow-list policy.
+//!
+//! The component runtime is `paperclip-wasm-runtime`; this crate adds the Paperclip worker
+//! protocol ([`worker`]), the command line ([`cli`], [`commands`]), the plugin package
+//! ([`package`]) and the operator's orphan listing ([`orphans`]), and embeds the component and
+//! the manifest.
+
+pub mod cli;
+pub mod commands;
+pub mod orphans;
+pub mod package;
+pub mod worker;
+
+/// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
+pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM"));
+
+/// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
+/// `--manifest` is given.
+pub static EMBEDDED_MANIFEST: &str = include_str!("../../../manifest.json");

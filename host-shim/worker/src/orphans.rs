@@ -1,0 +1,131 @@
+//! The operator's `orphans` command: list the VMs this provider created for a config (by name
+//! prefix), mark the ones the host's VM ledger records as orphans, and delete what is asked.
+//!
+//! Listing runs the component's `list-vms` export (only the guest speaks exe.dev's API);
+//! deleting runs `destroy-lease` per VM, which deletes exactly that VM and clears its ledger
+//! entry.
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+use paperclip_wasm_runtime::bindings::ledger::Reason;
+use paperclip_wasm_runtime::bindings::provider::CallContext;
+use paperclip_wasm_runtime::caps::log::CallSink;
+use paperclip_wasm_runtime::engine::ProviderHost;
+
+/// One VM of the listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The VM name.
+    pub name: String,
+    /// exe.dev lists it now.
+    pub present: bool,
+    /// exe.dev's status, when present.
+    pub status: Option<String>,
+    /// Why the ledger records it (`uncertain-create`, `failed-delete`): an orphan.
+    pub orphan: Option<&'static str>,
+}
+
+impl Listed {
+    /// The JSON the command prints.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "present": self.present,
+            "status": self.status,
+            "orphan": self.orphan.is_some(),
+            "reason": self.orphan,
+        })
+    }
+}
+
+/// The listing for `config` (a driver config object).
+pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Listed>> {
+    let ctx = CallContext {
+        config: config.to_string(),
+        environment_id: "cli-orphans".to_string(),
+        company_id: None,
+    };
+    let timeout =
+        paperclip_wasm_runtime::convert::call_timeout("listVms", &json!({ "config": config }));
+    let result = host
+        .call(CallSink::stderr_only(), timeout, async |s, g| {
+            g.call_list_vms(s, &ctx).await
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .context("listing VMs: the provider component failed")?;
+    let vms = result.map_err(|e| {
+        let e = paperclip_wasm_runtime::convert::provider_error("listVms", e);
+        anyhow::anyhow!("{}", e.message)
+    })?;
+    Ok(vms
+        .into_iter()
+        .map(|v| Listed {
+            name: v.name,
+            present: v.present,
+            status: v.status,
+            orphan: v.orphan.map(|r| match r {
+                Reason::UncertainCreate => "uncertain-create",
+                Reason::FailedDelete => "failed-delete",
+            }),
+        })
+        .collect())
+}
+
+/// What to delete: the names asked for (each must be in the listing: this command never
+/// deletes a VM that is not the provider's), plus every orphan when `all_orphans`.
+pub fn to_delete(
+    listing: &[Listed],
+    named: &[String],
+    all_orphans: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for n in named {
+        if !listing.iter().any(|l| &l.name == n) {
+            anyhow::bail!("{n} is not one of this config's VMs (see the listing)");
+        }
+        out.push(n.clone());
+    }
+    if all_orphans {
+        out.extend(
+            listing
+                .iter()
+                .filter(|l| l.orphan.is_some())
+                .map(|l| l.name.clone()),
+        );
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(name: &str, orphan: bool) -> Listed {
+        Listed {
+            name: name.into(),
+            present: true,
+            status: None,
+            orphan: orphan.then_some("uncertain-create"),
+        }
+    }
+
+    #[test]
+    fn deletes_what_is_named_or_every_orphan_and_nothing_foreign() {
+        let listing = [l("paperclip-a", true), l("paperclip-b", false)];
+        assert_eq!(
+            to_delete(&listing, &["paperclip-b".into()], false).unwrap(),
+            ["paperclip-b"]
+        );
+        assert_eq!(to_delete(&listing, &[], true).unwrap(), ["paperclip-a"]);
+        assert_eq!(
+            to_delete(&listing, &["paperclip-a".into()], true).unwrap(),
+            ["paperclip-a"]
+        );
+        assert!(to_delete(&listing, &["someone-else".into()], true).is_err());
+        assert!(to_delete(&listing, &[], false).unwrap().is_empty());
+    }
+}
