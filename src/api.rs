@@ -1,8 +1,9 @@
-//! The exe.dev `/exec` client: command lines, quoting, redaction, error mapping, retries.
+//! The exe.dev `/exec` client: command lines, redaction, error mapping, retries.
 
 use crate::config::Config;
 use crate::error::{ApiError, ProviderError};
 use crate::host::{Host, HttpError, LogLevel};
+use crate::shell::shell_quote;
 use serde_json::Value;
 
 /// exe.dev's `/exec` body limit: a body of 64 KB + 1 bytes or more is refused with 413.
@@ -11,11 +12,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const API_MAX_TIMEOUT_MS: u64 = 29_000;
 /// The Node version the default setup script guarantees: (major, minor). The ONE place it lives.
 pub const NODE_MIN_VERSION: (u32, u32) = (24, 11);
-
-/// The seed's `shellQuote`: wrap in `'…'`, each `'` becomes `'"'"'`.
-pub fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "'\"'\"'"))
-}
 
 /// One exe.dev command line: the body to send and the redacted form for logs and errors.
 #[derive(Clone, PartialEq, Eq)]

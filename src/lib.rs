@@ -12,6 +12,7 @@ pub mod host;
 pub mod lease;
 pub mod pem;
 pub mod remote;
+pub mod shell;
 pub mod sync_script;
 pub mod vm;
 

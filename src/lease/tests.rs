@@ -1,7 +1,7 @@
 use super::*;
-use crate::api::shell_quote;
 use crate::error::ApiError;
 use crate::host::{HostKeyPolicy, HttpError, LedgerReason};
+use crate::shell::shell_quote;
 use crate::testing::FakeHost;
 
 const NEW_OK: &str = r#"{"vm_name":"paperclip-env1-run1","ssh_dest":"paperclip-env1-run1.exe.xyz","https_url":"https://paperclip-env1-run1.exe.xyz","status":"running"}"#;
