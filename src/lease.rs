@@ -2,13 +2,14 @@
 //!
 //! Everything here runs against [`Host`], so it is unit-tested natively with a fake host.
 
-use crate::api::{self, Api, Deadline};
+use crate::api::{self, Api};
 use crate::config::Config;
 use crate::error::ProviderError;
 use crate::host::{
     Connected, Host, Identity, LogLevel, SshError, SshOutput, SshRequest, SshTarget,
 };
 use crate::remote::{self, SshFailure};
+use crate::time::{backoff_ms, Deadline};
 use crate::vm::{self, VmRecord};
 use serde_json::{json, Map, Value};
 
@@ -551,8 +552,7 @@ impl<'h> Provider<'h> {
                     return Err(fail(ProviderError::Ssh(m), false, attempt))
                 }
                 Some(SshFailure::NotReady(m)) => {
-                    let backoff =
-                        (READY_BACKOFF_BASE_MS << (attempt - 1).min(8)).min(READY_BACKOFF_MAX_MS);
+                    let backoff = backoff_ms(READY_BACKOFF_BASE_MS, READY_BACKOFF_MAX_MS, attempt);
                     if deadline.remaining(self.host) <= backoff {
                         return Err(fail(
                             ProviderError::Timeout(format!(

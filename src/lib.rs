@@ -14,6 +14,7 @@ pub mod pem;
 pub mod remote;
 pub mod shell;
 pub mod sync_script;
+pub mod time;
 pub mod vm;
 
 #[cfg(test)]

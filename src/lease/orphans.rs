@@ -127,7 +127,6 @@ impl<'h> Provider<'h> {
         err: ProviderError,
     ) -> Result<VmRecord, ProviderError> {
         let watch = self.cleanup_deadline();
-        let mut pause = WATCH_POLL_BASE_MS;
         let mut looked = 0u32;
         loop {
             looked += 1;
@@ -154,8 +153,8 @@ impl<'h> Provider<'h> {
             if left == 0 {
                 break;
             }
+            let pause = backoff_ms(WATCH_POLL_BASE_MS, WATCH_POLL_MAX_MS, looked);
             self.host.sleep_ms(pause.min(left));
-            pause = (pause * 2).min(WATCH_POLL_MAX_MS);
         }
         if let Some(ledger) = self.ledger() {
             ledger.put(name, LedgerReason::UncertainCreate, 0);
