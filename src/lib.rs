@@ -15,6 +15,7 @@ pub mod remote;
 pub mod shell;
 pub mod sync_script;
 pub mod time;
+pub mod validate;
 pub mod vm;
 
 #[cfg(test)]
@@ -187,7 +188,7 @@ mod component {
 
     impl wit::Guest for Component {
         fn validate_config(config: String) -> wit::Validation {
-            let v = crate::config::validate(&config, &WasiHost);
+            let v = crate::validate::validate(&config, &WasiHost);
             wit::Validation {
                 ok: v.ok,
                 warnings: v.warnings,
