@@ -298,9 +298,9 @@ impl<'h> Provider<'h> {
     /// `sshDest` (split at `@`), else `<leaseId>.exe.xyz`; user falls back to `sshUser` config.
     pub fn target_for_lease(&self, lease_id: &str, meta: &Map<String, Value>) -> SshTarget {
         let dest = meta_str(meta, "sshDest");
-        let (dest_user, dest_host) = match dest.and_then(|d| d.rsplit_once('@')) {
-            Some((u, h)) if !u.is_empty() && !h.is_empty() => (Some(u), Some(h)),
-            _ => (None, dest),
+        let (dest_user, dest_host) = match dest.and_then(vm::dest_user_host) {
+            Some((u, h)) => (Some(u), Some(h)),
+            None => (None, dest),
         };
         let host = meta_str(meta, "sshHost")
             .or(dest_host)

@@ -143,6 +143,23 @@ pub fn is_valid_vm_name(name: &str) -> bool {
     !looks_like_port_suffix(last)
 }
 
+/// An SSH destination (`user@host`, or a bare host) split at its last `@`: the user when there
+/// is an `@`, and the host. Either part may be empty (`u@`, `@h`).
+pub fn split_dest(dest: &str) -> (Option<&str>, &str) {
+    match dest.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, dest),
+    }
+}
+
+/// The user and host of a destination that names both (`user@host`, neither part empty).
+pub fn dest_user_host(dest: &str) -> Option<(&str, &str)> {
+    match split_dest(dest) {
+        (Some(user), host) if !user.is_empty() && !host.is_empty() => Some((user, host)),
+        _ => None,
+    }
+}
+
 /// A VM as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmRecord {
@@ -242,7 +259,7 @@ impl VmRecord {
         }
         match &self.ssh_dest {
             Some(d) => {
-                let host = d.rsplit('@').next().unwrap_or(d);
+                let (_, host) = split_dest(d);
                 d == name || host == name
             }
             None => false,
@@ -254,11 +271,9 @@ impl VmRecord {
     /// user. Never yields a user inside the host.
     pub fn ssh_endpoint(&self, config_user: Option<&str>) -> (String, Option<String>) {
         let (dest_user, dest_host) = match &self.ssh_dest {
-            Some(d) => match d.rsplit_once('@') {
-                Some((u, h)) if !u.is_empty() && !h.is_empty() => {
-                    (Some(u.to_string()), Some(h.to_string()))
-                }
-                _ => (None, Some(d.trim_start_matches('@').to_string())),
+            Some(d) => match dest_user_host(d) {
+                Some((u, h)) => (Some(u.to_string()), Some(h.to_string())),
+                None => (None, Some(d.trim_start_matches('@').to_string())),
             },
             None => (None, None),
         };
@@ -355,6 +370,30 @@ mod tests {
             probe_vm_name("paperclip", 0x1234_5678),
             "paperclip-probe-r12345678"
         );
+    }
+
+    #[test]
+    fn destinations_split_at_the_last_at() {
+        assert_eq!(split_dest("u@h"), (Some("u"), "h"));
+        assert_eq!(split_dest("a@b@h"), (Some("a@b"), "h"));
+        assert_eq!(split_dest("h"), (None, "h"));
+        assert_eq!(split_dest("@h"), (Some(""), "h"));
+        assert_eq!(split_dest("u@"), (Some("u"), ""));
+        assert_eq!(
+            dest_user_host("vm+x@vm.exe.xyz"),
+            Some(("vm+x", "vm.exe.xyz"))
+        );
+        for partial in ["h", "@h", "u@", "@"] {
+            assert_eq!(dest_user_host(partial), None, "{partial}");
+        }
+        // A record's host is what follows the last `@`, even when the user is empty.
+        let vm = VmRecord {
+            name: "a".into(),
+            ssh_dest: Some("@h".into()),
+            ..VmRecord::default()
+        };
+        assert!(vm.matches("h"));
+        assert_eq!(vm.ssh_endpoint(None), ("h".to_string(), None));
     }
 
     #[test]
