@@ -7,8 +7,12 @@
 //! delete is recorded when it fails. Every later lifecycle call on the same account first
 //! deletes what the ledger still holds ([`Provider::sweep_orphans`]).
 
-use super::*;
-use crate::host::{Account, LedgerEntry, LedgerError, LedgerReason, Recorded};
+use super::{Provider, CLEANUP_TIMEOUT_MS};
+use crate::api;
+use crate::error::ProviderError;
+use crate::host::{Account, Host, LedgerEntry, LedgerError, LedgerReason, LogLevel, Recorded};
+use crate::time::{backoff_ms, Deadline};
+use crate::vm::VmRecord;
 
 /// How long one call may spend deleting recorded orphans before its own work.
 pub const SWEEP_BUDGET_MS: u64 = 10_000;
