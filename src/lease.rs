@@ -28,7 +28,7 @@ mod realize;
 mod release;
 mod sync;
 
-pub use metadata::parse_metadata;
+pub use metadata::{parse_metadata, LeaseMetadata};
 pub use orphans::{create_outcome_unknown, VmListing};
 pub use probe::run_probe;
 pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
@@ -199,13 +199,6 @@ pub struct PrepareFailure {
     pub attempts: u32,
 }
 
-fn meta_str<'m>(m: &'m Map<String, Value>, key: &str) -> Option<&'m str> {
-    m.get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
 /// The provider bound to one call: host, parsed config and ids.
 pub struct Provider<'h> {
     host: &'h dyn Host,
@@ -286,28 +279,32 @@ impl<'h> Provider<'h> {
         }
     }
 
+    /// The SSH target of a lease, from its metadata object (see [`Self::target_for_metadata`]).
+    pub fn target_for_lease(&self, lease_id: &str, meta: &Map<String, Value>) -> SshTarget {
+        self.target_for_metadata(lease_id, &LeaseMetadata::from_map(meta))
+    }
+
     /// The SSH target of a lease: `sshHost`/`sshUser`/`sshPort` from its metadata, else
     /// `sshDest` (split at `@`), else `<leaseId>.exe.xyz`; user falls back to `sshUser` config.
-    pub fn target_for_lease(&self, lease_id: &str, meta: &Map<String, Value>) -> SshTarget {
-        let dest = meta_str(meta, "sshDest");
+    pub fn target_for_metadata(&self, lease_id: &str, meta: &LeaseMetadata) -> SshTarget {
+        let dest = meta.ssh_dest.as_deref();
         let (dest_user, dest_host) = match dest.and_then(vm::dest_user_host) {
             Some((u, h)) => (Some(u), Some(h)),
             None => (None, dest),
         };
-        let host = meta_str(meta, "sshHost")
+        let host = meta
+            .ssh_host
+            .as_deref()
             .or(dest_host)
             .map(str::to_string)
             .unwrap_or_else(|| format!("{lease_id}.exe.xyz"));
-        let user = meta_str(meta, "sshUser")
+        let user = meta
+            .ssh_user
+            .as_deref()
             .or(dest_user)
             .map(str::to_string)
             .or_else(|| self.config.ssh_user.clone());
-        let port = meta
-            .get("sshPort")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-            .unwrap_or(self.config.ssh_port);
+        let port = meta.ssh_port.unwrap_or(self.config.ssh_port);
         SshTarget {
             host,
             port,

@@ -2,7 +2,7 @@
 //! trip that inspects it and creates the workspace, retried with backoff while the VM boots.
 
 use super::{
-    decode, meta_str, orphans::create_outcome_unknown, vm_is_gone, Lease, PrepareFailure,
+    decode, orphans::create_outcome_unknown, vm_is_gone, Lease, LeaseMetadata, PrepareFailure,
     PrepareOk, Provider, SCRIPT_OUTPUT_CAP,
 };
 use crate::api;
@@ -281,7 +281,9 @@ impl Provider<'_> {
                 }
                 Ok(Lease {
                     provider_lease_id: Some(vm.name.clone()),
-                    metadata: self.lease_metadata(&vm, &target, &ok.prepared, false),
+                    metadata: self
+                        .lease_metadata(&vm, &target, &ok.prepared, false)
+                        .into_map(),
                     expires_at: None,
                 })
             }
@@ -316,22 +318,27 @@ impl Provider<'_> {
         self.sweep_orphans(Some(lease_id));
         match self.lookup_vm(lease_id, deadline)? {
             None => {
-                let mut m = Map::new();
-                m.insert("expired".into(), Value::Bool(true));
+                let gone = LeaseMetadata {
+                    expired: Some(true),
+                    ..LeaseMetadata::default()
+                };
                 Ok(Lease {
                     provider_lease_id: None,
-                    metadata: m,
+                    metadata: gone.into_map(),
                     expires_at: None,
                 })
             }
             Some(vm) => {
                 let target = self.target_for_vm(&vm);
+                let recorded = LeaseMetadata::from_map(meta);
                 let ok = self
-                    .prepare(&vm.name, &target, meta_str(meta, "remoteCwd"), deadline)
+                    .prepare(&vm.name, &target, recorded.remote_cwd.as_deref(), deadline)
                     .map_err(|f| f.error)?;
                 Ok(Lease {
                     provider_lease_id: Some(vm.name.clone()),
-                    metadata: self.lease_metadata(&vm, &target, &ok.prepared, true),
+                    metadata: self
+                        .lease_metadata(&vm, &target, &ok.prepared, true)
+                        .into_map(),
                     expires_at: None,
                 })
             }

@@ -2,7 +2,7 @@
 //! live; a command that times out has its remote processes terminated by their marker.
 
 use super::{
-    decode, meta_str, ssh_error, ExecuteRequest, ExecuteResult, Provider, KILL_TIMEOUT_MS,
+    decode, ssh_error, ExecuteRequest, ExecuteResult, LeaseMetadata, Provider, KILL_TIMEOUT_MS,
     PROVIDER, SCRIPT_OUTPUT_CAP,
 };
 use crate::error::ProviderError;
@@ -49,16 +49,17 @@ impl Provider<'_> {
                 )));
             }
         }
-        let meta = &req.lease.metadata;
-        let target = self.target_for_lease(&id, meta);
-        let ssh_dest = meta_str(meta, "sshDest")
-            .map(str::to_string)
+        let meta = LeaseMetadata::from_map(&req.lease.metadata);
+        let target = self.target_for_metadata(&id, &meta);
+        let ssh_dest = meta
+            .ssh_dest
+            .clone()
             .unwrap_or_else(|| format!("{id}.exe.xyz"));
         let cwd = req
             .cwd
             .as_deref()
             .filter(|s| !s.is_empty())
-            .or_else(|| meta_str(meta, "remoteCwd"));
+            .or(meta.remote_cwd.as_deref());
         let exec_id = format!("{:016x}", self.host.random_u64());
         let script = remote::exec_script(&exec_id, cwd, &req.env, &req.command, &req.args);
         let timeout_ms = crate::config::execute_timeout_ms(req.timeout_ms, self.config.timeout_ms);

@@ -1,7 +1,9 @@
 //! Realize-workspace: the lease's working directory, created over SSH only when the lease does
 //! not name one already (acquire and resume create theirs).
 
-use super::{decode, meta_str, Lease, Provider, Realized, Workspace, PROVIDER, SCRIPT_OUTPUT_CAP};
+use super::{
+    decode, Lease, LeaseMetadata, Provider, Realized, Workspace, PROVIDER, SCRIPT_OUTPUT_CAP,
+};
 use crate::error::ProviderError;
 use crate::host::SshRequest;
 use crate::remote::{self, SshFailure};
@@ -14,7 +16,8 @@ impl Provider<'_> {
     /// Realize: cwd = lease `remoteCwd` ?? `remotePath` ?? `localPath` ??
     /// `/tmp/paperclip-workspace`. SSH `mkdir -p` only when the lease did not create it already.
     pub fn realize(&self, lease: &Lease, workspace: &Workspace) -> Result<Realized, ProviderError> {
-        let lease_cwd = meta_str(&lease.metadata, "remoteCwd");
+        let meta = LeaseMetadata::from_map(&lease.metadata);
+        let lease_cwd = meta.remote_cwd.as_deref();
         let nonblank = |o: &Option<String>| {
             o.as_deref()
                 .map(str::trim)
@@ -29,7 +32,7 @@ impl Provider<'_> {
         let id = lease.provider_lease_id.as_deref().filter(|s| !s.is_empty());
         // When the lease names the cwd, acquire/resume created it in their SSH round trip.
         if let (Some(id), None) = (id, lease_cwd) {
-            let target = self.target_for_lease(id, &lease.metadata);
+            let target = self.target_for_metadata(id, &meta);
             let out = self.ssh(
                 &SshRequest {
                     target,
