@@ -29,7 +29,7 @@ mod release;
 mod sync;
 
 pub use metadata::{parse_metadata, LeaseMetadata};
-pub use orphans::{create_outcome_unknown, VmListing};
+pub use orphans::VmListing;
 pub use probe::run_probe;
 pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 
@@ -41,7 +41,7 @@ pub const KILL_TIMEOUT_MS: u32 = 10_000;
 /// call `timeoutMs + 30 s`, so cleanup after a step that used the whole deadline must fit in
 /// what is left.
 pub const CLEANUP_TIMEOUT_MS: u64 = 20_000;
-/// Output cap for provider-run scripts (prepare, mkdir, kill).
+/// Output cap for the provider's own scripts (prepare, mkdir, kill, sync commit and discard).
 const SCRIPT_OUTPUT_CAP: u64 = 1024 * 1024;
 
 /// What every runtime call carries (plain mirror of the WIT `call-context`).
@@ -242,11 +242,6 @@ impl<'h> Provider<'h> {
             config: Config::from_json(&ctx.config)?,
             environment_id: ctx.environment_id.clone(),
         })
-    }
-
-    /// The parsed config.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     fn api(&self) -> Result<Api<'h>, ProviderError> {

@@ -1,7 +1,7 @@
 //! exe.dev sandbox provider for Paperclip, as a WebAssembly component.
 //!
 //! `lib.rs` is export glue only: the generated bindings stay private, WIT records are converted
-//! to plain Rust domain types (see `convert`), and the logic in the other modules runs against
+//! to plain Rust domain types (see `component`), and the logic in the other modules runs against
 //! the [`host::Host`] trait so it is unit-tested natively.
 
 pub mod api;

@@ -1,11 +1,12 @@
-//! VM names and VM records.
+//! VM names, VM records and their SSH destinations (`user@host`).
 //!
-//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g. `paperclip-env1-run1`),
-//! plus a 6-character digest of both full ids when either was cut to 8 characters (so runs whose
-//! ids share a prefix never share a VM), and is always valid for exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most
-//! 63 characters, and never ends in `-<digits>`, `-p<digits>` or `-port<digits>` (which exe.dev
-//! rejects as port suffixes). The last segment gets an `r` in front when it would otherwise look
-//! like such a suffix (e.g. an all-digit run id part `12345678` becomes `r12345678`).
+//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g.
+//! `paperclip-env1-run1`), plus a 6-character digest of both full ids when either was cut to 8
+//! characters (so runs whose ids share a prefix never share a VM), and is always valid for
+//! exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most 63 characters, and
+//! never ends in `-<digits>`, `-p<digits>` or `-port<digits>` (which exe.dev rejects as port
+//! suffixes). The last segment gets an `r` in front when it would otherwise look like such a
+//! suffix (e.g. an all-digit run id part `12345678` becomes `r12345678`).
 
 use serde_json::Value;
 
@@ -120,8 +121,10 @@ pub fn probe_vm_name(prefix: &str, random: u64) -> String {
     ))
 }
 
-/// exe.dev's name syntax (without the denylist, which this provider cannot know in full).
-pub fn is_valid_vm_name(name: &str) -> bool {
+/// exe.dev's name syntax (without the denylist, which this provider cannot know in full): the
+/// tests check every generated name against it.
+#[cfg(test)]
+fn is_valid_vm_name(name: &str) -> bool {
     if name.len() < 5 || name.len() > MAX_VM_NAME_LEN {
         return false;
     }
