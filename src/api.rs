@@ -1,8 +1,10 @@
-//! The exe.dev `/exec` client: command lines, quoting, redaction, error mapping, retries.
+//! The exe.dev `/exec` client: command lines, redaction, error mapping, retries.
 
 use crate::config::Config;
 use crate::error::{ApiError, ProviderError};
 use crate::host::{Host, HttpError, LogLevel};
+use crate::shell::shell_quote;
+use crate::time::{backoff_ms, Deadline};
 use serde_json::Value;
 
 /// exe.dev's `/exec` body limit: a body of 64 KB + 1 bytes or more is refused with 413.
@@ -11,11 +13,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const API_MAX_TIMEOUT_MS: u64 = 29_000;
 /// The Node version the default setup script guarantees: (major, minor). The ONE place it lives.
 pub const NODE_MIN_VERSION: (u32, u32) = (24, 11);
-
-/// The seed's `shellQuote`: wrap in `'…'`, each `'` becomes `'"'"'`.
-pub fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "'\"'\"'"))
-}
 
 /// One exe.dev command line: the body to send and the redacted form for logs and errors.
 #[derive(Clone, PartialEq, Eq)]
@@ -173,27 +170,6 @@ pub fn check_create_size(config: &Config) -> Result<(), String> {
     }
 }
 
-/// An absolute deadline on the host's monotonic clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    /// Monotonic ms at which time is up.
-    pub end_ms: u64,
-}
-
-impl Deadline {
-    /// `ms` from now.
-    pub fn after(host: &dyn Host, ms: u64) -> Deadline {
-        Deadline {
-            end_ms: host.now_ms().saturating_add(ms),
-        }
-    }
-
-    /// Milliseconds left (0 when past).
-    pub fn remaining(&self, host: &dyn Host) -> u64 {
-        self.end_ms.saturating_sub(host.now_ms())
-    }
-}
-
 /// Replace every secret occurrence in `text` with `[REDACTED]` (values shorter than 4
 /// characters are left alone: they cannot be told apart from ordinary text).
 pub fn scrub(text: &str, secrets: &[String]) -> String {
@@ -309,7 +285,7 @@ impl<'a> Api<'a> {
             if !retryable {
                 return result;
             }
-            let backoff = (RETRY_BASE_MS << (attempt - 1)).min(RETRY_MAX_MS);
+            let backoff = backoff_ms(RETRY_BASE_MS, RETRY_MAX_MS, attempt);
             let jitter = self.host.random_u64() % (backoff / 4 + 1);
             let wait = backoff + jitter;
             // Leave at least a second for the next attempt itself.

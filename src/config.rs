@@ -1,4 +1,5 @@
-//! The driver config: parse, normalise and validate.
+//! The driver config: parse, normalise and check every field. `validate-config` as a whole
+//! (which also checks the create command against the API's limit) is [`crate::validate`].
 //!
 //! Field names, defaults and error/warning texts follow the seed plugin (v0.1.2); see
 //! `reference/exe-dev.md` §3. Parsing never panics, whatever JSON arrives.
@@ -144,19 +145,6 @@ pub struct Parsed {
     pub raw: Map<String, Value>,
 }
 
-/// Result of `validate-config` (mirror of the WIT `validation` record).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Validation {
-    /// True when `errors` is empty.
-    pub ok: bool,
-    /// Non-fatal remarks.
-    pub warnings: Vec<String>,
-    /// Fatal problems.
-    pub errors: Vec<String>,
-    /// Normalised config as JSON object text, when usable.
-    pub normalized_config: Option<String>,
-}
-
 /// `^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$` (case-insensitive): a
 /// Paperclip secret reference.
 pub fn is_secret_ref(value: &str) -> bool {
@@ -216,7 +204,8 @@ pub fn normalize_api_url(raw: &str) -> Option<String> {
     crate::endpoint::Endpoint::parse(raw).map(|e| e.with_exec_path().to_string())
 }
 
-fn parse_text(text: &str, check_key: bool) -> Parsed {
+/// Parse config JSON text; text that is not JSON gives the defaults and one error.
+pub fn parse_text(text: &str, check_key: bool) -> Parsed {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => parse_value(&v, check_key),
         Err(_) => Parsed {
@@ -580,37 +569,6 @@ pub fn normalized_json(parsed: &Parsed) -> Value {
         )),
     );
     Value::Object(obj)
-}
-
-/// `validate-config`: no network, never panics.
-pub fn validate(text: &str, host: &dyn Host) -> Validation {
-    let mut parsed = parse_text(text, true);
-    if parsed.raw.is_empty() && !parsed.errors.is_empty() {
-        return Validation {
-            ok: false,
-            warnings: Vec::new(),
-            errors: parsed.errors,
-            normalized_config: None,
-        };
-    }
-    if parsed.config.resolve_api_key(host).is_none() {
-        // Reported after the field errors of the seed's order would place it: keep it first
-        // among "usable" problems, as the seed checks the key before env keys.
-        parsed.errors.push(MISSING_API_KEY.to_string());
-    }
-    if parsed.errors.is_empty() {
-        if let Err(e) = crate::api::check_create_size(&parsed.config) {
-            parsed.errors.push(e);
-        }
-    }
-    let ok = parsed.errors.is_empty();
-    let normalized_config = ok.then(|| normalized_json(&parsed).to_string());
-    Validation {
-        ok,
-        warnings: parsed.warnings,
-        errors: parsed.errors,
-        normalized_config,
-    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,3 @@ pub enum ProviderError {
     #[error("internal error: {0}")]
     Internal(String),
 }
-
-/// Shorthand used across the crate.
-pub type Result<T, E = ProviderError> = std::result::Result<T, E>;

@@ -1,7 +1,7 @@
 //! exe.dev sandbox provider for Paperclip, as a WebAssembly component.
 //!
 //! `lib.rs` is export glue only: the generated bindings stay private, WIT records are converted
-//! to plain Rust domain types (see `convert`), and the logic in the other modules runs against
+//! to plain Rust domain types (see `component`), and the logic in the other modules runs against
 //! the [`host::Host`] trait so it is unit-tested natively.
 
 pub mod api;
@@ -12,7 +12,10 @@ pub mod host;
 pub mod lease;
 pub mod pem;
 pub mod remote;
+pub mod shell;
 pub mod sync_script;
+pub mod time;
+pub mod validate;
 pub mod vm;
 
 #[cfg(test)]
@@ -185,7 +188,7 @@ mod component {
 
     impl wit::Guest for Component {
         fn validate_config(config: String) -> wit::Validation {
-            let v = crate::config::validate(&config, &WasiHost);
+            let v = crate::validate::validate(&config, &WasiHost);
             wit::Validation {
                 ok: v.ok,
                 warnings: v.warnings,

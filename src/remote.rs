@@ -4,8 +4,8 @@
 //! (or `sh -lc` for the lease preparation, which wants the login PATH), so it works whatever
 //! the remote login shell is.
 
-use crate::api::shell_quote;
 use crate::host::SshOutput;
+use crate::shell::shell_quote;
 
 /// The workspace created under `$HOME` when Paperclip asks for none.
 pub const DEFAULT_WORKSPACE_DIR: &str = "paperclip-workspace";

@@ -7,8 +7,8 @@
 //! temporary file outlives a failure. Every failure prints one `paperclip-sync: …` line on
 //! stderr and exits with one of the codes below.
 
-use crate::api::shell_quote;
 use crate::host::EntryKind;
+use crate::shell::shell_quote;
 
 /// Exit code: the sync-out source does not exist in the VM (or is not the kind asked for).
 pub const SOURCE_MISSING: i32 = 44;

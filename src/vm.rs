@@ -1,11 +1,12 @@
-//! VM names and VM records.
+//! VM names, VM records and their SSH destinations (`user@host`).
 //!
-//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g. `paperclip-env1-run1`),
-//! plus a 6-character digest of both full ids when either was cut to 8 characters (so runs whose
-//! ids share a prefix never share a VM), and is always valid for exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most
-//! 63 characters, and never ends in `-<digits>`, `-p<digits>` or `-port<digits>` (which exe.dev
-//! rejects as port suffixes). The last segment gets an `r` in front when it would otherwise look
-//! like such a suffix (e.g. an all-digit run id part `12345678` becomes `r12345678`).
+//! Naming keeps the seed's readable shape (`<prefix>-<env8>-<run8>`, e.g.
+//! `paperclip-env1-run1`), plus a 6-character digest of both full ids when either was cut to 8
+//! characters (so runs whose ids share a prefix never share a VM), and is always valid for
+//! exe.dev: starts with a letter, `[a-z0-9]` with single hyphens, at most 63 characters, and
+//! never ends in `-<digits>`, `-p<digits>` or `-port<digits>` (which exe.dev rejects as port
+//! suffixes). The last segment gets an `r` in front when it would otherwise look like such a
+//! suffix (e.g. an all-digit run id part `12345678` becomes `r12345678`).
 
 use serde_json::Value;
 
@@ -120,8 +121,10 @@ pub fn probe_vm_name(prefix: &str, random: u64) -> String {
     ))
 }
 
-/// exe.dev's name syntax (without the denylist, which this provider cannot know in full).
-pub fn is_valid_vm_name(name: &str) -> bool {
+/// exe.dev's name syntax (without the denylist, which this provider cannot know in full): the
+/// tests check every generated name against it.
+#[cfg(test)]
+fn is_valid_vm_name(name: &str) -> bool {
     if name.len() < 5 || name.len() > MAX_VM_NAME_LEN {
         return false;
     }
@@ -141,6 +144,23 @@ pub fn is_valid_vm_name(name: &str) -> bool {
     // suffix: `-<digits>`, `-p<digits>`, `-port<digits>`, or a bare `p<digits>`/`port<digits>`.
     let last = name.rsplit('-').next().unwrap_or_default();
     !looks_like_port_suffix(last)
+}
+
+/// An SSH destination (`user@host`, or a bare host) split at its last `@`: the user when there
+/// is an `@`, and the host. Either part may be empty (`u@`, `@h`).
+pub fn split_dest(dest: &str) -> (Option<&str>, &str) {
+    match dest.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, dest),
+    }
+}
+
+/// The user and host of a destination that names both (`user@host`, neither part empty).
+pub fn dest_user_host(dest: &str) -> Option<(&str, &str)> {
+    match split_dest(dest) {
+        (Some(user), host) if !user.is_empty() && !host.is_empty() => Some((user, host)),
+        _ => None,
+    }
 }
 
 /// A VM as the API describes it.
@@ -242,7 +262,7 @@ impl VmRecord {
         }
         match &self.ssh_dest {
             Some(d) => {
-                let host = d.rsplit('@').next().unwrap_or(d);
+                let (_, host) = split_dest(d);
                 d == name || host == name
             }
             None => false,
@@ -254,11 +274,9 @@ impl VmRecord {
     /// user. Never yields a user inside the host.
     pub fn ssh_endpoint(&self, config_user: Option<&str>) -> (String, Option<String>) {
         let (dest_user, dest_host) = match &self.ssh_dest {
-            Some(d) => match d.rsplit_once('@') {
-                Some((u, h)) if !u.is_empty() && !h.is_empty() => {
-                    (Some(u.to_string()), Some(h.to_string()))
-                }
-                _ => (None, Some(d.trim_start_matches('@').to_string())),
+            Some(d) => match dest_user_host(d) {
+                Some((u, h)) => (Some(u.to_string()), Some(h.to_string())),
+                None => (None, Some(d.trim_start_matches('@').to_string())),
             },
             None => (None, None),
         };
@@ -355,6 +373,30 @@ mod tests {
             probe_vm_name("paperclip", 0x1234_5678),
             "paperclip-probe-r12345678"
         );
+    }
+
+    #[test]
+    fn destinations_split_at_the_last_at() {
+        assert_eq!(split_dest("u@h"), (Some("u"), "h"));
+        assert_eq!(split_dest("a@b@h"), (Some("a@b"), "h"));
+        assert_eq!(split_dest("h"), (None, "h"));
+        assert_eq!(split_dest("@h"), (Some(""), "h"));
+        assert_eq!(split_dest("u@"), (Some("u"), ""));
+        assert_eq!(
+            dest_user_host("vm+x@vm.exe.xyz"),
+            Some(("vm+x", "vm.exe.xyz"))
+        );
+        for partial in ["h", "@h", "u@", "@"] {
+            assert_eq!(dest_user_host(partial), None, "{partial}");
+        }
+        // A record's host is what follows the last `@`, even when the user is empty.
+        let vm = VmRecord {
+            name: "a".into(),
+            ssh_dest: Some("@h".into()),
+            ..VmRecord::default()
+        };
+        assert!(vm.matches("h"));
+        assert_eq!(vm.ssh_endpoint(None), ("h".to_string(), None));
     }
 
     #[test]

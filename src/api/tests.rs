@@ -7,13 +7,6 @@ fn config(v: serde_json::Value) -> Config {
 }
 
 #[test]
-fn quoting() {
-    assert_eq!(shell_quote("abc"), "'abc'");
-    assert_eq!(shell_quote("it's"), "'it'\"'\"'s'");
-    assert_eq!(shell_quote(""), "''");
-}
-
-#[test]
 fn new_command_exact_and_redacted() {
     let c = config(json!({
         "apiKey": "tok", "image": "img", "command": "auto", "cpu": 4, "memory": "8GB",

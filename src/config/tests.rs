@@ -1,5 +1,6 @@
 use super::*;
 use crate::testing::FakeHost;
+use crate::validate::{validate, Validation};
 use proptest::prelude::*;
 use serde_json::json;
 

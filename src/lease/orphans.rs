@@ -7,8 +7,12 @@
 //! delete is recorded when it fails. Every later lifecycle call on the same account first
 //! deletes what the ledger still holds ([`Provider::sweep_orphans`]).
 
-use super::*;
-use crate::host::{Account, LedgerEntry, LedgerError, LedgerReason, Recorded};
+use super::{Provider, CLEANUP_TIMEOUT_MS};
+use crate::api;
+use crate::error::ProviderError;
+use crate::host::{Account, Host, LedgerEntry, LedgerError, LedgerReason, LogLevel, Recorded};
+use crate::time::{backoff_ms, Deadline};
+use crate::vm::VmRecord;
 
 /// How long one call may spend deleting recorded orphans before its own work.
 pub const SWEEP_BUDGET_MS: u64 = 10_000;
@@ -127,7 +131,6 @@ impl<'h> Provider<'h> {
         err: ProviderError,
     ) -> Result<VmRecord, ProviderError> {
         let watch = self.cleanup_deadline();
-        let mut pause = WATCH_POLL_BASE_MS;
         let mut looked = 0u32;
         loop {
             looked += 1;
@@ -154,8 +157,8 @@ impl<'h> Provider<'h> {
             if left == 0 {
                 break;
             }
+            let pause = backoff_ms(WATCH_POLL_BASE_MS, WATCH_POLL_MAX_MS, looked);
             self.host.sleep_ms(pause.min(left));
-            pause = (pause * 2).min(WATCH_POLL_MAX_MS);
         }
         if let Some(ledger) = self.ledger() {
             ledger.put(name, LedgerReason::UncertainCreate, 0);

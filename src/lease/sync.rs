@@ -6,7 +6,6 @@
 //! commands in order and stops at the first that fails.
 
 use super::{decode, ssh_error, ExecuteRequest, Lease, Provider, SCRIPT_OUTPUT_CAP};
-use crate::api::Deadline;
 use crate::error::ProviderError;
 use crate::host::{
     Connected, DownloadRequest, EntryKind, LogLevel, SshRequest, SshTarget, TransferError,
@@ -14,6 +13,7 @@ use crate::host::{
 };
 use crate::remote;
 use crate::sync_script::{self, check_remote_path};
+use crate::time::Deadline;
 
 /// Which way a sync moves files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,10 @@
 use super::*;
-use crate::api::shell_quote;
+use crate::api;
 use crate::error::ApiError;
-use crate::host::{HostKeyPolicy, HttpError, LedgerReason};
+use crate::host::{Connected, HostKeyPolicy, HttpError, LedgerReason};
+use crate::shell::shell_quote;
 use crate::testing::FakeHost;
+use serde_json::json;
 
 const NEW_OK: &str = r#"{"vm_name":"paperclip-env1-run1","ssh_dest":"paperclip-env1-run1.exe.xyz","https_url":"https://paperclip-env1-run1.exe.xyz","status":"running"}"#;
 const PREPARED: &[u8] =
