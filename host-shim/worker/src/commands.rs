@@ -41,8 +41,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
             };
             let me = std::env::current_exe().context("locating this binary")?;
-            package::build_package(&out, &me, &component, &manifest)?;
+            let files = package::build_package(&out, &me, &component, &manifest)?;
             println!("Paperclip plugin package written to {}", out.display());
+            for (name, digest) in files {
+                println!("  sha256:{digest}  {name}");
+            }
+            println!("  (recorded in {})", out.join(package::SUMS_FILE).display());
             Ok(())
         }
         Command::Validate { config, host } => {

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use paperclip_wasm_runtime::policy::{Policy, MANIFEST_GRANTS_KEY};
 
@@ -39,8 +40,14 @@ pub const PACKAGE_NAME: &str = "@paperclipai/plugin-exe-dev";
 /// File name of the host binary inside `bin/`.
 pub const HOST_BINARY_NAME: &str = "paperclip-wasm-host";
 
+/// Where the host binary goes in the package.
+const HOST_BINARY_PATH: &str = "bin/paperclip-wasm-host";
+
 /// File name of the component inside `bin/`.
 pub const COMPONENT_NAME: &str = "paperclip_exe_dev.wasm";
+
+/// Where the component goes in the package.
+const COMPONENT_PATH: &str = "bin/paperclip_exe_dev.wasm";
 
 /// The worker entrypoint the manifest must declare (the launcher this module writes).
 pub const WORKER_ENTRYPOINT: &str = "./dist/worker.js";
@@ -55,7 +62,8 @@ pub fn worker_args_beside(exe: &Path) -> Option<PathBuf> {
 }
 
 /// Build the plugin folder at `out` (created if missing; files this function owns are
-/// replaced, anything else in the folder is left alone).
+/// replaced, anything else in the folder is left alone), with a `SHA256SUMS` of every file it
+/// wrote. Returns each file (relative path) with its SHA-256.
 ///
 /// Fails without writing anything when the manifest is unusable: not an object, no `id` /
 /// `version`, a worker entrypoint other than [`WORKER_ENTRYPOINT`], or malformed host grants.
@@ -64,7 +72,7 @@ pub fn build_package(
     host_binary: &Path,
     component_wasm: &Path,
     manifest_json: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
     let manifest_text = std::fs::read_to_string(manifest_json)
         .with_context(|| format!("reading {}", manifest_json.display()))?;
     let manifest: Value = serde_json::from_str(&manifest_text)
@@ -83,18 +91,30 @@ pub fn build_package(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let package_json = serde_json::to_string_pretty(&package_json(&manifest)?)? + "\n";
-    write_atomic(&out.join("package.json"), package_json.as_bytes(), 0o644)?;
-    write_atomic(
-        &dist.join("manifest.js"),
-        manifest_module(&js_manifest)?.as_bytes(),
-        0o644,
-    )?;
-    write_atomic(&dist.join("worker.js"), WORKER_JS.as_bytes(), 0o644)?;
-    write_atomic(&bin.join(HOST_BINARY_NAME), &host, 0o755)?;
-    write_atomic(&bin.join(COMPONENT_NAME), &wasm, 0o644)?;
-    write_atomic(&bin.join("manifest.json"), manifest_text.as_bytes(), 0o644)?;
-    Ok(())
+    let manifest_js = manifest_module(&js_manifest)?;
+    let files: [(&str, &[u8], u32); 6] = [
+        ("package.json", package_json.as_bytes(), 0o644),
+        ("dist/manifest.js", manifest_js.as_bytes(), 0o644),
+        ("dist/worker.js", WORKER_JS.as_bytes(), 0o644),
+        (HOST_BINARY_PATH, &host, 0o755),
+        (COMPONENT_PATH, &wasm, 0o644),
+        ("bin/manifest.json", manifest_text.as_bytes(), 0o644),
+    ];
+    let mut sums = String::new();
+    let mut digests = Vec::new();
+    for (name, bytes, mode) in files {
+        write_atomic(&out.join(name), bytes, mode)?;
+        let digest = paperclip_wasm_runtime::hex::hex(&Sha256::digest(bytes));
+        sums.push_str(&format!("{digest}  {name}\n"));
+        digests.push((name.to_string(), digest));
+    }
+    // `sha256sum -c SHA256SUMS` in the folder checks what was installed.
+    write_atomic(&out.join(SUMS_FILE), sums.as_bytes(), 0o644)?;
+    Ok(digests)
 }
+
+/// The digest list `build_package` writes beside what it wrote.
+pub const SUMS_FILE: &str = "SHA256SUMS";
 
 /// The manifest as Paperclip sees it: host-only keys (`x-wasm-host`, any other top-level
 /// `x-…` key) removed, because Paperclip's validator may reject unknown keys.

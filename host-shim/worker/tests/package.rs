@@ -70,7 +70,35 @@ fn package_layout_and_manifest_follow_paperclips_rules() {
     let manifest = repo_root().join("manifest.json");
     build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap();
     // Re-packaging over an existing package replaces the files in place.
-    build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap();
+    let digests = build_package(&out, Path::new(HOST), &wasm, &manifest).unwrap();
+
+    // Every file written is recorded with its SHA-256, and `sha256sum -c` agrees.
+    let names: Vec<&str> = digests.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "package.json",
+            "dist/manifest.js",
+            "dist/worker.js",
+            "bin/paperclip-wasm-host",
+            "bin/paperclip_exe_dev.wasm",
+            "bin/manifest.json"
+        ]
+    );
+    let check = std::process::Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).matches(": OK").count(),
+        6
+    );
 
     let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("bin/paperclip-wasm-host"), 0o755);
