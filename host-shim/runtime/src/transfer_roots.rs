@@ -202,7 +202,7 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("secret"), b"s").unwrap();
         std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
-        let roots = TransferRoots::new(&[root.clone()]);
+        let roots = TransferRoots::new(std::slice::from_ref(&root));
         let s = |p: &Path| p.to_str().unwrap().to_string();
 
         assert!(roots.check_read(&s(&root.join("ws"))).is_ok());

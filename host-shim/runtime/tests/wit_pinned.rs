@@ -17,7 +17,12 @@ fn wit_files(dir: &Path, root: &Path, out: &mut Vec<String>) {
         if path.is_dir() {
             wit_files(&path, root, out);
         } else if path.extension().is_some_and(|e| e == "wit") {
-            out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            out.push(
+                path.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
 }

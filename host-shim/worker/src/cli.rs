@@ -270,17 +270,30 @@ pub fn execute(
 
 /// Logs go to stderr only: stdout carries protocol lines. The flag wins over the environment
 /// variable, which wins over the command's default.
+///
+/// The filter is a list of `LEVEL` and `target=LEVEL` directives (`Targets`), not the full
+/// `EnvFilter` syntax: span and field filters would bring a regex engine into the shipped binary
+/// for a feature an operator never needs here.
 fn init_tracing(flag: Option<&str>, default: &str) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match flag {
-        Some(f) => EnvFilter::try_new(f)?,
-        None => EnvFilter::try_from_env("PAPERCLIP_WASM_HOST_LOG")
-            .unwrap_or_else(|_| EnvFilter::new(default)),
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter: Targets = match flag {
+        Some(f) => f
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--log-level {f:?}: {e}"))?,
+        None => std::env::var("PAPERCLIP_WASM_HOST_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| default.parse().expect("a valid default filter")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(filter)
         .init();
     Ok(())
 }

@@ -96,7 +96,9 @@ fn package_layout_and_manifest_follow_paperclips_rules() {
         String::from_utf8_lossy(&check.stdout)
     );
     assert_eq!(
-        String::from_utf8_lossy(&check.stdout).matches(": OK").count(),
+        String::from_utf8_lossy(&check.stdout)
+            .matches(": OK")
+            .count(),
         6
     );
 

@@ -595,8 +595,8 @@ fn stage(
                     )));
                 }
             }
-            drop(archive);
-            // Read to the end: for gzip this checks the trailer (length and CRC).
+            // What follows the last entry is read to the end too: for gzip this checks the
+            // trailer (length and CRC).
             io::copy(&mut stream, &mut io::sink())?;
             Ok(Staged::Directory { dir, root_mode })
         }
