@@ -3,6 +3,8 @@
 pub mod http;
 pub mod ledger;
 pub mod log;
+mod process_group;
 pub mod ssh;
 mod ssh_mux;
+mod ssh_output;
 pub mod transfer;

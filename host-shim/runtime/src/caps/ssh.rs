@@ -27,22 +27,23 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+pub use super::process_group::signal_name;
+use super::process_group::{split_status, GroupKill};
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
+use super::ssh_output::OutputSink;
+pub use super::ssh_output::{ChunkCallback, SshOutput, StreamKind};
 use crate::policy::{normalize_hostname, Policy};
 
 /// Hard ceiling for each of stdout and stderr, whatever the guest asks for: the host holds both
 /// in memory and Paperclip's own frame limit is 128 Mi characters.
 pub const DEFAULT_MAX_OUTPUT_CEILING: u64 = 64 * 1024 * 1024;
-
-/// Read buffer per stream; also the largest chunk handed to the `on_chunk` callback.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Largest pasted private key accepted (the manifest limits the field to 8192 characters).
 const MAX_KEY_MATERIAL: usize = 64 * 1024;
@@ -129,41 +130,6 @@ pub struct ExecIo {
     pub stdin: Option<OwnedFd>,
     /// The command writes its stdout here (the write end of the caller's pipe).
     pub stdout: Option<OwnedFd>,
-}
-
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// Live output callback: called with each chunk (up to the cap) as it arrives.
-pub type ChunkCallback = Box<dyn FnMut(StreamKind, &[u8]) + Send>;
-
-/// What the ssh client produced (mirrors WIT `exec-output`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SshOutput {
-    /// Exit status of the `ssh` client (255 when SSH itself failed); `None` on a signal or
-    /// timeout.
-    pub exit_code: Option<i32>,
-    /// True when `exit_code` is the status the SSH server reported for the remote command (only
-    /// the shared-connection path knows); a spawned client's 255 may be its own failure.
-    pub exit_code_from_remote: bool,
-    /// Signal name (e.g. `SIGKILL`) when the client process died from a signal.
-    pub signal: Option<String>,
-    /// True when the deadline passed and the host killed the client's process group.
-    pub timed_out: bool,
-    /// Standard output bytes, exactly as received (up to the cap).
-    pub stdout: Vec<u8>,
-    /// Standard error bytes, exactly as received (up to the cap).
-    pub stderr: Vec<u8>,
-    /// True when stdout exceeded the cap.
-    pub stdout_truncated: bool,
-    /// True when stderr exceeded the cap.
-    pub stderr_truncated: bool,
 }
 
 /// What [`SshRunner::connect`] found or did (mirrors WIT `connect-outcome`).
@@ -879,187 +845,6 @@ fn valid_user(user: &str) -> bool {
         && user
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
-}
-
-/// Collects both output streams up to the cap, forwarding kept chunks to the callback.
-pub(super) struct OutputSink {
-    cap: usize,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_truncated: bool,
-    stderr_truncated: bool,
-}
-
-impl OutputSink {
-    pub(super) fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-        }
-    }
-
-    /// Read both pipes to EOF. Reading continues past the cap (bytes are dropped) so the remote
-    /// side never blocks on a full pipe. Cancel-safe: `AsyncReadExt::read` loses no data when a
-    /// `select!` branch is dropped, and whatever was collected stays in `self`.
-    pub(super) async fn drain(
-        &mut self,
-        stdout: &mut (impl AsyncRead + Unpin),
-        stderr: &mut (impl AsyncRead + Unpin),
-        on_chunk: &mut Option<ChunkCallback>,
-    ) {
-        let mut out_buf = vec![0u8; READ_CHUNK];
-        let mut err_buf = vec![0u8; READ_CHUNK];
-        let (mut out_open, mut err_open) = (true, true);
-        while out_open || err_open {
-            tokio::select! {
-                r = stdout.read(&mut out_buf), if out_open => match r {
-                    Ok(0) | Err(_) => out_open = false,
-                    Ok(n) => self.keep(StreamKind::Stdout, &out_buf[..n], on_chunk),
-                },
-                r = stderr.read(&mut err_buf), if err_open => match r {
-                    Ok(0) | Err(_) => err_open = false,
-                    Ok(n) => self.keep(StreamKind::Stderr, &err_buf[..n], on_chunk),
-                },
-            }
-        }
-    }
-
-    /// Read what is already buffered in `pipe` without waiting (the writer is known to be
-    /// gone); true when the stream reached its end. The pipe is non-blocking (tokio made it
-    /// so), and a duplicate of the descriptor shares that, so an empty pipe answers at once.
-    pub(super) fn read_buffered(
-        &mut self,
-        kind: StreamKind,
-        pipe: &impl std::os::fd::AsFd,
-        on_chunk: &mut Option<ChunkCallback>,
-    ) -> bool {
-        use std::io::Read as _;
-        let Ok(fd) = pipe.as_fd().try_clone_to_owned() else {
-            return false;
-        };
-        let mut file = std::fs::File::from(fd);
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(n) => self.keep(kind, &buf[..n], on_chunk),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // WouldBlock: empty, but a helper still holds the write end.
-                Err(_) => return false,
-            }
-        }
-    }
-
-    fn keep(&mut self, kind: StreamKind, chunk: &[u8], on_chunk: &mut Option<ChunkCallback>) {
-        let (buf, truncated) = match kind {
-            StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
-            StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
-        };
-        let room = self.cap.saturating_sub(buf.len());
-        let kept = &chunk[..chunk.len().min(room)];
-        if kept.len() < chunk.len() {
-            *truncated = true;
-        }
-        if kept.is_empty() {
-            return;
-        }
-        buf.extend_from_slice(kept);
-        if let Some(cb) = on_chunk.as_mut() {
-            cb(kind, kept);
-        }
-    }
-
-    pub(super) fn finish(
-        &mut self,
-        exit_code: Option<i32>,
-        signal: Option<String>,
-        timed_out: bool,
-    ) -> SshOutput {
-        SshOutput {
-            exit_code,
-            exit_code_from_remote: false,
-            signal,
-            timed_out,
-            stdout: std::mem::take(&mut self.stdout),
-            stderr: std::mem::take(&mut self.stderr),
-            stdout_truncated: self.stdout_truncated,
-            stderr_truncated: self.stderr_truncated,
-        }
-    }
-}
-
-/// SIGKILLs the child's process group when dropped while armed: covers timeouts and a caller
-/// that drops the `exec` future mid-flight.
-struct GroupKill {
-    pgid: Option<i32>,
-}
-
-impl GroupKill {
-    fn new(pid: Option<u32>) -> Self {
-        Self {
-            pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0),
-        }
-    }
-
-    fn kill(&self) {
-        if let Some(pgid) = self.pgid {
-            // SAFETY: plain syscall; a negative pid addresses the process group `pgid`, which
-            // `process_group(0)` made equal to the child's pid.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.pgid = None;
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn split_status(status: ExitStatus) -> (Option<i32>, Option<String>) {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => (Some(code), None),
-        (None, Some(sig)) => (None, Some(signal_name(sig))),
-        (None, None) => (None, None),
-    }
-}
-
-/// The conventional name of a signal number (`SIGKILL`), or `SIG<n>` for unusual ones.
-pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGCHLD => "SIGCHLD",
-        libc::SIGCONT => "SIGCONT",
-        libc::SIGSTOP => "SIGSTOP",
-        libc::SIGTSTP => "SIGTSTP",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        _ => return format!("SIG{sig}"),
-    };
-    name.to_owned()
 }
 
 /// The private directory for control sockets: `<state>/cm`, or a per-user directory under the

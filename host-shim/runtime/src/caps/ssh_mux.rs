@@ -19,7 +19,7 @@ use openssh_mux_client::{Connection, Error as MuxError, EstablishedSession, Sess
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
-use super::ssh::{ChunkCallback, OutputSink};
+use super::ssh_output::{ChunkCallback, OutputSink};
 
 /// The exit status an `ssh` client reports when no exit status came back (the connection ended,
 /// or the remote command was killed by a signal): the same value the spawned client would give.
