@@ -87,7 +87,7 @@ impl ProviderHost {
             .context("the component needs a capability this host does not grant")?;
         let pre = ExeDevProviderPre::new(pre)
             .map_err(anyhow::Error::from)
-            .context("the component does not export paperclip:sandbox-provider/provider@0.2.0")?;
+            .context("the component does not export paperclip:sandbox-provider/provider@0.3.0")?;
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
