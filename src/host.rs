@@ -140,6 +140,8 @@ pub struct SshRequest {
     pub max_output_bytes: u64,
     /// Forward output live to Paperclip.
     pub stream_output: bool,
+    /// Run it detached on the VM so it outlives its connection (WIT `exec-request.durable`).
+    pub durable: bool,
 }
 
 /// What the remote command produced.
@@ -183,6 +185,8 @@ pub enum SshError {
     InvalidRequest(String),
     /// The SSH client could not be started.
     Spawn(String),
+    /// A durable command's outcome is unknown (what is known, for the operator).
+    Lost(String),
 }
 
 impl fmt::Display for SshError {
@@ -191,6 +195,7 @@ impl fmt::Display for SshError {
             SshError::Denied(m) => write!(f, "the host does not allow SSH to {m}"),
             SshError::InvalidRequest(m) => write!(f, "invalid SSH request: {m}"),
             SshError::Spawn(m) => write!(f, "the SSH client failed: {m}"),
+            SshError::Lost(m) => f.write_str(m),
         }
     }
 }
@@ -584,6 +589,7 @@ mod wasm {
                 timeout_ms: request.timeout_ms,
                 max_output_bytes: request.max_output_bytes,
                 stream_output: request.stream_output,
+                durable: request.durable,
             };
             wit_ssh::exec(&req)
                 .map(from_wit_output)
@@ -745,6 +751,7 @@ mod wasm {
             wit_ssh::SshError::Denied(m) => SshError::Denied(m),
             wit_ssh::SshError::InvalidRequest(m) => SshError::InvalidRequest(m),
             wit_ssh::SshError::Spawn(m) => SshError::Spawn(m),
+            wit_ssh::SshError::Lost(m) => SshError::Lost(m),
         }
     }
 

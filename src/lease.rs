@@ -231,6 +231,7 @@ fn ssh_error(e: SshError, what: &str) -> ProviderError {
         SshError::Spawn(m) => {
             ProviderError::Ssh(format!("Failed to {what}: the SSH client failed: {m}"))
         }
+        SshError::Lost(m) => ProviderError::Ssh(format!("Failed to {what}: {m}")),
     }
 }
 

@@ -170,6 +170,7 @@ impl Provider<'_> {
                 timeout_ms: remaining.min(READY_ATTEMPT_MAX_MS) as u32,
                 max_output_bytes: SCRIPT_OUTPUT_CAP,
                 stream_output: false,
+                durable: false,
             };
             self.log(
                 LogLevel::Info,

@@ -102,6 +102,8 @@ impl Provider<'_> {
                         timeout_ms: remaining as u32,
                         max_output_bytes: remote::MAX_OUTPUT_BYTES,
                         stream_output,
+                        // The command outlives a dropped or silent connection (see the host).
+                        durable: true,
                     },
                     &what,
                 )?;
@@ -149,6 +151,7 @@ impl Provider<'_> {
             timeout_ms: KILL_TIMEOUT_MS,
             max_output_bytes: SCRIPT_OUTPUT_CAP,
             stream_output: false,
+            durable: false,
         });
         match result {
             Ok(o) if o.exit_code == Some(0) => {}

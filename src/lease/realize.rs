@@ -41,6 +41,7 @@ impl Provider<'_> {
                     timeout_ms: self.config.timeout_ms.min(u32::MAX as u64) as u32,
                     max_output_bytes: SCRIPT_OUTPUT_CAP,
                     stream_output: false,
+                    durable: false,
                 },
                 &format!("create workspace for exe.dev VM {id}"),
             )?;

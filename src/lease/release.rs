@@ -55,6 +55,7 @@ impl Provider<'_> {
                 timeout_ms: KILL_TIMEOUT_MS,
                 max_output_bytes: SCRIPT_OUTPUT_CAP,
                 stream_output: false,
+                durable: false,
             },
             &format!("stop work on exe.dev VM {lease_id}"),
         )?;

@@ -336,6 +336,7 @@ impl Provider<'_> {
             timeout_ms,
             max_output_bytes: SCRIPT_OUTPUT_CAP,
             stream_output: false,
+            durable: false,
         })
     }
 

@@ -89,6 +89,9 @@ pub struct GrantOptions {
     /// The package's `worker-args.json`, named in the remedy for a refused HTTP authority
     /// (`None`: not running from an installed package; the remedy names it generically).
     pub worker_args: Option<std::path::PathBuf>,
+    /// The VM agent uploaded to VMs for durable executions (`None`: every command takes the
+    /// direct path).
+    pub vm_agent: Option<&'static [u8]>,
 }
 
 /// The real grants: HTTP through the policy hooks, SSH through the OpenSSH runner.
@@ -112,6 +115,10 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
     let runner = Arc::new(SshRunner::new(settings, policy)?);
     let roots = crate::transfer_roots::TransferRoots::with_defaults(&opts.allow_paths);
     let transfers = Arc::new(crate::caps::transfer::Transfers::new(runner.clone(), roots));
+    let durable = opts.vm_agent.map(|bytes| {
+        use crate::caps::ssh_durable::{DurableExecs, VmAgent};
+        Arc::new(DurableExecs::new(runner.clone(), VmAgent::new(bytes)))
+    });
     Ok(Grants {
         http_hooks: Arc::new(move |sink| {
             Box::new(
@@ -119,7 +126,7 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
                     .noting_denials_in(sink.clone()),
             )
         }),
-        ssh: Arc::new(OpenSsh(runner, transfers)),
+        ssh: Arc::new(OpenSsh(runner, transfers, durable)),
         exe_api_key: opts.exe_api_key,
         ledger: Some(Arc::new(ledger)),
         http_access: Some(http_access),
@@ -130,6 +137,7 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
 struct OpenSsh(
     Arc<crate::caps::ssh::SshRunner>,
     Arc<crate::caps::transfer::Transfers>,
+    Option<Arc<crate::caps::ssh_durable::DurableExecs>>,
 );
 
 impl SshBackend for OpenSsh {
@@ -139,6 +147,7 @@ impl SshBackend for OpenSsh {
         sink: CallSink,
     ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>> {
         let runner = self.0.clone();
+        let durable = self.2.clone().filter(|_| request.durable);
         Box::pin(async move {
             let stream = request.stream_output;
             let exec = crate::caps::ssh::SshExec {
@@ -150,7 +159,10 @@ impl SshBackend for OpenSsh {
             };
             let live = stream.then(|| LiveOutput::new(sink));
             let on_chunk = live.as_ref().map(LiveOutput::callback);
-            let result = runner.exec(exec, on_chunk).await;
+            let result = match durable {
+                Some(durable) => durable.exec(exec, on_chunk).await,
+                None => runner.exec(exec, on_chunk).await,
+            };
             if let Some(live) = live {
                 live.finish();
             }
@@ -320,6 +332,7 @@ fn error_to_wit(e: crate::caps::ssh::SshError) -> ssh::SshError {
         E::Denied(m) => ssh::SshError::Denied(m),
         E::InvalidRequest(m) => ssh::SshError::InvalidRequest(m),
         E::Spawn(m) => ssh::SshError::Spawn(m),
+        E::Lost(m) => ssh::SshError::Lost(m),
     }
 }
 

@@ -181,6 +181,7 @@ impl HostArgs {
             worker_args: std::env::current_exe()
                 .ok()
                 .and_then(|exe| package::worker_args_beside(&exe)),
+            vm_agent: Some(crate::EMBEDDED_VM_AGENT),
         })?;
         ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)
     }

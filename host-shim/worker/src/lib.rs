@@ -15,6 +15,10 @@ pub mod worker;
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.
 pub static EMBEDDED_COMPONENT: &[u8] = include_bytes!(env!("PAPERCLIP_EXE_DEV_WASM"));
 
+/// The VM agent (static x86_64 Linux), built by `build.rs`: uploaded to VMs for durable
+/// executions.
+pub static EMBEDDED_VM_AGENT: &[u8] = include_bytes!(env!("PAPERCLIP_VM_AGENT"));
+
 /// The plugin manifest (its `x-wasm-host` key declares the grants), used when no
 /// `--manifest` is given.
 pub static EMBEDDED_MANIFEST: &str = include_str!("../../../manifest.json");

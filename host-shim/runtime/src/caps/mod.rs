@@ -5,6 +5,7 @@ pub mod ledger;
 pub mod log;
 mod process_group;
 pub mod ssh;
+pub mod ssh_durable;
 mod ssh_mux;
 mod ssh_output;
 pub mod transfer;

@@ -159,6 +159,10 @@ pub enum SshError {
     /// The host could not start the SSH client or write the key.
     #[error("could not run ssh: {0}")]
     Spawn(String),
+    /// A durable command's outcome is unknown (the connection stayed lost, or the VM forgot
+    /// the command); the message says what is known.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// Settings of an [`SshRunner`], from the CLI.
@@ -218,6 +222,12 @@ pub struct SshRunner {
 /// that was killed without a chance to close them.
 pub const CONTROL_PERSIST: Duration = Duration::from_secs(120);
 
+/// Keepalive of every connection: after this long with nothing from the server, the client
+/// asks; after [`SERVER_ALIVE_COUNT_MAX`] unanswered asks it gives the connection up.
+pub const SERVER_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// See [`SERVER_ALIVE_INTERVAL`].
+pub const SERVER_ALIVE_COUNT_MAX: u32 = 2;
+
 /// Longest control-socket directory: OpenSSH binds `<path>.<16 random chars>` before renaming
 /// it, and a Unix socket path holds at most 107 bytes.
 const MAX_CONTROL_DIR_LEN: usize = 70;
@@ -266,6 +276,11 @@ impl SshRunner {
         })
     }
 
+    /// The output cap a request gets: what it asks for, within the runner's ceiling.
+    pub(crate) fn output_cap(&self, requested: u64) -> u64 {
+        requested.min(self.settings.max_output_ceiling)
+    }
+
     /// The `known_hosts` file host keys are recorded in and checked against.
     pub fn known_hosts_path(&self) -> &Path {
         &self.known_hosts
@@ -308,8 +323,7 @@ impl SshRunner {
         if req.timeout_ms == 0 {
             return Err(SshError::InvalidRequest("timeout-ms must be > 0".into()));
         }
-        let cap = req.max_output_bytes.min(self.settings.max_output_ceiling);
-        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let cap = usize::try_from(self.output_cap(req.max_output_bytes)).unwrap_or(usize::MAX);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
 
@@ -579,7 +593,7 @@ impl SshRunner {
 
     /// The control socket of a master this runner started for `target`, if it is listening
     /// (a socket file that is still there may belong to a master that died; connecting tells).
-    fn live_master(&self, target: &SshTarget) -> Option<PathBuf> {
+    pub(crate) fn live_master(&self, target: &SshTarget) -> Option<PathBuf> {
         let path = self.control_path(target)?;
         let started = self
             .pool
@@ -720,8 +734,10 @@ impl SshRunner {
         ));
         o(format!("UserKnownHostsFile={}", known_hosts.display()));
         o("ConnectTimeout=15".into());
-        o("ServerAliveInterval=15".into());
-        o("ServerAliveCountMax=3".into());
+        // A silent connection (a NAT entry expired, a network went away) is noticed within
+        // about 6 s: the master then exits, and durable executions reconnect and resume.
+        o(format!("ServerAliveInterval={}", SERVER_ALIVE_INTERVAL.as_secs()));
+        o(format!("ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}"));
         o("ForwardAgent=no".into());
         o("ClearAllForwardings=yes".into());
         // Keeps "Permanently added … to the list of known hosts" out of the command's stderr,

@@ -62,6 +62,20 @@ pub(super) struct MuxSession {
     pub(super) opened_in: std::time::Duration,
 }
 
+impl MuxSession {
+    /// The session and our pipe ends, for a caller that speaks its own protocol over them.
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        EstablishedSession,
+        Option<pipe::Sender>,
+        Option<pipe::Receiver>,
+        pipe::Receiver,
+    ) {
+        (self.session, self.stdin, self.stdout, self.stderr)
+    }
+}
+
 /// The command's stdin, as [`open`] sets it up.
 pub(super) enum StdinEnd {
     /// `/dev/null`.

@@ -115,7 +115,21 @@ impl OutputSink {
         }
     }
 
-    fn keep(&mut self, kind: StreamKind, chunk: &[u8], on_chunk: &mut Option<ChunkCallback>) {
+    /// Bytes collected so far of one stream.
+    pub(crate) fn len(&self, kind: StreamKind) -> usize {
+        match kind {
+            StreamKind::Stdout => self.stdout.len(),
+            StreamKind::Stderr => self.stderr.len(),
+        }
+    }
+
+    /// Keep `chunk` of `kind` (up to the cap), forwarding what is kept to the callback.
+    pub(crate) fn keep(
+        &mut self,
+        kind: StreamKind,
+        chunk: &[u8],
+        on_chunk: &mut Option<ChunkCallback>,
+    ) {
         let (buf, truncated) = match kind {
             StreamKind::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
             StreamKind::Stderr => (&mut self.stderr, &mut self.stderr_truncated),

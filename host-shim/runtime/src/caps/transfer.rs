@@ -136,7 +136,7 @@ impl From<SshError> for TransferError {
         match e {
             SshError::Denied(_) => TransferError::Denied(e.to_string()),
             SshError::InvalidRequest(_) => TransferError::InvalidRequest(e.to_string()),
-            SshError::Spawn(m) => TransferError::Spawn(m),
+            SshError::Spawn(m) | SshError::Lost(m) => TransferError::Spawn(m),
         }
     }
 }

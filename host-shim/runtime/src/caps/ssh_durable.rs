@@ -1,0 +1,552 @@
+//! Durable executions: a command that outlives its SSH connection.
+//!
+//! The command does not run in the SSH session that starts it. The session runs the VM agent
+//! (`host-shim/vm-agent`, uploaded once per VM and checked by its SHA-256 there), which stores
+//! the command's stdin whole, starts the command under a keeper detached from the session, and
+//! streams the output the keeper spools on the VM, as frames (see `paperclip_vm_agent`). When
+//! the connection drops (a reset is seen at once; silence through the master's keepalive,
+//! within seconds) the command goes on; this module reconnects with backoff and *attaches* to
+//! the same run from the byte offsets it already holds, so the result holds every byte once, in
+//! order, with the command's own exit status, and live chunks continue with no duplicate and no
+//! gap (one sink and one callback serve every attempt). The deadline is enforced on the VM as
+//! well, so a timeout ends the command's process tree even while the VM cannot be reached.
+//!
+//! When the outcome cannot be known (the VM stays unreachable, or forgot the run), the answer
+//! is [`SshError::Lost`], never an exit status the command did not produce.
+//!
+//! Where the agent cannot run (connections not pooled, a VM that is not x86_64 or refuses the
+//! upload), commands take the direct path of [`SshRunner::exec`], as if durability was not
+//! asked for; nothing of the caller's ran before that is decided.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use paperclip_vm_agent::{self as agent, kind, Exit, FrameReader, Header, Op};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::ssh::{signal_name, ChunkCallback, Connected, SshError, SshExec, SshOutput, SshRunner};
+use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
+use super::ssh_output::{OutputSink, StreamKind};
+
+/// How long past the command's deadline the host keeps reconnecting to collect the result (the
+/// VM side ends the command at the deadline, with a second of grace before `SIGKILL`).
+const RESULT_GRACE: Duration = Duration::from_secs(10);
+/// First pause between reconnect attempts; doubled after each, up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest wait for one reconnect attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Streams that end early while the connection stays up, in a row, before giving up (the
+/// agent died each time: something on the VM kills it).
+const MAX_BROKEN_WHILE_CONNECTED: u32 = 5;
+/// What is kept of the agent's own stderr, for the operator.
+const AGENT_STDERR_CAP: usize = 4096;
+
+/// The agent binary the host uploads to VMs.
+#[derive(Clone)]
+pub struct VmAgent {
+    bytes: &'static [u8],
+    digest: String,
+}
+
+impl std::fmt::Debug for VmAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmAgent")
+            .field("bytes", &self.bytes.len())
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl VmAgent {
+    /// The agent built for the VMs (static x86_64 Linux).
+    pub fn new(bytes: &'static [u8]) -> VmAgent {
+        use sha2::{Digest, Sha256};
+        VmAgent {
+            bytes,
+            digest: crate::hex::hex(&Sha256::digest(bytes)),
+        }
+    }
+
+    /// The agent's SHA-256, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Where it lives on a VM, relative to `$HOME` (named by its digest, so a VM holding an
+    /// older agent gets the new one beside it).
+    fn remote_path(&self) -> String {
+        format!("{}/agent-{}", agent::AGENT_DIR, &self.digest[..16])
+    }
+
+    /// The session command that starts it.
+    fn run_command(&self) -> String {
+        format!("exec \"$HOME/{}\"", self.remote_path())
+    }
+
+    /// The session command that installs it from stdin: only an x86_64 VM, only bytes with
+    /// the right digest, put in place by rename (so a half upload is never run).
+    fn install_command(&self) -> String {
+        format!(
+            "sh -c 'umask 077; case \"$(uname -m)\" in x86_64|amd64) ;; *) echo \"this VM is $(uname -m); \
+             the agent is built for x86_64\" >&2; exit 3;; esac; d=\"$HOME/{dir}\"; mkdir -p \"$d\" || exit 4; \
+             t=\"$d/.agent.$$\"; cat > \"$t\" || {{ rm -f \"$t\"; exit 4; }}; \
+             s=$(sha256sum \"$t\" 2>/dev/null); s=${{s%% *}}; \
+             if [ \"$s\" != {digest} ]; then rm -f \"$t\"; echo \"the uploaded agent has digest ${{s:-unknown}}\" >&2; exit 5; fi; \
+             chmod 700 \"$t\" && mv -f \"$t\" \"$HOME/{path}\"'",
+            dir = agent::AGENT_DIR,
+            digest = self.digest,
+            path = self.remote_path(),
+        )
+    }
+}
+
+/// What the host knows about the agent on one VM (one master connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AgentState {
+    /// Installed: durable executions run through it.
+    Installed,
+    /// It cannot run there (the reason): commands take the direct path.
+    Unavailable(String),
+}
+
+/// Runs durable executions over an [`SshRunner`]'s pooled connections.
+pub struct DurableExecs {
+    ssh: Arc<SshRunner>,
+    agent: VmAgent,
+    agents: Mutex<HashMap<PathBuf, AgentState>>,
+}
+
+/// One run's progress across attempts.
+struct Progress {
+    id: u64,
+    started: bool,
+    sink: OutputSink,
+    stdin: Arc<[u8]>,
+}
+
+/// How one attempt (one session with the agent) ended.
+enum Attempt {
+    /// The command ended; every byte is in the sink.
+    Exited(Exit),
+    /// The run never started (its stdin never arrived whole): start it again.
+    NotStarted,
+    /// The agent did not start at all (what the shell reported).
+    AgentMissing(String),
+    /// The agent cannot tell the outcome (its message).
+    Failed(String),
+    /// The stream ended early (why): the connection, or the agent, died.
+    Broken(String),
+    /// The time to collect the result ran out while connected.
+    OutOfTime,
+}
+
+impl DurableExecs {
+    /// Durable executions over `ssh`'s connections, with `agent` uploaded where needed.
+    pub fn new(ssh: Arc<SshRunner>, agent: VmAgent) -> DurableExecs {
+        DurableExecs {
+            ssh,
+            agent,
+            agents: Mutex::default(),
+        }
+    }
+
+    /// Run `req` durably (see the module docs); the direct path where that is not possible.
+    pub async fn exec(
+        &self,
+        req: SshExec,
+        mut on_chunk: Option<ChunkCallback>,
+    ) -> Result<SshOutput, SshError> {
+        if req.command.trim().is_empty() || req.command.contains('\0') || req.timeout_ms == 0 {
+            // The direct path refuses these with its own errors.
+            return self.ssh.exec(req, on_chunk).await;
+        }
+        let started_at = Instant::now();
+        let deadline = started_at + Duration::from_millis(req.timeout_ms.into());
+        let give_up = deadline + RESULT_GRACE;
+        match self.ssh.connect(&req.target, req.timeout_ms).await? {
+            Connected::Ready => {}
+            Connected::Unpooled => return self.ssh.exec(req, on_chunk).await,
+            // Nothing ran: report the failed connection the way the direct path would.
+            Connected::Failed(out) => return Ok(out),
+        }
+        let Some(mut control) = self.ssh.live_master(&req.target) else {
+            return self.ssh.exec(req, on_chunk).await;
+        };
+        if let Some(AgentState::Unavailable(_)) = self.agent_state(&control) {
+            return self.ssh.exec(req, on_chunk).await;
+        }
+        let cap = self.ssh.output_cap(req.max_output_bytes);
+        let mut p = Progress {
+            id: rand::random::<u64>(),
+            started: false,
+            sink: OutputSink::new(usize::try_from(cap).unwrap_or(usize::MAX)),
+            stdin: Arc::from(req.stdin.clone().unwrap_or_default()),
+        };
+        let mut installed_now = false;
+        let mut broken_in_a_row = 0;
+        let mut lost: Option<(Duration, String)> = None;
+        loop {
+            match self
+                .attempt(&control, &req, &mut p, &mut on_chunk, cap, deadline, give_up)
+                .await
+            {
+                Attempt::Exited(exit) => {
+                    if let Some((at, why)) = &lost {
+                        tracing::info!(
+                            host = %req.target.host,
+                            lost_at_ms = at.as_millis() as u64,
+                            why = %why,
+                            "durable execute resumed after a lost connection and completed"
+                        );
+                    }
+                    return Ok(self.output(p.sink, exit));
+                }
+                Attempt::NotStarted => {
+                    p.started = false;
+                    continue;
+                }
+                Attempt::AgentMissing(said) if !installed_now && !p.started => {
+                    installed_now = true;
+                    if let Err(why) = self.install(&control, give_up).await {
+                        tracing::warn!(host = %req.target.host, %why, "the VM agent cannot run there; commands take the direct path");
+                        self.set_agent_state(&control, AgentState::Unavailable(why));
+                        return self.ssh.exec(req, on_chunk).await;
+                    }
+                    tracing::debug!(host = %req.target.host, said = %said, "installed the VM agent");
+                    self.set_agent_state(&control, AgentState::Installed);
+                }
+                Attempt::AgentMissing(said) => {
+                    let why = format!("the VM agent does not start after its upload: {said}");
+                    tracing::warn!(host = %req.target.host, %why, "commands take the direct path");
+                    self.set_agent_state(&control, AgentState::Unavailable(why));
+                    if p.started {
+                        return Err(SshError::Lost(format!(
+                            "the VM agent on {} stopped starting mid-command; the command may still be running on the VM",
+                            req.target.host
+                        )));
+                    }
+                    return self.ssh.exec(req, on_chunk).await;
+                }
+                Attempt::Failed(why) => {
+                    return Err(SshError::Lost(format!(
+                        "the command on {} cannot be followed any more: {why}",
+                        req.target.host
+                    )));
+                }
+                Attempt::OutOfTime => {
+                    // Connected, but the exit frame did not come in time (the VM side ends the
+                    // command at its deadline): report the time-out with what arrived.
+                    let mut out = p.sink.finish(None, None, true);
+                    out.exit_code_from_remote = false;
+                    return Ok(out);
+                }
+                Attempt::Broken(why) => {
+                    let since = started_at.elapsed();
+                    self.set_agent_state(&control, AgentState::Installed);
+                    if ssh_mux::alive(&control).await {
+                        broken_in_a_row += 1;
+                        if broken_in_a_row >= MAX_BROKEN_WHILE_CONNECTED {
+                            return Err(SshError::Lost(format!(
+                                "the VM agent on {} kept ending mid-stream ({why}); the command may still be running on the VM",
+                                req.target.host
+                            )));
+                        }
+                        continue;
+                    }
+                    broken_in_a_row = 0;
+                    tracing::info!(host = %req.target.host, after_ms = since.as_millis() as u64, %why, "connection lost during a durable execute; reconnecting");
+                    lost.get_or_insert((since, why.clone()));
+                    control = self.reconnect(&req, started_at, since, &why, give_up).await?;
+                }
+            }
+        }
+    }
+
+    /// One session with the agent: run or attach, and read frames until the run's end.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        control: &Path,
+        req: &SshExec,
+        p: &mut Progress,
+        on_chunk: &mut Option<ChunkCallback>,
+        cap: u64,
+        deadline: Instant,
+        give_up: Instant,
+    ) -> Attempt {
+        let op = if p.started { Op::Attach } else { Op::Run };
+        let script: &[u8] = match op {
+            Op::Run => req.command.as_bytes(),
+            Op::Attach => b"",
+        };
+        let stdin = match op {
+            Op::Run => p.stdin.clone(),
+            Op::Attach => Arc::from(Vec::new()),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let header = Header {
+            op,
+            id: p.id,
+            stdout_offset: p.sink.len(StreamKind::Stdout) as u64,
+            stderr_offset: p.sink.len(StreamKind::Stderr) as u64,
+            timeout_ms: (remaining.as_millis() as u64).max(1),
+            cap,
+            script_len: script.len() as u32,
+            stdin_len: stdin.len() as u64,
+        };
+        let command = self.agent.run_command();
+        let open = ssh_mux::open(control, &command, StdinEnd::Pipe, None);
+        let session = match tokio::time::timeout_at(give_up, open).await {
+            Err(_) => return Attempt::OutOfTime,
+            Ok(Err(MuxUnavailable::NotStarted(why) | MuxUnavailable::Ambiguous(why))) => {
+                // Either way nothing is lost: a run that may have started is found by attach.
+                return Attempt::Broken(why);
+            }
+            Ok(Ok(s)) => s,
+        };
+        let (session, stdin_pipe, stdout, mut stderr) = session.into_parts();
+        let (Some(mut stdin_pipe), Some(mut stdout)) = (stdin_pipe, stdout) else {
+            return Attempt::Broken("the session has no pipes".into());
+        };
+        let mut request = header.encode().to_vec();
+        request.extend_from_slice(script);
+        let writer = tokio::spawn(async move {
+            stdin_pipe.write_all(&request).await?;
+            stdin_pipe.write_all(&stdin).await?;
+            Ok::<_, std::io::Error>(stdin_pipe)
+        });
+        let agent_stderr = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = AGENT_STDERR_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        });
+
+        let mut frames = FrameReader::default();
+        let mut hello = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        let outcome = 'read: loop {
+            let n = match tokio::time::timeout_at(give_up, stdout.read(&mut buf)).await {
+                Err(_) => break 'read Some(Attempt::OutOfTime),
+                Ok(Ok(0)) | Ok(Err(_)) => break 'read None,
+                Ok(Ok(n)) => n,
+            };
+            frames.push(&buf[..n]);
+            loop {
+                let (k, payload) = match frames.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(agent::BadFrame(why)) => {
+                        break 'read Some(Attempt::Failed(format!("the VM agent's stream is corrupt: {why}")))
+                    }
+                };
+                match k {
+                    kind::HELLO => hello = true,
+                    kind::STARTED => p.started = true,
+                    kind::STDOUT => p.sink.keep(StreamKind::Stdout, &payload, on_chunk),
+                    kind::STDERR => p.sink.keep(StreamKind::Stderr, &payload, on_chunk),
+                    kind::EXIT => match Exit::decode(&payload) {
+                        Some(exit) => break 'read Some(Attempt::Exited(exit)),
+                        None => {
+                            break 'read Some(Attempt::Failed("the VM agent sent a malformed exit frame".into()))
+                        }
+                    },
+                    kind::NOT_STARTED => break 'read Some(Attempt::NotStarted),
+                    kind::FAILED => {
+                        break 'read Some(Attempt::Failed(String::from_utf8_lossy(&payload).into_owned()))
+                    }
+                    other => {
+                        break 'read Some(Attempt::Failed(format!(
+                            "the VM agent sent an unknown frame kind {other:#04x}"
+                        )))
+                    }
+                }
+            }
+        };
+        match outcome {
+            Some(Attempt::Exited(exit)) => {
+                // The spool may go: acknowledge, and let the session end on its own (its exit
+                // message would cost another round trip the result does not need).
+                tokio::spawn(async move {
+                    if let Ok(Ok(mut pipe)) = writer.await {
+                        let _ = pipe.write_all(&[agent::ACK]).await;
+                        drop(pipe);
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(30), session.wait()).await;
+                    agent_stderr.abort();
+                });
+                Attempt::Exited(exit)
+            }
+            Some(other) => {
+                writer.abort();
+                agent_stderr.abort();
+                other
+            }
+            None => {
+                writer.abort();
+                if hello {
+                    agent_stderr.abort();
+                    return Attempt::Broken("the connection to the VM closed mid-stream".into());
+                }
+                // No agent answered. An exit status means the shell ran and could not start it;
+                // none means the connection died first.
+                let status = tokio::time::timeout(Duration::from_secs(2), session.wait()).await;
+                let said = tokio::time::timeout(Duration::from_secs(1), agent_stderr)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                match status {
+                    Ok(Ok(openssh_mux_client::SessionStatus::Exited {
+                        exit_value: Some(code),
+                    })) => Attempt::AgentMissing(format!("exit status {code}: {}", said.trim())),
+                    _ => Attempt::Broken("the connection closed before the VM agent answered".into()),
+                }
+            }
+        }
+    }
+
+    /// Upload the agent to the VM behind `control`.
+    async fn install(&self, control: &Path, give_up: Instant) -> Result<(), String> {
+        let session = ssh_mux::open(control, &self.agent.install_command(), StdinEnd::Pipe, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut sink = OutputSink::new(AGENT_STDERR_CAP);
+        let ended = ssh_mux::run(
+            session,
+            Some(self.agent.bytes.to_vec()),
+            &mut sink,
+            &mut None,
+            give_up,
+        )
+        .await;
+        let out = sink.finish(ended.exit_code, None, ended.timed_out);
+        match (ended.exit_code, ended.from_remote) {
+            (Some(0), true) => Ok(()),
+            _ if ended.timed_out => Err("uploading the VM agent timed out".into()),
+            (code, _) => Err(format!(
+                "uploading the VM agent failed (exit status {}): {}",
+                code.map_or("none".into(), |c| c.to_string()),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    }
+
+    /// Reconnect after a lost connection, with backoff, until `give_up`.
+    async fn reconnect(
+        &self,
+        req: &SshExec,
+        started_at: Instant,
+        lost_after: Duration,
+        why: &str,
+        give_up: Instant,
+    ) -> Result<PathBuf, SshError> {
+        let trying_since = Instant::now();
+        let mut pause = BACKOFF_START;
+        let mut attempts = 0u32;
+        let mut last_error = why.to_string();
+        loop {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SshError::Lost(format!(
+                    "the connection to {} was lost {:.1} s after the command started ({why}); \
+                     reconnecting was tried for {:.1} s ({attempts} attempts) until the deadline; \
+                     last SSH error: {}. The command may still be running on the VM (the VM ends \
+                     it at its deadline).",
+                    req.target.host,
+                    lost_after.as_secs_f64(),
+                    trying_since.elapsed().as_secs_f64(),
+                    last_error.trim(),
+                )));
+            }
+            attempts += 1;
+            let timeout = left.min(CONNECT_TIMEOUT);
+            match self
+                .ssh
+                .connect(&req.target, (timeout.as_millis() as u32).max(1))
+                .await?
+            {
+                Connected::Ready => {
+                    if let Some(control) = self.ssh.live_master(&req.target) {
+                        tracing::info!(
+                            host = %req.target.host,
+                            attempts,
+                            after_ms = started_at.elapsed().as_millis() as u64,
+                            "reconnected"
+                        );
+                        return Ok(control);
+                    }
+                    last_error = "the new connection is not shared".into();
+                }
+                Connected::Unpooled => last_error = "connections are not pooled".into(),
+                Connected::Failed(out) => {
+                    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+                    last_error = if out.timed_out {
+                        "no answer in time".into()
+                    } else if text.trim().is_empty() {
+                        format!("ssh exited with {:?}", out.exit_code)
+                    } else {
+                        text
+                    };
+                }
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn output(&self, mut sink: OutputSink, exit: Exit) -> SshOutput {
+        let signal = exit.signal.map(signal_name);
+        let mut out = sink.finish(exit.code, signal, exit.timed_out);
+        out.exit_code_from_remote = exit.code.is_some();
+        out.stdout_truncated |= exit.stdout_truncated;
+        out.stderr_truncated |= exit.stderr_truncated;
+        if exit.timed_out {
+            out.exit_code = None;
+            out.signal = None;
+        }
+        out
+    }
+
+    fn agent_state(&self, control: &Path) -> Option<AgentState> {
+        self.agents.lock().unwrap().get(control).cloned()
+    }
+
+    fn set_agent_state(&self, control: &Path, state: AgentState) {
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(control.to_path_buf(), state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_name_the_digest() {
+        static BYTES: &[u8] = b"not really an agent";
+        let a = VmAgent::new(BYTES);
+        assert_eq!(a.digest().len(), 64);
+        assert_eq!(
+            a.run_command(),
+            format!("exec \"$HOME/.cache/paperclip-exe-dev/agent-{}\"", &a.digest()[..16])
+        );
+        let install = a.install_command();
+        assert!(install.contains(a.digest()), "{install}");
+        assert!(install.contains("mv -f"), "{install}");
+        assert!(!install.contains('\n'));
+    }
+}

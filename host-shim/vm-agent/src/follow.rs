@@ -1,0 +1,151 @@
+//! Streaming a run's spool to the host: every byte from the requested offsets on, in order,
+//! as it is written, then the exit status once the keeper recorded it. After the host
+//! acknowledged the exit frame, the spool is removed.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::time::{Duration, Instant};
+
+use paperclip_vm_agent::{frame, kind, Exit, Header, ACK, MAX_CHUNK};
+
+use crate::spool::Run;
+use crate::sys;
+
+/// Longest wait for a change before the files and the keeper are looked at again anyway.
+const RECHECK: Duration = Duration::from_millis(500);
+/// How long a keeper that was just started may take to record its pid.
+const KEEPER_PID_GRACE: Duration = Duration::from_secs(5);
+/// How long the host has to acknowledge the exit frame.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// One output stream of the run, read from the spool.
+struct Stream {
+    name: &'static str,
+    kind: u8,
+    file: Option<File>,
+    offset: u64,
+}
+
+impl Stream {
+    /// Send what the file holds past `offset`, up to the cap. `Err` when the host is gone.
+    fn pump(&mut self, run: &Run, out: &mut sys::Output, cap: u64) -> std::io::Result<u64> {
+        if self.file.is_none() {
+            match File::open(run.path(self.name)) {
+                Ok(f) => self.file = Some(f),
+                Err(_) => return Ok(0),
+            }
+        }
+        let file = self.file.as_ref().expect("opened above");
+        let len = file.metadata()?.len();
+        let end = len.min(cap);
+        let mut buf = vec![0u8; MAX_CHUNK];
+        while self.offset < end {
+            let want = usize::try_from(end - self.offset)
+                .unwrap_or(MAX_CHUNK)
+                .min(MAX_CHUNK);
+            let n = file.read_at(&mut buf[..want], self.offset)?;
+            if n == 0 {
+                break;
+            }
+            out.send(&frame(self.kind, &buf[..n]))?;
+            self.offset += n as u64;
+        }
+        Ok(len)
+    }
+}
+
+/// Stream `run` until its exit frame is sent (or the host is gone). `keeper` is the keeper's
+/// pid when it is this process's child.
+pub(crate) fn follow(
+    out: &mut sys::Output,
+    input: &mut File,
+    run: &Run,
+    header: &Header,
+    keeper: Option<libc::pid_t>,
+) {
+    let watch = sys::DirWatch::new(&run.dir);
+    let mut streams = [
+        Stream {
+            name: "stdout",
+            kind: kind::STDOUT,
+            file: None,
+            offset: header.stdout_offset,
+        },
+        Stream {
+            name: "stderr",
+            kind: kind::STDERR,
+            file: None,
+            offset: header.stderr_offset,
+        },
+    ];
+    let since = Instant::now();
+    let mut keeper_reaped = false;
+    let mut gone_once = false;
+    loop {
+        // The status first: it is written after both files are complete, so what the files
+        // hold after it is seen is all there is.
+        let status = run.status();
+        let mut lens = [0u64; 2];
+        for (i, s) in streams.iter_mut().enumerate() {
+            match s.pump(run, out, header.cap) {
+                Ok(len) => lens[i] = len,
+                Err(_) => return,
+            }
+        }
+        if let Some(st) = status {
+            if let Some(why) = st.error {
+                let _ = out.send(&frame(kind::FAILED, why.as_bytes()));
+                return;
+            }
+            let exit = Exit {
+                code: st.code,
+                signal: st.signal,
+                timed_out: st.timed_out,
+                stdout_truncated: lens[0] > header.cap,
+                stderr_truncated: lens[1] > header.cap,
+            };
+            if out.send(&frame(kind::EXIT, &exit.encode())).is_ok() && acknowledged(input) {
+                run.remove();
+            }
+            return;
+        }
+        let keeper_gone = match keeper {
+            Some(pid) => {
+                keeper_reaped = keeper_reaped || sys::try_wait(pid).is_some();
+                keeper_reaped
+            }
+            None => match run.keeper_pid() {
+                Some(pid) => !sys::alive(pid),
+                None => since.elapsed() > KEEPER_PID_GRACE,
+            },
+        };
+        if keeper_gone {
+            // Once more: the status may have landed between the two looks.
+            if gone_once {
+                let _ = out.send(&frame(
+                    kind::FAILED,
+                    b"the command's keeper on the VM ended without recording an exit status \
+                      (was the VM restarted?); the command's outcome is unknown",
+                ));
+                return;
+            }
+            gone_once = true;
+            continue;
+        }
+        match &watch {
+            Some(w) => w.wait(RECHECK),
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Wait for the host's acknowledgement of the exit frame.
+fn acknowledged(input: &mut File) -> bool {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    if !sys::poll_one(input.as_raw_fd(), libc::POLLIN, Some(ACK_WAIT)).unwrap_or(false) {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(input.read(&mut b), Ok(1) if b[0] == ACK)
+}
