@@ -315,6 +315,21 @@ pub fn execute_never_ran(vm: &str, out: &SshOutput) -> Option<String> {
     (onboarding || ssh_failed).then(|| failure_message("execute commands on", vm, &text))
 }
 
+/// For an execute over a pooled connection: `Some(message)` when no exit status came back from
+/// the SSH server (the connection ended first), so the 255 in `out` is not the command's; the
+/// command may have run, and may still be running. Never a result: the outcome is unknown.
+pub fn status_lost(vm: &str, out: &SshOutput) -> Option<String> {
+    (out.exit_code == Some(255) && !out.exit_code_from_remote && !out.timed_out).then(|| {
+        format!(
+            "Failed to execute commands on exe.dev VM {vm}: the SSH connection ended before the \
+             command's exit status arrived ({} bytes of stdout and {} of stderr had come), so its \
+             outcome is unknown; it may still be running on the VM.",
+            out.stdout.len(),
+            out.stderr.len()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +472,20 @@ mod tests {
         );
         let ran = out(Some(2), "", "boom");
         assert_eq!(classify_failure("inspect", "vm", &ran), None);
+    }
+
+    #[test]
+    fn a_missing_exit_status_is_never_a_result() {
+        let lost = out(Some(255), "part", "");
+        assert!(status_lost("vm", &lost)
+            .unwrap()
+            .contains("outcome is unknown"));
+        let own = SshOutput {
+            exit_code_from_remote: true,
+            ..out(Some(255), "", "")
+        };
+        assert_eq!(status_lost("vm", &own), None);
+        assert_eq!(status_lost("vm", &out(Some(1), "", "")), None);
     }
 
     #[test]

@@ -34,7 +34,12 @@ fn fire(env: &Env, fault: Fault) {
 
 /// Run `params` as an execute and fire `fault` `after` into it; returns the result (or error
 /// envelope) and how long the call took.
-async fn execute_with_fault(env: &Env, params: Value, after: Duration, fault: Fault) -> (Value, Duration) {
+async fn execute_with_fault(
+    env: &Env,
+    params: Value,
+    after: Duration,
+    fault: Fault,
+) -> (Value, Duration) {
     let started = Instant::now();
     let call = env.call("environmentExecute", params);
     let strike = async {
@@ -46,7 +51,10 @@ async fn execute_with_fault(env: &Env, params: Value, after: Duration, fault: Fa
 }
 
 fn invocation(params: &Value) -> String {
-    params["paperclipInvocation"]["id"].as_str().unwrap().to_string()
+    params["paperclipInvocation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The run directories the agent keeps on the VM (none once every result was delivered).
@@ -83,7 +91,10 @@ async fn streaming_survives(link: Option<LinkModel>, fault: Fault) {
     assert_eq!(live_err, "finished\n", "live stderr chunks");
 
     let next = env.sh(&lease, "echo next; exit 3").await;
-    assert_eq!((next["stdout"].as_str(), next["exitCode"].as_i64()), (Some("next\n"), Some(3)));
+    assert_eq!(
+        (next["stdout"].as_str(), next["exitCode"].as_i64()),
+        (Some("next\n"), Some(3))
+    );
     assert!(
         eventually(Duration::from_secs(5), || spools(&env, &lease).is_empty()).await,
         "spools left on the VM: {:?}",
@@ -109,7 +120,12 @@ async fn streaming_command_survives_a_killed_connection_over_30ms_100mbit() {
 async fn executes_run_through_the_vm_agent() {
     let env = Env::start().await;
     let lease = env.acquire(&run_id("agent")).await;
-    let own = env.sh(&lease, "echo 'ssh: connect to host x port 22: Connection refused' >&2; exit 255").await;
+    let own = env
+        .sh(
+            &lease,
+            "echo 'ssh: connect to host x port 22: Connection refused' >&2; exit 255",
+        )
+        .await;
     assert_eq!(own["exitCode"], 255, "{own}");
     let home = env
         .sim
@@ -123,8 +139,14 @@ async fn executes_run_through_the_vm_agent() {
         .collect();
     assert_eq!(agents.len(), 1, "{agents:?}");
     // The run went through it: its marker is in the command's environment.
-    let marked = env.sh(&lease, "printf %s \"${PAPERCLIP_AGENT_RUN:-none}\"").await;
-    assert_eq!(marked["stdout"].as_str().map(str::len), Some(16), "{marked}");
+    let marked = env
+        .sh(&lease, "printf %s \"${PAPERCLIP_AGENT_RUN:-none}\"")
+        .await;
+    assert_eq!(
+        marked["stdout"].as_str().map(str::len),
+        Some(16),
+        "{marked}"
+    );
     env.destroy(&lease).await;
     env.finish().await;
 }
@@ -138,8 +160,14 @@ async fn unpooled_connections_take_the_direct_path() {
     })
     .await;
     let lease = env.acquire(&run_id("direct")).await;
-    let r = env.sh(&lease, "printf %s \"${PAPERCLIP_AGENT_RUN:-none}\"; exit 4").await;
-    assert_eq!((r["stdout"].as_str(), r["exitCode"].as_i64()), (Some("none"), Some(4)), "{r}");
+    let r = env
+        .sh(&lease, "printf %s \"${PAPERCLIP_AGENT_RUN:-none}\"; exit 4")
+        .await;
+    assert_eq!(
+        (r["stdout"].as_str(), r["exitCode"].as_i64()),
+        (Some("none"), Some(4)),
+        "{r}"
+    );
     env.destroy(&lease).await;
     env.finish().await;
 }

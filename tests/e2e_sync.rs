@@ -2,8 +2,9 @@
 //! `environmentSyncIn` / `environmentSyncOut` round trips of a tree with empty and large files,
 //! non-ASCII names, symbolic links (kept and followed), modes and excludes, byte for byte, on
 //! loopback and over the link model; and the failures: a missing source, a path outside the
-//! allowed roots, a failing post-upload command, a connection cut mid-stream. After every
-//! failure the old target is whole and no temporary file is left on either side.
+//! allowed roots, a failing post-upload command; and a connection cut mid-stream, which is retried
+//! after reconnecting. After every failure the old target is whole and no temporary file is
+//! left on either side.
 
 mod e2e_support;
 
@@ -375,8 +376,11 @@ async fn failures_are_clear_and_leave_the_old_target_whole() {
     env.finish().await;
 }
 
+/// A connection cut mid-stream (the host's master connection killed, as a network drop ends
+/// it): the mapping is sent again after reconnecting, within the call's deadline, and the
+/// target ends up whole, with no temporary left on either side. Both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_cut_mid_stream_keeps_both_old_targets() {
+async fn a_connection_cut_mid_stream_is_retried_after_reconnecting() {
     let env = Env::start_with(EnvOptions::over(LINK_30MS_100MBIT)).await;
     let lease = env.acquire(&run_id("synccut")).await;
     let vm = lease["providerLeaseId"].as_str().unwrap().to_string();
@@ -388,34 +392,66 @@ async fn a_connection_cut_mid_stream_keeps_both_old_targets() {
     let remote = home.join("target");
     std::fs::create_dir_all(&remote).unwrap();
     std::fs::write(remote.join("old"), b"old").unwrap();
-    let params = sync_params(
-        &env,
-        &lease,
-        vec![mapping(&source, &remote, "directory", json!({}))],
-        json!([]),
+    let back = host.path().join("back");
+
+    for (method, files) in [
+        (
+            "environmentSyncIn",
+            vec![mapping(&source, &remote, "directory", json!({}))],
+        ),
+        (
+            "environmentSyncOut",
+            vec![mapping(&remote, &back, "directory", json!({}))],
+        ),
+    ] {
+        let params = sync_params(&env, &lease, files, json!([]));
+        let inv = params["paperclipInvocation"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let call = env.call(method, params);
+        let cutter = async {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            env.kill_ssh_masters()
+        };
+        let (answer, killed) = tokio::join!(call, cutter);
+        assert!(killed > 0, "{method}: a master connection was up to cut");
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        let notes = env.take_notifications();
+        let retried = e2e_support::logs_of(&notes, &inv).iter().any(|n| {
+            n["params"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("reconnecting")
+        });
+        assert!(
+            retried,
+            "{method}: the cut was seen and the mapping sent again"
+        );
+    }
+    assert_eq!(
+        tree(&remote),
+        tree(&source),
+        "the VM target is the source, whole"
     );
-    // Compression would shrink the text half; the random half still takes seconds.
-    let call = env.call("environmentSyncIn", params);
-    let cutter = async {
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        env.kill_ssh_masters()
-    };
-    let (answer, killed) = tokio::join!(call, cutter);
-    assert!(killed > 0, "a master connection was up to cut");
-    assert!(
-        answer.get("error").is_some(),
-        "a cut stream must fail: {answer}"
+    assert_eq!(
+        tree(&back),
+        tree(&source),
+        "the host target is the VM's tree, whole"
     );
-    assert_eq!(names(&remote), ["old"], "the old VM target is whole");
-    let in_vm: Vec<String> = names(&home)
-        .into_iter()
-        .filter(|n| n.contains("paperclip-sync"))
-        .collect();
     let settled = e2e_support::eventually(std::time::Duration::from_secs(10), || {
         names(&home).iter().all(|n| !n.contains("paperclip-sync"))
+            && names(host.path())
+                .iter()
+                .all(|n| !n.contains("paperclip-sync"))
     })
     .await;
-    assert!(settled, "temporary left in the VM: {in_vm:?}");
+    assert!(
+        settled,
+        "temporary left: {:?} {:?}",
+        names(&home),
+        names(host.path())
+    );
     env.destroy(&lease).await;
     env.finish().await;
 }

@@ -87,7 +87,13 @@ fn build_vm_agent() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--target", VM_AGENT_TARGET, "--profile", "vm-agent"])
+        .args([
+            "build",
+            "--target",
+            VM_AGENT_TARGET,
+            "--profile",
+            "vm-agent",
+        ])
         .args(["-p", "paperclip-vm-agent", "--bin", "paperclip-vm-agent"])
         .arg("--target-dir")
         .arg(&target_dir)

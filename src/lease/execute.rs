@@ -92,7 +92,7 @@ impl Provider<'_> {
             Connected::Failed(out) => {
                 return Err(ProviderError::Ssh(remote::connect_failure(&id, &out)));
             }
-            Connected::Ready | Connected::Unpooled => {
+            connected @ (Connected::Ready | Connected::Unpooled) => {
                 let remaining = deadline.remaining(self.host).clamp(1, u64::from(u32::MAX));
                 let out = self.ssh(
                     &SshRequest {
@@ -109,6 +109,11 @@ impl Provider<'_> {
                 )?;
                 if let Some(message) = remote::execute_never_ran(&id, &out) {
                     return Err(ProviderError::Ssh(message));
+                }
+                if connected == Connected::Ready {
+                    if let Some(message) = remote::status_lost(&id, &out) {
+                        return Err(ProviderError::Ssh(message));
+                    }
                 }
                 if out.timed_out {
                     self.kill_remote(&id, &target, &exec_id);

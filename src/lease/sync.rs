@@ -123,6 +123,21 @@ fn check_host_path(direction: Direction, m: &SyncMapping) -> Result<(), Provider
     }
 }
 
+/// How one attempt at a mapping failed.
+enum Attempt {
+    /// The connection died mid-stream: try again after reconnecting (the error, should the
+    /// deadline pass first).
+    Lost(ProviderError),
+    /// Anything else: the call fails with it.
+    Failed(ProviderError),
+}
+
+/// True when the transfer ended because its connection did (no exit status came back).
+fn connection_lost(e: &TransferError) -> bool {
+    matches!(e, TransferError::Remote(out)
+        if out.exit_code == Some(255) && !out.exit_code_from_remote && !out.timed_out)
+}
+
 /// A transfer failure, for Paperclip: what failed, where, and what the other side said.
 fn transfer_failure(e: TransferError, vm: &str, what: &str) -> ProviderError {
     match e {
@@ -236,6 +251,8 @@ impl Provider<'_> {
         }
     }
 
+    /// One mapping, tried again from the start after a connection that died mid-stream (a
+    /// target is replaced whole or not at all, so a new attempt is safe), within the deadline.
     fn transfer_one(
         &self,
         direction: Direction,
@@ -245,6 +262,59 @@ impl Provider<'_> {
         remote: &str,
         deadline: &Deadline,
     ) -> Result<TransferReport, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.transfer_attempt(direction, id, target, m, remote, deadline) {
+                Err(Attempt::Lost(why)) => {
+                    self.log(
+                        LogLevel::Warn,
+                        "the SSH connection ended during a sync; reconnecting to try again",
+                        &[("vmName", id.to_string()), ("attempt", attempt.to_string())],
+                    );
+                    self.reconnect_for_sync(target, deadline, why)?;
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(report) => return Ok(report),
+            }
+        }
+    }
+
+    /// Reconnect with backoff after a lost connection; `lost` is the error to give when the
+    /// deadline passes first.
+    fn reconnect_for_sync(
+        &self,
+        target: &SshTarget,
+        deadline: &Deadline,
+        lost: ProviderError,
+    ) -> Result<(), ProviderError> {
+        let mut tries = 0;
+        loop {
+            let remaining = deadline.remaining(self.host);
+            if remaining == 0 {
+                return Err(lost);
+            }
+            tries += 1;
+            let timeout = remaining.min(15_000) as u32;
+            match self.host.ssh_connect(target, timeout) {
+                Ok(Connected::Ready | Connected::Unpooled) => return Ok(()),
+                Ok(Connected::Failed(_)) => {}
+                Err(e) => return Err(ssh_error(e, "reconnect for a sync")),
+            }
+            let pause = crate::time::backoff_ms(100, 2_000, tries);
+            self.host.sleep_ms(pause.min(deadline.remaining(self.host)));
+        }
+    }
+
+    fn transfer_attempt(
+        &self,
+        direction: Direction,
+        id: &str,
+        target: &SshTarget,
+        m: &SyncMapping,
+        remote: &str,
+        deadline: &Deadline,
+    ) -> Result<TransferReport, Attempt> {
         let what = format!(
             "{} of {} to {}",
             direction.verb(),
@@ -253,9 +323,9 @@ impl Provider<'_> {
         );
         let remaining = deadline.remaining(self.host);
         if remaining == 0 {
-            return Err(ProviderError::Timeout(format!(
+            return Err(Attempt::Failed(ProviderError::Timeout(format!(
                 "{what}: the call's deadline passed before it started"
-            )));
+            ))));
         }
         let timeout_ms = remaining.min(u64::from(u32::MAX)) as u32;
         let started = self.host.now_ms();
@@ -301,7 +371,17 @@ impl Provider<'_> {
                 timeout_ms,
             }),
         };
-        let report = result.map_err(|e| transfer_failure(e, id, &what))?;
+        let report = result.map_err(|e| {
+            let lost = connection_lost(&e);
+            let err = transfer_failure(e, id, &what);
+            if lost {
+                // The VM may hold this attempt's temporary: it goes before the next one.
+                let _ = self.remote_script(target, &sync_script::discard_script(&tmp), deadline);
+                Attempt::Lost(err)
+            } else {
+                Attempt::Failed(err)
+            }
+        })?;
         self.log(
             LogLevel::Info,
             "synced",

@@ -45,7 +45,8 @@ pub(crate) fn spawn(run: &Run, header: &Header, script: Vec<u8>) -> Result<libc:
         .map_err(|e| io_err("opening /dev/null", e))?;
     let command = Command::new(run.id, script)?;
     let started = Instant::now();
-    let deadline = (header.timeout_ms > 0).then(|| started + Duration::from_millis(header.timeout_ms));
+    let deadline =
+        (header.timeout_ms > 0).then(|| started + Duration::from_millis(header.timeout_ms));
     let cap = header.cap;
 
     // SAFETY: the agent is single-threaded here; the child runs ordinary code only because a
@@ -94,7 +95,9 @@ impl Command {
             kv.extend_from_slice(v.as_bytes());
             envp.push(sys::cstring(kv)?);
         }
-        envp.push(sys::cstring(format!("{RUN_MARKER_VAR}={marker}").into_bytes())?);
+        envp.push(sys::cstring(
+            format!("{RUN_MARKER_VAR}={marker}").into_bytes(),
+        )?);
         Ok(Command {
             program: sys::cstring(b"/bin/sh".to_vec())?,
             argv: vec![
@@ -210,9 +213,8 @@ fn keep(
                 continue;
             }
             // SAFETY: reads into a valid buffer from our own pipe.
-            let n = unsafe {
-                libc::read(readers[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-            };
+            let n =
+                unsafe { libc::read(readers[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n == 0 {
                 open[i] = false;
                 continue;
@@ -232,7 +234,9 @@ fn keep(
                     Ok(()) => kept[i] += take as u64,
                     // Keep reading, so the command never blocks on a full pipe; the outcome
                     // can no longer be reported whole.
-                    Err(e) => spool_error = Some(format!("writing the command's output on the VM: {e}")),
+                    Err(e) => {
+                        spool_error = Some(format!("writing the command's output on the VM: {e}"))
+                    }
                 }
             }
         }
@@ -250,7 +254,9 @@ fn keep(
         Some(w) if libc::WIFEXITED(w) => status.code = Some(libc::WEXITSTATUS(w)),
         Some(w) if libc::WIFSIGNALED(w) => status.signal = Some(libc::WTERMSIG(w)),
         _ => {
-            status.error.get_or_insert_with(|| "the command's exit status was lost".into());
+            status
+                .error
+                .get_or_insert_with(|| "the command's exit status was lost".into());
         }
     }
     status
@@ -309,7 +315,10 @@ fn kill_tree(pgid: libc::pid_t, marker: &str, sig: libc::c_int) {
     };
     let me = std::process::id() as libc::pid_t;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok())
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
         else {
             continue;
         };

@@ -24,6 +24,16 @@ pub const HEADER_LEN: usize = 4 + 1 + 8 * 5 + 4 + 8;
 /// Largest script the agent accepts (exe.dev's API limits a command line to far less).
 pub const MAX_SCRIPT: u32 = 16 << 20;
 
+/// The payload of the agent's first frame, [`kind::HELLO`]: names the protocol. The host looks
+/// for this exact frame, so what a login shell may print before the agent starts (a banner from
+/// `~/.bashrc`, exe.dev's onboarding text) is told apart from the agent's stream.
+pub const HELLO: &[u8] = b"paperclip-vm-agent/1";
+
+/// The bytes of the hello frame.
+pub fn hello_frame() -> Vec<u8> {
+    frame(kind::HELLO, HELLO)
+}
+
 /// Largest payload of one output frame.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
@@ -155,7 +165,7 @@ impl Header {
 
 /// Frame kinds (agent → host).
 pub mod kind {
-    /// The agent runs; payload: its version. Always the first frame.
+    /// The agent runs; payload: [`super::HELLO`]. Always the first frame.
     pub const HELLO: u8 = b'H';
     /// The command has started (now or in an earlier run); its stdin is stored whole.
     pub const STARTED: u8 = b'S';

@@ -18,9 +18,9 @@ mod sys;
 
 use std::io::Read as _;
 
-use paperclip_vm_agent::{frame, kind, Header, Op, HEADER_LEN};
+use paperclip_vm_agent::{frame, hello_frame, kind, Header, Op, HEADER_LEN};
 
-/// The agent's version, sent in its first frame.
+/// The agent's version, for `--version`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() {
@@ -29,7 +29,7 @@ fn main() {
         return;
     }
     let mut out = sys::Output::stdout();
-    if out.send(&frame(kind::HELLO, VERSION.as_bytes())).is_err() {
+    if out.send(&hello_frame()).is_err() {
         return;
     }
     let mut input = sys::stdin();

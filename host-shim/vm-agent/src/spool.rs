@@ -125,7 +125,12 @@ impl Run {
         result
     }
 
-    fn copy_then_link(&self, input: &mut impl Read, len: u64, tmp: &Path) -> Result<Stored, String> {
+    fn copy_then_link(
+        &self,
+        input: &mut impl Read,
+        len: u64,
+        tmp: &Path,
+    ) -> Result<Stored, String> {
         let write_err = |e: std::io::Error| format!("storing the command's stdin on the VM: {e}");
         let mut file = fs::OpenOptions::new()
             .write(true)

@@ -37,8 +37,7 @@ impl Output {
             let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock
-                {
+                if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock {
                     continue;
                 }
                 return Err(e);
@@ -60,7 +59,11 @@ impl Write for Output {
 }
 
 /// Wait until `fd` is ready for `events` (or hung up); `false` on timeout.
-pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+pub(crate) fn poll_one(
+    fd: RawFd,
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd,
         events,
@@ -212,7 +215,8 @@ impl DirWatch {
             let mut buf = [0u8; 4096];
             // SAFETY: reads into a valid buffer from our own non-blocking descriptor.
             while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0
-            {}
+            {
+            }
         }
     }
 }

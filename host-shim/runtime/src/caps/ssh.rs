@@ -736,7 +736,10 @@ impl SshRunner {
         o("ConnectTimeout=15".into());
         // A silent connection (a NAT entry expired, a network went away) is noticed within
         // about 6 s: the master then exits, and durable executions reconnect and resume.
-        o(format!("ServerAliveInterval={}", SERVER_ALIVE_INTERVAL.as_secs()));
+        o(format!(
+            "ServerAliveInterval={}",
+            SERVER_ALIVE_INTERVAL.as_secs()
+        ));
         o(format!("ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}"));
         o("ForwardAgent=no".into());
         o("ClearAllForwardings=yes".into());

@@ -109,9 +109,13 @@ impl VmAgent {
 enum AgentState {
     /// Installed: durable executions run through it.
     Installed,
-    /// It cannot run there (the reason): commands take the direct path.
-    Unavailable(String),
+    /// It could not run there when last tried (why, when): commands take the direct path
+    /// until [`RETRY_UNAVAILABLE`] has passed (an operator may have fixed the VM or the key).
+    Unavailable(String, Instant),
 }
+
+/// How long a VM where the agent could not run takes the direct path before it is tried again.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(600);
 
 /// Runs durable executions over an [`SshRunner`]'s pooled connections.
 pub struct DurableExecs {
@@ -176,8 +180,10 @@ impl DurableExecs {
         let Some(mut control) = self.ssh.live_master(&req.target) else {
             return self.ssh.exec(req, on_chunk).await;
         };
-        if let Some(AgentState::Unavailable(_)) = self.agent_state(&control) {
-            return self.ssh.exec(req, on_chunk).await;
+        if let Some(AgentState::Unavailable(_, since)) = self.agent_state(&control) {
+            if since.elapsed() < RETRY_UNAVAILABLE {
+                return self.ssh.exec(req, on_chunk).await;
+            }
         }
         let cap = self.ssh.output_cap(req.max_output_bytes);
         let mut p = Progress {
@@ -191,7 +197,15 @@ impl DurableExecs {
         let mut lost: Option<(Duration, String)> = None;
         loop {
             match self
-                .attempt(&control, &req, &mut p, &mut on_chunk, cap, deadline, give_up)
+                .attempt(
+                    &control,
+                    &req,
+                    &mut p,
+                    &mut on_chunk,
+                    cap,
+                    deadline,
+                    give_up,
+                )
                 .await
             {
                 Attempt::Exited(exit) => {
@@ -213,7 +227,10 @@ impl DurableExecs {
                     installed_now = true;
                     if let Err(why) = self.install(&control, give_up).await {
                         tracing::warn!(host = %req.target.host, %why, "the VM agent cannot run there; commands take the direct path");
-                        self.set_agent_state(&control, AgentState::Unavailable(why));
+                        self.set_agent_state(
+                            &control,
+                            AgentState::Unavailable(why, Instant::now()),
+                        );
                         return self.ssh.exec(req, on_chunk).await;
                     }
                     tracing::debug!(host = %req.target.host, said = %said, "installed the VM agent");
@@ -222,7 +239,7 @@ impl DurableExecs {
                 Attempt::AgentMissing(said) => {
                     let why = format!("the VM agent does not start after its upload: {said}");
                     tracing::warn!(host = %req.target.host, %why, "commands take the direct path");
-                    self.set_agent_state(&control, AgentState::Unavailable(why));
+                    self.set_agent_state(&control, AgentState::Unavailable(why, Instant::now()));
                     if p.started {
                         return Err(SshError::Lost(format!(
                             "the VM agent on {} stopped starting mid-command; the command may still be running on the VM",
@@ -260,7 +277,9 @@ impl DurableExecs {
                     broken_in_a_row = 0;
                     tracing::info!(host = %req.target.host, after_ms = since.as_millis() as u64, %why, "connection lost during a durable execute; reconnecting");
                     lost.get_or_insert((since, why.clone()));
-                    control = self.reconnect(&req, started_at, since, &why, give_up).await?;
+                    control = self
+                        .reconnect(&req, started_at, since, &why, give_up)
+                        .await?;
                 }
             }
         }
@@ -334,6 +353,10 @@ impl DurableExecs {
 
         let mut frames = FrameReader::default();
         let mut hello = false;
+        // What came before the agent's hello frame: a login shell's noise, or its answer when
+        // the agent could not start.
+        let mut before_hello = Vec::new();
+        let hello_frame = agent::hello_frame();
         let mut buf = vec![0u8; 64 * 1024];
         let outcome = 'read: loop {
             let n = match tokio::time::timeout_at(give_up, stdout.read(&mut buf)).await {
@@ -341,29 +364,55 @@ impl DurableExecs {
                 Ok(Ok(0)) | Ok(Err(_)) => break 'read None,
                 Ok(Ok(n)) => n,
             };
-            frames.push(&buf[..n]);
+            if hello {
+                frames.push(&buf[..n]);
+            } else {
+                before_hello.extend_from_slice(&buf[..n]);
+                let found = before_hello
+                    .windows(hello_frame.len())
+                    .position(|w| w == hello_frame.as_slice());
+                match found {
+                    Some(at) => {
+                        hello = true;
+                        frames.push(&before_hello[at + hello_frame.len()..]);
+                        before_hello.truncate(at);
+                    }
+                    None if before_hello.len() > AGENT_STDERR_CAP * 16 => {
+                        break 'read Some(Attempt::AgentMissing(format!(
+                            "the session printed {} bytes and no agent answered",
+                            before_hello.len()
+                        )));
+                    }
+                    None => continue,
+                }
+            }
             loop {
                 let (k, payload) = match frames.next_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(agent::BadFrame(why)) => {
-                        break 'read Some(Attempt::Failed(format!("the VM agent's stream is corrupt: {why}")))
+                        break 'read Some(Attempt::Failed(format!(
+                            "the VM agent's stream is corrupt: {why}"
+                        )))
                     }
                 };
                 match k {
-                    kind::HELLO => hello = true,
                     kind::STARTED => p.started = true,
                     kind::STDOUT => p.sink.keep(StreamKind::Stdout, &payload, on_chunk),
                     kind::STDERR => p.sink.keep(StreamKind::Stderr, &payload, on_chunk),
                     kind::EXIT => match Exit::decode(&payload) {
                         Some(exit) => break 'read Some(Attempt::Exited(exit)),
                         None => {
-                            break 'read Some(Attempt::Failed("the VM agent sent a malformed exit frame".into()))
+                            break 'read Some(Attempt::Failed(
+                                "the VM agent sent a malformed exit frame".into(),
+                            ))
                         }
                     },
                     kind::NOT_STARTED => break 'read Some(Attempt::NotStarted),
                     kind::FAILED => {
-                        break 'read Some(Attempt::Failed(String::from_utf8_lossy(&payload).into_owned()))
+                        break 'read Some(Attempt::Failed(
+                            String::from_utf8_lossy(&payload).into_owned(),
+                        ))
                     }
                     other => {
                         break 'read Some(Attempt::Failed(format!(
@@ -409,8 +458,14 @@ impl DurableExecs {
                 match status {
                     Ok(Ok(openssh_mux_client::SessionStatus::Exited {
                         exit_value: Some(code),
-                    })) => Attempt::AgentMissing(format!("exit status {code}: {}", said.trim())),
-                    _ => Attempt::Broken("the connection closed before the VM agent answered".into()),
+                    })) => Attempt::AgentMissing(format!(
+                        "exit status {code}: {} {}",
+                        String::from_utf8_lossy(&before_hello).trim(),
+                        said.trim()
+                    )),
+                    _ => {
+                        Attempt::Broken("the connection closed before the VM agent answered".into())
+                    }
                 }
             }
         }
@@ -542,7 +597,10 @@ mod tests {
         assert_eq!(a.digest().len(), 64);
         assert_eq!(
             a.run_command(),
-            format!("exec \"$HOME/.cache/paperclip-exe-dev/agent-{}\"", &a.digest()[..16])
+            format!(
+                "exec \"$HOME/.cache/paperclip-exe-dev/agent-{}\"",
+                &a.digest()[..16]
+            )
         );
         let install = a.install_command();
         assert!(install.contains(a.digest()), "{install}");
