@@ -926,15 +926,36 @@ fn execute_keeps_stderr_verbatim_on_failure() {
     assert_eq!(r.stderr, "Permission denied\nreal error\n");
     assert_eq!(r.stdout, "partial");
 
-    // Exit 255 from the command itself (no ssh failure text) is a result too.
+    // Exit 255 from the command itself, as the SSH server reported it, is a result too.
     let host = FakeHost::new();
-    host.ssh(Some(255), b"", b"tool: fatal\n");
+    host.ssh_out(SshOutput {
+        exit_code: Some(255),
+        exit_code_from_remote: true,
+        stderr: b"tool: fatal\n".to_vec(),
+        ..SshOutput::default()
+    });
     let r = provider(&host, default_cfg())
         .execute(exec_req(json!({})))
         .unwrap();
     assert_eq!(
         (r.exit_code, r.stderr.as_str()),
         (Some(255), "tool: fatal\n")
+    );
+    assert!(
+        host.ssh_calls.borrow()[0].durable,
+        "executes ask for durability"
+    );
+
+    // Over a pooled connection, a 255 no SSH server reported means the status never came:
+    // the outcome is unknown, so the answer is an error, never a made-up exit code.
+    let host = FakeHost::new();
+    host.ssh(Some(255), b"line0\n", b"");
+    let e = provider(&host, default_cfg())
+        .execute(exec_req(json!({})))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ProviderError::Ssh(m) if m.contains("outcome is unknown") && m.contains("6 bytes of stdout")),
+        "{e:?}"
     );
 }
 

@@ -231,14 +231,6 @@ fn transfer_errors_say_what_failed_and_where() {
         ),
         (
             TransferError::Remote(SshOutput {
-                exit_code: Some(255),
-                exit_code_from_remote: false,
-                ..SshOutput::default()
-            }),
-            "Ssh",
-        ),
-        (
-            TransferError::Remote(SshOutput {
                 timed_out: true,
                 ..SshOutput::default()
             }),
@@ -258,6 +250,78 @@ fn transfer_errors_say_what_failed_and_where() {
         assert!(text.starts_with(kind), "{error:?} → {text}");
         assert!(text.contains("sync-out of /w to /tmp/w"), "{text}");
     }
+}
+
+/// A transfer whose connection died mid-stream is sent again after reconnecting (its partial
+/// temporary discarded first); when the connection never comes back, the error says so.
+#[test]
+fn a_lost_connection_is_retried_within_the_deadline() {
+    let lost = || {
+        TransferError::Remote(SshOutput {
+            exit_code: Some(255),
+            exit_code_from_remote: false,
+            ..SshOutput::default()
+        })
+    };
+    let host = FakeHost::new();
+    host.transfer_script.borrow_mut().push_back(Err(lost()));
+    host.transfer_script
+        .borrow_mut()
+        .push_back(Ok(TransferReport {
+            files: 3,
+            bytes: 30,
+            wire_bytes: 30,
+            compressed: true,
+        }));
+    host.ssh(Some(0), b"", b"");
+    let ops = [op(vec![mapping("/w", "/tmp/w", EntryKind::Directory)], &[])];
+    let results = provider(&host)
+        .sync(Direction::Out, &lease(), &ops)
+        .unwrap();
+    assert_eq!(
+        (results[0].files_transferred, results[0].bytes_transferred),
+        (3, 30)
+    );
+    assert_eq!(host.transfers.borrow().len(), 2, "sent again");
+    assert!(
+        host.ssh_calls.borrow()[0].command.contains("rm -rf"),
+        "the partial temporary goes"
+    );
+    assert_eq!(
+        host.connects.borrow().len(),
+        2,
+        "connected, then reconnected"
+    );
+
+    // The VM never comes back: the deadline ends the retries with the connection's error.
+    let host = FakeHost::new();
+    host.transfer_script.borrow_mut().push_back(Err(lost()));
+    host.ssh(Some(255), b"", b"");
+    for _ in 0..1000 {
+        host.connect_script
+            .borrow_mut()
+            .push_back(Ok(Connected::Failed(SshOutput {
+                exit_code: Some(255),
+                stderr: b"ssh: connect to host vm port 22: Connection refused\n".to_vec(),
+                ..SshOutput::default()
+            })));
+    }
+    // The first connect (before the transfer) succeeds.
+    host.connect_script
+        .borrow_mut()
+        .push_front(Ok(Connected::Ready));
+    let e = provider(&host)
+        .sync(Direction::Out, &lease(), &ops)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ProviderError::Ssh(m) if m.contains("ended before the transfer completed")),
+        "{e:?}"
+    );
+    assert_eq!(host.transfers.borrow().len(), 1);
+    assert!(
+        host.sleeps.borrow().iter().all(|s| *s <= 2_000),
+        "backoff capped"
+    );
 }
 
 #[test]
