@@ -14,15 +14,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::tap::Taps;
+
 /// Resolves `<vm>.exe.xyz` to the VM's loopback SSH port (`None`: no such live VM).
 pub(crate) type Resolver = Arc<dyn Fn(&str) -> Option<u16> + Send + Sync>;
 
-/// Accepts gateway connections until the task is aborted.
+/// Accepts gateway connections until the task is aborted. Each is registered in `taps`, the
+/// simulator's connection faults.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     client_key: PublicKey,
     resolve: Resolver,
+    taps: Arc<Taps>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -31,6 +35,7 @@ pub(crate) async fn accept_loop(
         };
         // As for VMs: `run_stream` ignores `Config::nodelay`, and Nagle would add ~40 ms.
         let _ = stream.set_nodelay(true);
+        let stream = taps.tap(stream);
         let handler = Gateway {
             client_key: client_key.clone(),
             resolve: resolve.clone(),

@@ -32,6 +32,7 @@ mod gateway;
 mod link;
 mod names;
 mod ssh;
+mod tap;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -159,6 +160,9 @@ struct Inner {
     /// own, or the link model's relay in front of it.
     gateway_port: Option<u16>,
     path_env: String,
+    /// The live connections of the SSH entry point (the gateway, or the VMs with direct
+    /// ports), for [`Simulator::reset_ssh_connections`] and its siblings.
+    taps: Arc<tap::Taps>,
 }
 
 #[derive(Default)]
@@ -288,6 +292,7 @@ impl Simulator {
             _dead_socket: dead_socket,
             gateway_port,
             path_env,
+            taps: Arc::default(),
         });
         inner.write_ssh_config(&inner.lock_vms())?;
         {
@@ -329,6 +334,7 @@ impl Simulator {
                     ssh::server_config(host_key),
                     inner.client_pub.clone(),
                     resolve,
+                    inner.taps.clone(),
                 )))
             }
             None => None,
@@ -435,6 +441,42 @@ impl Simulator {
         Ok(status.code())
     }
 
+    /// Fault: resets every client SSH connection open at this moment, through the gateway to
+    /// every VM (with [`Routing::DirectPorts`]: every connection to a VM's own server), on
+    /// loopback and behind the link model alike. The server side of each connection fails its
+    /// pending read and write, ends the SSH session and closes the socket with `SO_LINGER` 0,
+    /// so the client's TCP connection gets an RST at once (behind the link model the relay
+    /// passes the reset on at once too, dropping what it still held). Each session then ends
+    /// as when a client goes away: its command's pipes close, the command is not killed
+    /// (unless a pty was requested: SIGHUP). Connections opened afterwards work normally.
+    /// Returns how many connections it reset (already reset ones are not counted); safe to
+    /// call repeatedly and concurrently; spawns nothing.
+    pub fn reset_ssh_connections(&self) -> usize {
+        self.inner.taps.reset_all()
+    }
+
+    /// Fault: silences every client SSH connection open at this moment (same connections as
+    /// [`Simulator::reset_ssh_connections`]): from now on the server side discards every
+    /// byte it reads and sends none (writes are reported done), and closes nothing, like a
+    /// link that drops every packet. The sessions stay open, their commands keep running
+    /// (until they block on a full pipe), and the clients see nothing until a keepalive
+    /// gives up. Bytes already in the kernel's socket buffers (and the link model's queue)
+    /// still arrive, as packets already on the wire would. Only the client's own close (FIN or
+    /// RST) gets through: its session then ends like any whose client went away, so a silenced
+    /// connection lives exactly as long as its client holds it. There is no undo; a reset ends
+    /// a silenced connection at once. Connections opened afterwards work normally. Returns how
+    /// many connections it silenced (already silenced or reset ones are not counted); safe to
+    /// call repeatedly and concurrently; spawns nothing.
+    pub fn silence_ssh_connections(&self) -> usize {
+        self.inner.taps.silence_all()
+    }
+
+    /// Client SSH connections the entry point holds now (silenced ones included): the ones
+    /// the two faults above would act on. Tests use it to prove a faulted connection ended.
+    pub fn ssh_connection_count(&self) -> usize {
+        self.inner.taps.count()
+    }
+
     /// Fault injection switches, usable while the simulator runs.
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
@@ -494,7 +536,9 @@ impl Drop for Simulator {
     }
 }
 
-/// Runs a simulator for the CLI: prints how to reach it, then serves until Ctrl-C.
+/// Runs a simulator for the CLI: prints how to reach it, then serves until Ctrl-C. SIGUSR1
+/// and SIGUSR2 fire [`Simulator::reset_ssh_connections`] and
+/// [`Simulator::silence_ssh_connections`].
 pub async fn serve(opts: SimOptions) -> anyhow::Result<()> {
     let sim = Simulator::start(opts).await?;
     println!("api_url={}", sim.api_url());
@@ -506,9 +550,31 @@ pub async fn serve(opts: SimOptions) -> anyhow::Result<()> {
         sim.ssh_config_path().display(),
         sim.client_key_path().display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    println!(
+        "faults: kill -USR1 {0} resets every live SSH connection, kill -USR2 {0} silences them",
+        std::process::id()
+    );
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("handling SIGUSR1")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("handling SIGUSR2")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => {
+                r.context("waiting for Ctrl-C")?;
+                break;
+            }
+            Some(()) = usr1.recv() => {
+                let n = sim.reset_ssh_connections();
+                tracing::info!("SIGUSR1: reset {n} SSH connection(s)");
+            }
+            Some(()) = usr2.recv() => {
+                let n = sim.silence_ssh_connections();
+                tracing::info!("SIGUSR2: silenced {n} SSH connection(s)");
+            }
+        }
+    }
     sim.shutdown().await;
     Ok(())
 }
@@ -624,6 +690,9 @@ impl Inner {
             path_env: self.path_env.clone(),
             pgids: Mutex::default(),
             sessions: Mutex::default(),
+            // Behind the gateway its connections are the ones clients hold; the VM's own are
+            // the gateway's, not the client's.
+            taps: (self.opts.routing == Routing::DirectPorts).then(|| self.taps.clone()),
         });
         let config = ssh::server_config(host_key);
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -92,19 +92,56 @@ pub(crate) async fn spawn_relay(
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     return;
                 };
-                // The model adds the delays; Nagle would add its own on top.
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (client_rd, client_wr) = client.into_split();
-                let (server_rd, server_wr) = server.into_split();
-                tokio::join!(
-                    direction(client_rd, server_wr, model),
-                    direction(server_rd, client_wr, model),
-                );
+                relay_one(client, server, model).await;
             });
         }
     });
     Ok((port, task))
+}
+
+/// How one direction of a relayed connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The sender closed (FIN), passed on as a half-close.
+    Closed,
+    /// A read or write failed: one side was reset (e.g. the simulator's reset fault on the
+    /// gateway behind the relay).
+    Broken,
+}
+
+/// Relays one connection until both directions close. A reset on either side resets the
+/// other at once (the bytes still in flight are lost, as with a real RST), so a client behind
+/// the link sees the gateway's reset fault as a reset, not as a FIN after the queue drained.
+async fn relay_one(mut client: TcpStream, mut server: TcpStream, model: LinkModel) {
+    // The model adds the delays; Nagle would add its own on top.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let broken = {
+        let (client_rd, client_wr) = client.split();
+        let (server_rd, server_wr) = server.split();
+        let up = direction(client_rd, server_wr, model);
+        let down = direction(server_rd, client_wr, model);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                end = &mut up, if !up_done => {
+                    up_done = true;
+                    if end == End::Broken { break true; }
+                }
+                end = &mut down, if !down_done => {
+                    down_done = true;
+                    if end == End::Broken { break true; }
+                }
+                else => break false,
+            }
+        }
+    };
+    if broken {
+        // Zero linger: dropping the sockets sends an RST to both peers.
+        let _ = client.set_zero_linger();
+        let _ = server.set_zero_linger();
+    }
 }
 
 /// One chunk on its way: when it arrives, its bytes, and its room in the queue.
@@ -116,7 +153,7 @@ struct InFlight {
 
 /// Moves one direction's bytes over the model until the sender closes (then half-closes the
 /// receiver's side) or either side fails.
-async fn direction(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, model: LinkModel) {
+async fn direction(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, model: LinkModel) -> End {
     let limit = model.queue_limit();
     let room = Arc::new(Semaphore::new(limit));
     let (tx, mut rx) = mpsc::unbounded_channel::<InFlight>();
@@ -127,11 +164,12 @@ async fn direction(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, model: LinkM
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => return End::Closed,
+                Err(_) => return End::Broken,
                 Ok(n) => n,
             };
             let Ok(permit) = room.clone().acquire_many_owned(n as u32).await else {
-                break;
+                return End::Broken;
             };
             let now = Instant::now();
             link_free = link_free.max(now) + model.serialisation(n);
@@ -141,21 +179,28 @@ async fn direction(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, model: LinkM
                 _room: permit,
             };
             if tx.send(chunk).is_err() {
-                break;
+                // The receiver failed; it reports that.
+                return End::Closed;
             }
         }
-        // Dropping `tx` tells the receiver that nothing more comes.
+        // Returning drops `tx`, which tells the receiver that nothing more comes.
     };
     let receiver = async move {
         while let Some(chunk) = rx.recv().await {
             tokio::time::sleep_until(chunk.arrive).await;
             if to.write_all(&chunk.bytes).await.is_err() {
-                return;
+                return End::Broken;
             }
         }
         let _ = to.shutdown().await;
+        End::Closed
     };
-    tokio::join!(sender, receiver);
+    // A broken side ends the direction at once; a close waits for the queue to drain.
+    tokio::pin!(sender, receiver);
+    tokio::select! {
+        End::Broken = &mut sender => End::Broken,
+        end = &mut receiver => end,
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use super::faults::{Faults, ONBOARDING_MARKER};
+use super::tap::Taps;
 
 /// Login user of exe.dev's default image.
 pub(crate) const VM_USER: &str = "exedev";
@@ -40,6 +41,9 @@ pub(crate) struct VmRuntime {
     pub(crate) pgids: Mutex<HashSet<i32>>,
     /// Live SSH sessions by connection number, so `rm` can disconnect them.
     pub(crate) sessions: Mutex<HashMap<u64, russh::server::Handle>>,
+    /// The simulator's connection faults, when clients connect to this VM directly
+    /// ([`super::Routing::DirectPorts`]); `None` behind the gateway, which has its own.
+    pub(crate) taps: Option<Arc<Taps>>,
 }
 
 impl VmRuntime {
@@ -174,17 +178,37 @@ pub(crate) async fn accept_loop(
         next_conn += 1;
         let conn = next_conn;
         tokio::spawn(async move {
-            match russh::server::run_stream(config, stream, handler).await {
-                Ok(running) => {
-                    vm.lock_sessions().insert(conn, running.handle());
-                    if let Err(e) = running.await {
-                        tracing::debug!(vm = %vm.name, "ssh session ended: {e}");
-                    }
-                    vm.lock_sessions().remove(&conn);
+            let session = match &vm.taps {
+                Some(taps) => serve_session(config, taps.tap(stream), handler).await,
+                None => serve_session(config, stream, handler).await,
+            };
+            if let Some(running) = session {
+                vm.lock_sessions().insert(conn, running.handle());
+                if let Err(e) = running.await {
+                    tracing::debug!(vm = %vm.name, "ssh session ended: {e}");
                 }
-                Err(e) => tracing::debug!(vm = %vm.name, "ssh handshake failed: {e}"),
+                vm.lock_sessions().remove(&conn);
             }
         });
+    }
+}
+
+/// The handshake of one VM connection; `None` (logged) when it failed.
+async fn serve_session<S>(
+    config: Arc<russh::server::Config>,
+    stream: S,
+    handler: SessionHandler,
+) -> Option<russh::server::RunningSession<SessionHandler>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let name = handler.vm.name.clone();
+    match russh::server::run_stream(config, stream, handler).await {
+        Ok(running) => Some(running),
+        Err(e) => {
+            tracing::debug!(vm = %name, "ssh handshake failed: {e}");
+            None
+        }
     }
 }
 
