@@ -24,11 +24,17 @@ fn streaming_stdout() -> String {
 enum Fault {
     /// The host's end dies (its master connection is killed), as when a laptop's network goes.
     KillMaster,
+    /// Every live connection is reset (RST), as when a NAT entry expires.
+    Reset,
+    /// Every live connection goes silent: no byte passes either way, nothing is closed.
+    Silence,
 }
 
 fn fire(env: &Env, fault: Fault) {
     match fault {
         Fault::KillMaster => assert!(env.kill_ssh_masters() >= 1, "no master to kill"),
+        Fault::Reset => assert!(env.sim.reset_ssh_connections() >= 1, "nothing to reset"),
+        Fault::Silence => assert!(env.sim.silence_ssh_connections() >= 1, "nothing to silence"),
     }
 }
 
@@ -104,14 +110,209 @@ async fn streaming_survives(link: Option<LinkModel>, fault: Fault) {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_command_survives_a_killed_connection() {
-    streaming_survives(None, Fault::KillMaster).await;
+macro_rules! on_both_links {
+    ($($name:ident => $body:expr;)*) => {
+        mod loopback {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let link: Option<LinkModel> = None;
+                    ($body)(link).await;
+                }
+            )*
+        }
+        mod over_30ms_100mbit {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    ($body)(LINK_30MS_100MBIT).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_command_survives_a_killed_connection_over_30ms_100mbit() {
-    streaming_survives(LINK_30MS_100MBIT, Fault::KillMaster).await;
+on_both_links! {
+    streaming_survives_a_killed_master => |link| streaming_survives(link, Fault::KillMaster);
+    streaming_survives_a_reset => |link| streaming_survives(link, Fault::Reset);
+    streaming_survives_silence => |link| streaming_survives(link, Fault::Silence);
+    stdin_of_8_mib_is_delivered_once_across_a_reset => |link| stdin_survives(link, Fault::Reset);
+    stdin_of_8_mib_is_delivered_once_across_silence => |link| stdin_survives(link, Fault::Silence);
+    output_of_40_mib_survives_a_reset => |link| big_output_survives(link, Fault::Reset);
+    output_of_40_mib_survives_silence => |link| big_output_survives(link, Fault::Silence);
+    a_timeout_while_the_connection_is_down_leaves_nothing_running => timeout_while_down;
+    a_vm_deleted_mid_command_is_an_error_within_the_budget => vm_deleted_mid_command;
+}
+
+/// 8 MiB of stdin (Paperclip's fallback chunk size), with the connection broken while it is
+/// sent (over the link) or while the command runs (loopback): the command runs once and reads
+/// every byte once.
+async fn stdin_survives(link: Option<LinkModel>, fault: Fault) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("stdin")).await;
+    let stdin: String = (0..8 << 20)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let script =
+        "echo \"ran ${PAPERCLIP_AGENT_RUN:+durably}\" >> \"$HOME/ran\"; cksum; sleep 1; echo done";
+    let expected_sum = {
+        use std::io::Write as _;
+        let mut c = std::process::Command::new("cksum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
+    };
+    // The agent is installed by the first execute: this one, so the fault below hits the
+    // upload of stdin itself (0.7 s over the link) rather than the agent's.
+    assert_eq!(env.sh(&lease, "true").await["exitCode"], 0);
+    let params = env.exec_params(&lease, "sh", &["-c", script], json!({"stdin": stdin}));
+    let at = if link.is_some() { 300 } else { 500 };
+    let (resp, took) = execute_with_fault(&env, params, Duration::from_millis(at), fault).await;
+    eprintln!("stdin, {fault:?} over {link:?}: answered after {took:?}");
+    assert!(resp.get("error").is_none(), "{resp}");
+    let r = &resp["result"];
+    assert_eq!(r["stdout"], format!("{expected_sum}done\n"), "{r}");
+    assert_eq!(r["exitCode"], 0);
+    let home = env
+        .sim
+        .vm_home(lease["providerLeaseId"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(home.join("ran")).unwrap(),
+        "ran durably\n",
+        "ran exactly once, through the agent"
+    );
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+/// 40 MiB of output (past the 32 MiB cap): the first 32 MiB arrive exactly once, in order, the
+/// truncation is reported, and the live chunks equal the result.
+async fn big_output_survives(link: Option<LinkModel>, fault: Fault) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("big")).await;
+    let params = env.exec_params(
+        &lease,
+        "sh",
+        &[
+            "-c",
+            "yes abcdefghijklmno | head -c 41943040; echo tail >&2",
+        ],
+        json!({}),
+    );
+    let inv = invocation(&params);
+    let at = if link.is_some() { 1000 } else { 150 };
+    let (resp, took) = execute_with_fault(&env, params, Duration::from_millis(at), fault).await;
+    eprintln!("40 MiB, {fault:?} over {link:?}: answered after {took:?}");
+    assert!(
+        resp.get("error").is_none(),
+        "{}",
+        &resp.to_string()[..500.min(resp.to_string().len())]
+    );
+    let r = &resp["result"];
+    let cap = 32 << 20;
+    let expected: String = "abcdefghijklmno\n".repeat(cap / 16 + 1)[..cap].to_string();
+    let got = r["stdout"].as_str().unwrap();
+    assert_eq!(got.len(), cap, "stdout length");
+    assert!(
+        got == expected,
+        "stdout differs from the first 32 MiB of the stream"
+    );
+    assert_eq!(r["stderr"], "tail\n");
+    assert_eq!(r["exitCode"], 0);
+    assert_eq!(r["metadata"]["stdoutTruncated"], true);
+    let (live_out, live_err) = live_output(&env.take_notifications(), &inv);
+    assert!(
+        live_out == expected,
+        "live chunks ({} bytes) differ from the result",
+        live_out.len()
+    );
+    assert_eq!(live_err, "tail\n");
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+/// The deadline passes while the connection is silent: the VM side ends the command's tree at
+/// its deadline, the host collects the timed-out result after reconnecting, nothing runs on.
+async fn timeout_while_down(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("tdown")).await;
+    let script =
+        "sleep 60 & echo $! > \"$HOME/child\"; echo $$ > \"$HOME/parent\"; echo started; wait";
+    let params = env.exec_params(&lease, "sh", &["-c", script], json!({"timeoutMs": 3000}));
+    let (resp, took) =
+        execute_with_fault(&env, params, Duration::from_millis(1000), Fault::Silence).await;
+    eprintln!("timeout while silent over {link:?}: answered after {took:?}");
+    assert!(resp.get("error").is_none(), "{resp}");
+    let r = &resp["result"];
+    assert_eq!(r["timedOut"], true, "{r}");
+    assert_eq!(r["stdout"], "started\n", "{r}");
+    assert!(r["exitCode"].is_null(), "{r}");
+    let home = env
+        .sim
+        .vm_home(lease["providerLeaseId"].as_str().unwrap())
+        .unwrap();
+    for f in ["child", "parent"] {
+        let pid: i32 = std::fs::read_to_string(home.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signal 0 only checks for existence.
+        let alive = || unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid);
+        assert!(
+            eventually(Duration::from_secs(3), || !alive()).await,
+            "{f} {pid} still runs"
+        );
+    }
+    let next = env.sh(&lease, "echo next").await;
+    assert_eq!(next["stdout"], "next\n");
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// The VM is deleted while a command runs: no result is made up; the error says what is known
+/// and arrives once the deadline (plus the host's grace to collect a result) has passed.
+async fn vm_deleted_mid_command(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("gone")).await;
+    let params = env.exec_params(&lease, "sh", &["-c", STREAMING], json!({"timeoutMs": 4000}));
+    let started = Instant::now();
+    let call = env.call("environmentExecute", params);
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        env.destroy(&lease).await
+    };
+    let (resp, receipt) = tokio::join!(call, delete);
+    let took = started.elapsed();
+    eprintln!("VM deleted over {link:?}: the execute answered after {took:?}: {resp}");
+    assert_eq!(receipt["state"], "destroyed");
+    let message = resp["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        resp.get("result").is_none(),
+        "never a made-up result: {resp}"
+    );
+    assert!(message.contains("may still be running"), "{resp}");
+    assert!(message.contains("reconnecting was tried"), "{resp}");
+    assert!(took < Duration::from_secs(4 + 10 + 5), "{took:?}");
+    env.finish().await;
 }
 
 /// The agent is uploaded once and executes run through it; a command's own `exit 255` with

@@ -321,16 +321,17 @@ async fn measure(
 
     // The baselines reach the same VM the same way, with the system ssh client.
     let (host, port, vm_name) = lease_destination(&lease)?;
-    // The exact remote command our execute of `true` sent (the seed's login-shell wrapper:
-    // profile sourcing, cd, export, exec), replayed by the baselines: same remote work.
-    let wrapper = sim
-        .ssh_log()
-        .into_iter()
-        .rev()
-        .filter(|c| c.vm == vm_name)
-        .filter_map(|c| c.command)
-        .find(|c| c.contains("PAPERCLIP_EXEC_ID") && c.contains("'true'"))
-        .context("the simulator logged no execute of `true`")?;
+    // The remote command line our execute of `true` runs (the seed's login-shell wrapper:
+    // profile sourcing, cd, export, exec; the VM agent receives it on stdin, so it is built
+    // here by the guest's own function), replayed by the baselines: same remote work.
+    let cwd = lease["metadata"]["remoteCwd"].as_str();
+    let wrapper = paperclip_exe_dev::remote::sh_c(&paperclip_exe_dev::remote::exec_script(
+        "00000000000000b1",
+        cwd,
+        &[],
+        "true",
+        &[],
+    ));
     let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
     raw.start_master().await?;
     // The same remote work with no SSH at all, started the way the VM's SSH server starts a

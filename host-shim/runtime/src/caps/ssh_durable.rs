@@ -224,17 +224,29 @@ impl DurableExecs {
                     continue;
                 }
                 Attempt::AgentMissing(said) if !installed_now && !p.started => {
-                    installed_now = true;
-                    if let Err(why) = self.install(&control, give_up).await {
-                        tracing::warn!(host = %req.target.host, %why, "the VM agent cannot run there; commands take the direct path");
-                        self.set_agent_state(
-                            &control,
-                            AgentState::Unavailable(why, Instant::now()),
-                        );
-                        return self.ssh.exec(req, on_chunk).await;
+                    match self.install(&control, give_up).await {
+                        Ok(()) => {
+                            installed_now = true;
+                            tracing::debug!(host = %req.target.host, said = %said, "installed the VM agent");
+                            self.set_agent_state(&control, AgentState::Installed);
+                        }
+                        // The connection died during the upload: nothing of the caller's ran.
+                        Err(why) if !ssh_mux::alive(&control).await => {
+                            let since = started_at.elapsed();
+                            lost.get_or_insert((since, why.clone()));
+                            control = self
+                                .reconnect(&req, started_at, since, &why, give_up)
+                                .await?;
+                        }
+                        Err(why) => {
+                            tracing::warn!(host = %req.target.host, %why, "the VM agent cannot run there; commands take the direct path");
+                            self.set_agent_state(
+                                &control,
+                                AgentState::Unavailable(why, Instant::now()),
+                            );
+                            return self.ssh.exec(req, on_chunk).await;
+                        }
                     }
-                    tracing::debug!(host = %req.target.host, said = %said, "installed the VM agent");
-                    self.set_agent_state(&control, AgentState::Installed);
                 }
                 Attempt::AgentMissing(said) => {
                     let why = format!("the VM agent does not start after its upload: {said}");
