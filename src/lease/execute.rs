@@ -97,7 +97,9 @@ impl Provider<'_> {
                 let out = self.ssh(
                     &SshRequest {
                         target: target.clone(),
-                        command: remote::sh_c(&script),
+                        // A durable command is a script for `sh -c` (the host adds the `sh -c`
+                        // where it runs the command directly).
+                        command: script,
                         stdin: req.stdin,
                         timeout_ms: remaining as u32,
                         max_output_bytes: remote::MAX_OUTPUT_BYTES,

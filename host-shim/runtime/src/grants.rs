@@ -161,6 +161,10 @@ impl SshBackend for OpenSsh {
             let on_chunk = live.as_ref().map(LiveOutput::callback);
             let result = match durable {
                 Some(durable) => durable.exec(exec, on_chunk).await,
+                None if request.durable => {
+                    let direct = crate::caps::ssh_durable::direct(exec);
+                    runner.exec(direct, on_chunk).await
+                }
                 None => runner.exec(exec, on_chunk).await,
             };
             if let Some(live) = live {

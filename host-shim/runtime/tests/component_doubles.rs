@@ -127,6 +127,7 @@ struct SshCall {
     timeout_ms: u32,
     max_output_bytes: u64,
     stream_output: bool,
+    durable: bool,
 }
 
 fn identity_text(i: &ssh::Identity) -> String {
@@ -174,6 +175,7 @@ impl SshBackend for ScriptedSsh {
             timeout_ms: request.timeout_ms,
             max_output_bytes: request.max_output_bytes,
             stream_output: request.stream_output,
+            durable: request.durable,
         });
         let answer = match script.answers.pop_front() {
             Some(a) => a,
@@ -406,6 +408,15 @@ fn ssh_call(command: &str, timeout_ms: u32, max: u64, stream: bool) -> SshCall {
         timeout_ms,
         max_output_bytes: max,
         stream_output: stream,
+        durable: false,
+    }
+}
+
+/// An execute's call: its script, to run durably (the host adds `sh -c` on the direct path).
+fn durable_call(script: &str, timeout_ms: u32, max: u64, stream: bool) -> SshCall {
+    SshCall {
+        durable: true,
+        ..ssh_call(script, timeout_ms, max, stream)
     }
 }
 
@@ -716,6 +727,7 @@ async fn acquire_sends_every_create_flag_quoted() {
         timeout_ms: 0,
         max_output_bytes: ONE_MIB,
         stream_output: false,
+        durable: false,
     };
     assert_eq!(calls[0], with_timeout(expected, &calls[0]));
     assert_eq!(lease["metadata"]["remoteCwd"], json!("/work/it's here"));
@@ -1470,7 +1482,7 @@ async fn execute_runs_the_exact_wrapper_and_returns_output_verbatim() {
         q(script),
         q("arg with 'quote'"),
     );
-    let mut expected = ssh_call(&format!("sh -c {}", q(&wrapper)), 5000, 32 * ONE_MIB, true);
+    let mut expected = durable_call(&wrapper, 5000, 32 * ONE_MIB, true);
     expected.stdin = Some(stdin.as_bytes().to_vec());
     assert_eq!(calls[0], expected);
     assert_eq!(
@@ -1519,10 +1531,15 @@ async fn execute_quoting_is_exact_for_a_simple_command() {
     let wrapper_quoted = format!(
         "sh -c 'if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '\"'\"'/home/exedev/paperclip-workspace'\"'\"' && export PAPERCLIP_EXEC_ID={id} K='\"'\"'v'\"'\"' && {{ exec 3>&2 2>/dev/null; (exec '\"'\"'sh'\"'\"' '\"'\"'-c'\"'\"' '\"'\"'echo it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"' 2>&3 3>&-); }}; exit $?'"
     );
+    let wrapper = format!(
+        "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '/home/exedev/paperclip-workspace' && export PAPERCLIP_EXEC_ID={id} K='v' && {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo it'\"'\"'s' 2>&3 3>&-); }}; exit $?"
+    );
     assert_eq!(
         calls,
-        vec![ssh_call(&wrapper_quoted, 60_000, 32 * ONE_MIB, true)]
+        vec![durable_call(&wrapper, 60_000, 32 * ONE_MIB, true)]
     );
+    // What the login shell gets on the direct path, quoted exactly.
+    assert_eq!(format!("sh -c {}", q(&wrapper)), wrapper_quoted);
     assert_eq!(r["exitCode"], json!(0));
     assert_eq!(r["stdout"], json!("hi\n"));
     h.assert_script_consumed();
@@ -1560,11 +1577,9 @@ async fn execute_timeout_kills_the_remote_process_tree() {
     let id = exec_id_of(&calls[0].command);
     assert_eq!(calls[0].timeout_ms, 1000);
     assert!(
-        calls[0].command.ends_with(
-            &q(&format!(
-                "export PAPERCLIP_EXEC_ID={id} && {{ exec 3>&2 2>/dev/null; (exec 'sleep' '100' 2>&3 3>&-); }}; exit $?"
-            ))[1..]
-        ),
+        calls[0].command.ends_with(&format!(
+            "export PAPERCLIP_EXEC_ID={id} && {{ exec 3>&2 2>/dev/null; (exec 'sleep' '100' 2>&3 3>&-); }}; exit $?"
+        )),
         "{}",
         calls[0].command
     );

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use paperclip_vm_agent::{frame, kind, Exit, Header, ACK, MAX_CHUNK};
@@ -17,6 +18,73 @@ const RECHECK: Duration = Duration::from_millis(500);
 const KEEPER_PID_GRACE: Duration = Duration::from_secs(5);
 /// How long the host has to acknowledge the exit frame.
 const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// How the stream learns that the spool changed.
+pub(crate) enum Wake {
+    /// The keeper is a thread of this process: it signals every write, and its end.
+    Local(Mutex<Local>, Condvar),
+    /// The keeper is another process (an earlier request's): inotify on the run's directory
+    /// (or, without inotify, a short timer).
+    Dir(Option<sys::DirWatch>),
+}
+
+/// What the local keeper has signalled.
+#[derive(Default)]
+pub(crate) struct Local {
+    writes: u64,
+    done: bool,
+}
+
+impl Wake {
+    pub(crate) fn local() -> Wake {
+        Wake::Local(Mutex::default(), Condvar::new())
+    }
+
+    /// The keeper wrote to the spool.
+    pub(crate) fn notify(&self) {
+        if let Wake::Local(m, cv) = self {
+            m.lock().unwrap_or_else(|e| e.into_inner()).writes += 1;
+            cv.notify_all();
+        }
+    }
+
+    /// The keeper recorded the status (or gave up).
+    pub(crate) fn finish(&self) {
+        if let Wake::Local(m, cv) = self {
+            m.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+            cv.notify_all();
+        }
+    }
+
+    /// Wait for a change after `seen` writes (or `RECHECK`); returns the writes seen now.
+    fn wait(&self, seen: u64) -> u64 {
+        match self {
+            Wake::Local(m, cv) => {
+                let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) = cv
+                    .wait_timeout_while(guard, RECHECK, |l| l.writes == seen && !l.done)
+                    .unwrap_or_else(|e| e.into_inner());
+                guard.writes
+            }
+            Wake::Dir(Some(w)) => {
+                w.wait(RECHECK);
+                seen
+            }
+            Wake::Dir(None) => {
+                std::thread::sleep(Duration::from_millis(20));
+                seen
+            }
+        }
+    }
+
+    /// True once a local keeper is done; `None` for a keeper in another process.
+    fn local_done(&self) -> Option<bool> {
+        match self {
+            Wake::Local(m, _) => Some(m.lock().unwrap_or_else(|e| e.into_inner()).done),
+            Wake::Dir(_) => None,
+        }
+    }
+}
 
 /// One output stream of the run, read from the spool.
 struct Stream {
@@ -54,16 +122,14 @@ impl Stream {
     }
 }
 
-/// Stream `run` until its exit frame is sent (or the host is gone). `keeper` is the keeper's
-/// pid when it is this process's child.
+/// Stream `run` until its exit frame is sent (or the host is gone).
 pub(crate) fn follow(
     out: &mut sys::Output,
     input: &mut File,
     run: &Run,
     header: &Header,
-    keeper: Option<libc::pid_t>,
+    wake: &Wake,
 ) {
-    let watch = sys::DirWatch::new(&run.dir);
     let mut streams = [
         Stream {
             name: "stdout",
@@ -79,8 +145,8 @@ pub(crate) fn follow(
         },
     ];
     let since = Instant::now();
-    let mut keeper_reaped = false;
     let mut gone_once = false;
+    let mut seen = 0;
     loop {
         // The status first: it is written after both files are complete, so what the files
         // hold after it is seen is all there is.
@@ -109,11 +175,8 @@ pub(crate) fn follow(
             }
             return;
         }
-        let keeper_gone = match keeper {
-            Some(pid) => {
-                keeper_reaped = keeper_reaped || sys::try_wait(pid).is_some();
-                keeper_reaped
-            }
+        let keeper_gone = match wake.local_done() {
+            Some(done) => done,
             None => match run.keeper_pid() {
                 Some(pid) => !sys::alive(pid),
                 None => since.elapsed() > KEEPER_PID_GRACE,
@@ -132,10 +195,7 @@ pub(crate) fn follow(
             gone_once = true;
             continue;
         }
-        match &watch {
-            Some(w) => w.wait(RECHECK),
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
+        seen = wake.wait(seen);
     }
 }
 

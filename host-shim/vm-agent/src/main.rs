@@ -53,7 +53,7 @@ fn main() {
     sweep::maybe_sweep(&root);
     let run = spool::Run::new(&root, header.id);
     match header.op {
-        Op::Run => start(&mut out, &mut input, &run, &header, script),
+        Op::Run => start(out, input, run, header, script),
         Op::Attach => {
             if !run.started() {
                 let _ = out.send(&frame(kind::NOT_STARTED, b""));
@@ -62,43 +62,60 @@ fn main() {
             if out.send(&frame(kind::STARTED, b"")).is_err() {
                 return;
             }
-            follow::follow(&mut out, &mut input, &run, &header, None);
+            let wake = follow::Wake::Dir(sys::DirWatch::new(&run.dir));
+            follow::follow(&mut out, &mut input, &run, &header, &wake);
         }
     }
 }
 
-/// `run`: store stdin, start the keeper (unless this run already started), then stream.
+/// `run`: store stdin and start the command (unless this run already started), then stream:
+/// this process keeps the command, a thread of it streams the spool.
 fn start(
-    out: &mut sys::Output,
-    input: &mut std::fs::File,
-    run: &spool::Run,
-    header: &Header,
+    mut out: sys::Output,
+    mut input: std::fs::File,
+    run: spool::Run,
+    header: Header,
     script: Vec<u8>,
 ) {
     if let Err(e) = run.create_dir() {
-        return fail(out, &e);
+        return fail(&mut out, &e);
     }
-    let keeper = if run.started() {
+    let stored = if run.started() {
         // Started by an earlier request whose answer was lost: never start it twice.
-        None
+        spool::Stored::Lost
     } else {
-        match run.store_stdin(input, header.stdin_len) {
-            Ok(spool::Stored::Incomplete) => return,
-            Ok(spool::Stored::Lost) => None,
-            Ok(spool::Stored::Won) => match keeper::spawn(run, header, script) {
-                Ok(pid) => Some(pid),
-                Err(e) => {
-                    run.write_status_failure(&e);
-                    return fail(out, &e);
-                }
-            },
-            Err(e) => return fail(out, &e),
+        match run.store_stdin(&mut input, header.stdin_len) {
+            Ok(stored) => stored,
+            Err(e) => return fail(&mut out, &e),
         }
     };
-    if out.send(&frame(kind::STARTED, b"")).is_err() {
+    let started = match stored {
+        spool::Stored::Incomplete => return,
+        spool::Stored::Lost => None,
+        spool::Stored::Won => match keeper::start(&run, &header, script) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                run.write_status_failure(&e);
+                return fail(&mut out, &e);
+            }
+        },
+    };
+    if out.send(&frame(kind::STARTED, b"")).is_err() && started.is_none() {
         return;
     }
-    follow::follow(out, input, run, header, keeper);
+    let Some(started) = started else {
+        let wake = follow::Wake::Dir(sys::DirWatch::new(&run.dir));
+        return follow::follow(&mut out, &mut input, &run, &header, &wake);
+    };
+    let wake = std::sync::Arc::new(follow::Wake::local());
+    let stream = {
+        let (wake, run, header) = (wake.clone(), run.clone(), header.clone());
+        std::thread::spawn(move || follow::follow(&mut out, &mut input, &run, &header, &wake))
+    };
+    let status = started.keep(&wake);
+    let _ = run.write_status(&status);
+    wake.finish();
+    let _ = stream.join();
 }
 
 /// Report a failure to the host (best effort: the host may be gone).

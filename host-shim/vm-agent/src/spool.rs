@@ -87,6 +87,7 @@ impl Status {
 }
 
 /// One run's spool.
+#[derive(Clone)]
 pub(crate) struct Run {
     pub(crate) dir: PathBuf,
     pub(crate) id: u64,

@@ -117,17 +117,14 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// `fork(2)`: `Ok(0)` in the child, the child's pid in the parent.
-///
-/// # Safety
-/// The process must be single-threaded, and the child may only use async-signal-safe calls
-/// until it execs or exits (the callers prepare every allocation beforehand).
-pub(crate) unsafe fn fork() -> io::Result<libc::pid_t> {
-    let pid = libc::fork();
-    if pid < 0 {
+/// `read(2)` from a descriptor of ours.
+pub(crate) fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads into a valid buffer from our own descriptor.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(pid)
+    Ok(n as usize)
 }
 
 /// Wait for a child without blocking: its wait status once it has ended.

@@ -45,6 +45,13 @@ const MAX_BROKEN_WHILE_CONNECTED: u32 = 5;
 /// What is kept of the agent's own stderr, for the operator.
 const AGENT_STDERR_CAP: usize = 4096;
 
+/// A durable request for the direct path: its script, run by `sh -c` through the login shell
+/// (the agent runs it with `/bin/sh -c` itself).
+pub fn direct(mut req: SshExec) -> SshExec {
+    req.command = format!("sh -c '{}'", req.command.replace('\'', "'\\''"));
+    req
+}
+
 /// The agent binary the host uploads to VMs.
 #[derive(Clone)]
 pub struct VmAgent {
@@ -166,7 +173,7 @@ impl DurableExecs {
     ) -> Result<SshOutput, SshError> {
         if req.command.trim().is_empty() || req.command.contains('\0') || req.timeout_ms == 0 {
             // The direct path refuses these with its own errors.
-            return self.ssh.exec(req, on_chunk).await;
+            return self.ssh.exec(direct(req), on_chunk).await;
         }
         let started_at = Instant::now();
         let deadline = started_at + Duration::from_millis(req.timeout_ms.into());
@@ -178,11 +185,11 @@ impl DurableExecs {
             Connected::Failed(out) => return Ok(out),
         }
         let Some(mut control) = self.ssh.live_master(&req.target) else {
-            return self.ssh.exec(req, on_chunk).await;
+            return self.ssh.exec(direct(req), on_chunk).await;
         };
         if let Some(AgentState::Unavailable(_, since)) = self.agent_state(&control) {
             if since.elapsed() < RETRY_UNAVAILABLE {
-                return self.ssh.exec(req, on_chunk).await;
+                return self.ssh.exec(direct(req), on_chunk).await;
             }
         }
         let cap = self.ssh.output_cap(req.max_output_bytes);
@@ -244,7 +251,7 @@ impl DurableExecs {
                                 &control,
                                 AgentState::Unavailable(why, Instant::now()),
                             );
-                            return self.ssh.exec(req, on_chunk).await;
+                            return self.ssh.exec(direct(req), on_chunk).await;
                         }
                     }
                 }
@@ -258,7 +265,7 @@ impl DurableExecs {
                             req.target.host
                         )));
                     }
-                    return self.ssh.exec(req, on_chunk).await;
+                    return self.ssh.exec(direct(req), on_chunk).await;
                 }
                 Attempt::Failed(why) => {
                     return Err(SshError::Lost(format!(
@@ -601,6 +608,27 @@ impl DurableExecs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_path_runs_the_script_with_sh() {
+        let req = SshExec {
+            target: super::super::ssh::SshTarget {
+                host: "vm.exe.xyz".into(),
+                port: 22,
+                user: None,
+                identity: super::super::ssh::Identity::Agent,
+                host_key_policy: super::super::ssh::HostKeyPolicy::AcceptNew,
+            },
+            command: "echo 'it'\"s\"; exit 3".into(),
+            stdin: None,
+            timeout_ms: 1,
+            max_output_bytes: 1,
+        };
+        assert_eq!(
+            direct(req).command,
+            "sh -c 'echo '\\''it'\\''\"s\"; exit 3'"
+        );
+    }
 
     #[test]
     fn commands_name_the_digest() {
