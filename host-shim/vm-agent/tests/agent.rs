@@ -1,0 +1,245 @@
+//! The VM agent itself, natively: the real binary with a private `HOME`, spoken to through its
+//! stdin and stdout exactly as the host does over SSH.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paperclip_vm_agent::{hello_frame, kind, Exit, FrameReader, Header, Op, ACK};
+
+fn agent(home: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_paperclip-vm-agent"))
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent starts")
+}
+
+fn header(op: Op, id: u64, offsets: (u64, u64), script: &str, stdin: &[u8]) -> Vec<u8> {
+    let mut out = Header {
+        op,
+        id,
+        stdout_offset: offsets.0,
+        stderr_offset: offsets.1,
+        timeout_ms: 20_000,
+        cap: 1 << 20,
+        script_len: script.len() as u32,
+        stdin_len: stdin.len() as u64,
+    }
+    .encode()
+    .to_vec();
+    out.extend_from_slice(script.as_bytes());
+    out.extend_from_slice(stdin);
+    out
+}
+
+/// What one session with the agent gave: frames in order, collected output, the exit frame.
+#[derive(Debug, Default)]
+struct Session {
+    kinds: Vec<u8>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: Option<Exit>,
+    failed: Option<String>,
+}
+
+/// Send `request`, read frames to the end (acknowledging an exit frame when `ack`).
+fn session(home: &Path, request: &[u8], ack: bool) -> Session {
+    let mut child = agent(home);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(request).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut reader = FrameReader::default();
+    let mut s = Session::default();
+    let mut first = vec![0u8; hello_frame().len()];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(first, hello_frame(), "the first frame is the hello");
+    let mut buf = [0u8; 65536];
+    'read: loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        reader.push(&buf[..n]);
+        while let Some((k, payload)) = reader.next_frame().unwrap() {
+            s.kinds.push(k);
+            match k {
+                kind::STDOUT => s.stdout.extend_from_slice(&payload),
+                kind::STDERR => s.stderr.extend_from_slice(&payload),
+                kind::EXIT => {
+                    s.exit = Exit::decode(&payload);
+                    if ack {
+                        stdin.write_all(&[ACK]).unwrap();
+                    }
+                    drop(stdin);
+                    break 'read;
+                }
+                kind::FAILED => s.failed = Some(String::from_utf8_lossy(&payload).into()),
+                _ => {}
+            }
+        }
+    }
+    let _ = child.wait();
+    s
+}
+
+fn runs(home: &Path) -> Vec<String> {
+    std::fs::read_dir(home.join(".cache/paperclip-exe-dev/runs"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_run_streams_exact_bytes_and_its_status_then_its_spool_goes() {
+    let home = tempfile::tempdir().unwrap();
+    let stdin: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let s = session(
+        home.path(),
+        &header(
+            Op::Run,
+            1,
+            (0, 0),
+            "cat; printf 'e\\377' >&2; exit 7",
+            &stdin,
+        ),
+        true,
+    );
+    assert_eq!(s.stdout, stdin);
+    assert_eq!(s.stderr, b"e\xff");
+    assert_eq!(s.exit.unwrap().code, Some(7));
+    assert_eq!(s.kinds.first(), Some(&kind::STARTED));
+    assert!(runs(home.path()).is_empty(), "acknowledged: removed");
+}
+
+#[test]
+fn a_run_attached_again_resumes_at_the_offsets_and_never_starts_twice() {
+    let home = tempfile::tempdir().unwrap();
+    let script = "echo once >> \"$HOME/count\"; printf 'abcdef'; printf 'XYZ' >&2";
+    // No acknowledgement: the spool stays for a reattach.
+    let first = session(home.path(), &header(Op::Run, 2, (0, 0), script, b""), false);
+    assert_eq!(first.stdout, b"abcdef");
+    assert_eq!(runs(home.path()).len(), 1);
+    let again = session(home.path(), &header(Op::Attach, 2, (4, 1), "", b""), false);
+    assert_eq!(
+        (again.stdout.as_slice(), again.stderr.as_slice()),
+        (&b"ef"[..], &b"YZ"[..])
+    );
+    // A run request for a run that already started streams it; it does not run it again.
+    let rerun = session(home.path(), &header(Op::Run, 2, (6, 3), script, b""), true);
+    assert_eq!(rerun.exit.unwrap().code, Some(0));
+    assert!(rerun.stdout.is_empty() && rerun.stderr.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("count")).unwrap(),
+        "once\n"
+    );
+    assert!(runs(home.path()).is_empty());
+}
+
+#[test]
+fn attach_to_a_run_that_never_started_says_so() {
+    let home = tempfile::tempdir().unwrap();
+    let s = session(home.path(), &header(Op::Attach, 3, (0, 0), "", b""), false);
+    assert_eq!(s.kinds, [kind::NOT_STARTED]);
+    // stdin cut short: nothing starts, and attach still says not started.
+    let mut child = agent(home.path());
+    let mut req = header(Op::Run, 4, (0, 0), "touch \"$HOME/ran\"", &[0u8; 1000]);
+    req.truncate(req.len() - 10);
+    child.stdin.take().unwrap().write_all(&req).unwrap();
+    let _ = child.wait_with_output();
+    assert!(!home.path().join("ran").exists());
+    let s = session(home.path(), &header(Op::Attach, 4, (0, 0), "", b""), false);
+    assert_eq!(s.kinds, [kind::NOT_STARTED]);
+}
+
+#[test]
+fn the_deadline_ends_the_tree_and_the_cap_is_kept() {
+    let home = tempfile::tempdir().unwrap();
+    let mut req = Header {
+        op: Op::Run,
+        id: 5,
+        stdout_offset: 0,
+        stderr_offset: 0,
+        timeout_ms: 500,
+        cap: 10,
+        script_len: 0,
+        stdin_len: 0,
+    };
+    let script = "printf 0123456789abcdef; sleep 30 & echo $! > \"$HOME/child\"; wait";
+    req.script_len = script.len() as u32;
+    let mut bytes = req.encode().to_vec();
+    bytes.extend_from_slice(script.as_bytes());
+    let started = Instant::now();
+    let s = session(home.path(), &bytes, true);
+    let exit = s.exit.unwrap();
+    assert!(exit.timed_out, "{exit:?}");
+    assert!(exit.stdout_truncated);
+    assert_eq!(s.stdout, b"0123456789");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let child: i32 = std::fs::read_to_string(home.path().join("child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    });
+    assert!(gone, "the background child was ended");
+}
+
+#[test]
+fn signals_and_bad_requests() {
+    let home = tempfile::tempdir().unwrap();
+    let s = session(
+        home.path(),
+        &header(Op::Run, 6, (0, 0), "kill -KILL $$", b""),
+        true,
+    );
+    assert_eq!(s.exit.unwrap().signal, Some(9));
+    let mut bad = header(Op::Run, 7, (0, 0), "true", b"");
+    bad[0] = b'X';
+    let s = session(home.path(), &bad, false);
+    assert!(s.failed.unwrap().contains("bad magic"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paperclip-vm-agent"))
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&header(Op::Run, 8, (0, 0), "true", b""))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut r = FrameReader::default();
+    r.push(&out.stdout);
+    let frames: Vec<_> = std::iter::from_fn(|| r.next_frame().unwrap()).collect();
+    assert_eq!(
+        frames[1],
+        (kind::FAILED, b"HOME is not set on the VM".to_vec())
+    );
+}
