@@ -2,7 +2,6 @@ use super::*;
 use crate::api;
 use crate::error::ApiError;
 use crate::host::{Connected, HostKeyPolicy, HttpError, LedgerReason};
-use crate::shell::shell_quote;
 use crate::testing::FakeHost;
 use serde_json::json;
 
@@ -871,7 +870,10 @@ fn execute_exact_remote_command() {
          {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"'' 2>&3 3>&-); }}; exit $?"
     );
     let call = host.ssh_calls.borrow()[0].clone();
-    assert_eq!(call.command, format!("sh -c {}", shell_quote(&script)));
+    // The script itself: the host runs it with `/bin/sh -c` on the VM (or sends it as
+    // `sh -c '<script>'` on the direct path).
+    assert_eq!(call.command, script);
+    assert!(call.durable);
     assert_eq!(call.stdin, Some(vec![0, 1, 2, 255, b'\n']));
     assert_eq!(call.timeout_ms, 300_000);
     assert_eq!(call.max_output_bytes, 32 * 1024 * 1024);
@@ -899,8 +901,8 @@ fn execute_cwd_and_timeout_precedence() {
     let call = host.ssh_calls.borrow()[0].clone();
     assert!(
         call.command.contains(
-            "cd '\"'\"'/req'\"'\"' && export PAPERCLIP_EXEC_ID=0123456789abcdef && \
-             { exec 3>&2 2>/dev/null; (exec '\"'\"'sh'\"'\"'"
+            "cd '/req' && export PAPERCLIP_EXEC_ID=0123456789abcdef && \
+             { exec 3>&2 2>/dev/null; (exec 'sh'"
         ),
         "{}",
         call.command

@@ -243,3 +243,53 @@ fn signals_and_bad_requests() {
         (kind::FAILED, b"HOME is not set on the VM".to_vec())
     );
 }
+
+/// What a host never came back for is swept, an hour after its command ended; a run whose
+/// keeper still runs is not, whatever its age; the sweep runs at most once a minute.
+#[test]
+fn stale_spools_are_swept() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join(".cache/paperclip-exe-dev/runs");
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    let make = |name: &str, files: &[&str]| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            std::fs::write(
+                dir.join(f),
+                if *f == "keeper.pid" {
+                    std::process::id().to_string()
+                } else {
+                    "code 0\n".into()
+                },
+            )
+            .unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join(f))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    };
+    make("00000000000000a1", &["status"]); // ended long ago: swept
+    make("00000000000000a2", &["keeper.pid"]); // its keeper (this test) runs: kept
+    make("00000000000000a3", &[]); // never started, long ago: swept
+                                   // A fresh stamp: no sweep now.
+    std::fs::write(root.join(".swept"), b"").unwrap();
+    let _ = session(home.path(), &header(Op::Attach, 9, (0, 0), "", b""), false);
+    assert_eq!(runs(home.path()).len(), 3);
+    // An old stamp: the next request sweeps.
+    std::fs::File::options()
+        .write(true)
+        .open(root.join(".swept"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let _ = session(home.path(), &header(Op::Attach, 9, (0, 0), "", b""), false);
+    assert_eq!(runs(home.path()), ["00000000000000a2"]);
+}
