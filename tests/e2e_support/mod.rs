@@ -150,6 +150,39 @@ impl Env {
         self.worker.as_ref().expect("worker running")
     }
 
+    /// SIGKILL the worker (no shutdown, nothing flushed: a crash) and wait until it is gone.
+    pub async fn kill_worker(&mut self) {
+        let worker = self.worker.take().expect("worker running");
+        if let Some(pid) = worker.pid() {
+            // SAFETY: plain kill(2) of the child this harness spawned.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        drop(worker);
+    }
+
+    /// Start a new worker on the same simulator and state directory, with `env` (e.g.
+    /// `EXE_API_KEY`) in its environment.
+    pub async fn start_worker(&mut self, env: &[(String, String)]) {
+        assert!(self.worker.is_none(), "a worker is running");
+        let args = harness::worker_args(&self.sim, self.state.path());
+        let mut all = vec![("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
+        all.extend(env.iter().cloned());
+        let worker = WorkerClient::spawn(&worker_binary(), &args, &all)
+            .await
+            .expect("worker spawns");
+        let init = worker
+            .request(
+                "initialize",
+                json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+            )
+            .await
+            .expect("initialize");
+        assert_eq!(init["ok"], true, "initialize: {init}");
+        self.worker = Some(worker);
+    }
+
     /// The base params of a runtime call plus `extra`.
     pub fn params(&self, extra: Value) -> Value {
         self.params_with_config(&self.config, extra)
