@@ -27,6 +27,10 @@ pub enum Transfer {
 /// The fake wall clock at monotonic time 0: 2026-12-01T00:00:00Z.
 pub const WALL_EPOCH_MS: u64 = 1_796_083_200_000;
 
+/// One row of the fake ledger: API URL, token, entry, fake-clock time of the write, wall-clock
+/// time of the first write.
+pub type LedgerRow = (String, String, LedgerEntry, u64, u64);
+
 /// One recorded log line: level, message, fields.
 pub type LogLine = (LogLevel, String, Vec<(String, String)>);
 
@@ -40,7 +44,7 @@ pub struct FakeHost {
     pub http_by_verb: RefCell<HashMap<String, Result<HttpResponse, HttpError>>>,
     /// The VM ledger: (API URL, token, entry, fake-clock time of the write, of the first
     /// write), oldest first.
-    pub ledger: RefCell<Vec<(String, String, LedgerEntry, u64, u64)>>,
+    pub ledger: RefCell<Vec<LedgerRow>>,
     /// When set, every ledger call fails with it.
     pub ledger_error: RefCell<Option<LedgerError>>,
     pub ssh_script: RefCell<VecDeque<Result<SshOutput, SshError>>>,
@@ -310,7 +314,7 @@ impl Host for FakeHost {
             return Err(e);
         }
         let mut l = self.ledger.borrow_mut();
-        let same = |(u, t, e, _, _): &(String, String, LedgerEntry, u64, u64)| {
+        let same = |(u, t, e, _, _): &LedgerRow| {
             *u == account.api_url && *t == account.token && e.name == entry.name
         };
         let since = l.iter().find(|x| same(x)).map(|x| x.4);
