@@ -9,7 +9,7 @@ mod e2e_support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e_support::{eventually, files_below, run_id, Env, EnvOptions};
+use e2e_support::{eventually, files_below, orphans_command, run_id, Env, EnvOptions};
 use exe_dev_sim::VmLifetime;
 use serde_json::{json, Value};
 
@@ -179,7 +179,10 @@ async fn a_release_whose_rm_fails_twice_is_retried_until_it_works() {
     assert_eq!(err["data"]["status"], 500, "{err}");
     let l = deleted_vm(&env, Duration::from_secs(30)).await;
     let took = l.deleted.unwrap().saturating_duration_since(failed);
-    let statuses: Vec<u16> = env.api_calls("rm").into_iter().map(|(s, _)| s).collect();
+    // The `rm` is logged once its answer is sent, just after the VM is gone.
+    let rm_statuses = || -> Vec<u16> { env.api_calls("rm").into_iter().map(|(s, _)| s).collect() };
+    assert!(eventually(Duration::from_secs(5), || rm_statuses().len() == 3).await);
+    let statuses = rm_statuses();
     println!("rm failing twice: statuses {statuses:?}, deleted {took:?} after the failed release (bound {BOUND:?})");
     assert_eq!(statuses, [500, 500, 200]);
     assert!(took <= BOUND, "{took:?}");
@@ -219,6 +222,25 @@ async fn a_delete_that_keeps_failing_degrades_health_and_is_listed_until_it_work
         "{message}"
     );
     assert!(!message.contains(env.sim.token()));
+
+    // The operator sees what the reconciler waits for: the VM, why, since when, the next try.
+    let listing = orphans_command(&env, &[]).await;
+    let pending = &listing["pending"][0];
+    println!("orphans while rm keeps failing: {pending}");
+    assert_eq!(pending["name"], json!(vm), "{listing}");
+    assert_eq!(pending["reason"], "failed-delete");
+    assert!(pending["attempts"].as_u64().unwrap() >= 5, "{pending}");
+    assert!(
+        pending["lastError"].as_str().unwrap().contains("500"),
+        "{pending}"
+    );
+    let time = |k: &str| {
+        paperclip_exe_dev::timestamp::parse_iso8601_ms(pending[k].as_str().unwrap()).unwrap()
+    };
+    assert!(
+        time("since") <= wall_ms() && time("nextTry") >= time("since"),
+        "{pending}"
+    );
 
     let l = deleted_vm(&env, Duration::from_secs(60)).await;
     println!(

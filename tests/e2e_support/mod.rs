@@ -483,3 +483,31 @@ pub fn entries_below(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Run the operator command `orphans` with `extra` flags against the env's simulator and state
+/// directory; returns its JSON output.
+pub async fn orphans_command(env: &Env, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, env.config.to_string()).unwrap();
+    let out = tokio::process::Command::new(worker_binary())
+        .arg("orphans")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(env.state.path())
+        .arg("--allow-http")
+        .arg(env.sim.api_authority())
+        .arg("--ssh-config")
+        .arg(env.sim.ssh_config_path())
+        .args(extra)
+        .env_remove("EXE_API_KEY")
+        .env("PAPERCLIP_WASM_HOST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "orphans failed: {stderr}");
+    assert!(!stderr.contains(env.sim.token()), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
