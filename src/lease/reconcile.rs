@@ -12,8 +12,6 @@
 //! Entries a live call holds, and entries not yet due, are left alone; the report says when the
 //! next one is due, so the worker calls again then and not before.
 
-use std::collections::HashSet;
-
 use super::orphans::{may_still_appear, Ledger};
 use super::Provider;
 use crate::api;
@@ -106,7 +104,8 @@ impl<'h> Provider<'h> {
             }
         };
         // One listing for every due entry: the traffic per round does not grow with the ledger.
-        let present: HashSet<String> = match api.run(&api::ls_all_command(), deadline) {
+        // A plain list: an account's listing is short, and a hash set costs the component size.
+        let present: Vec<String> = match api.run(&api::ls_all_command(), deadline) {
             Ok(body) => VmRecord::list_from_value(&body)
                 .into_iter()
                 .map(|vm| vm.name)
@@ -124,7 +123,7 @@ impl<'h> Provider<'h> {
                 break;
             }
             let name = r.entry.name.as_str();
-            if !present.contains(name) {
+            if !present.iter().any(|p| p == name) {
                 self.not_present(ledger, r);
                 continue;
             }
