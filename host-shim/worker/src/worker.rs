@@ -510,6 +510,22 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_reconciler_degrades_health_with_its_reason() {
+        let mut ok = json!({"status": "ok", "message": "exe.dev sandbox provider plugin healthy"});
+        degrade(&mut ok, "the VM reconciler keeps failing: vm-a".into());
+        assert_eq!(
+            ok,
+            json!({"status": "degraded", "message": "the VM reconciler keeps failing: vm-a"})
+        );
+        let mut bad = json!({"status": "error", "message": "broken"});
+        degrade(&mut bad, "reconciler".into());
+        assert_eq!(
+            bad,
+            json!({"status": "error", "message": "broken; reconciler"})
+        );
+    }
+
+    #[test]
     fn the_id_of_a_cut_message_is_found_when_it_comes_first() {
         assert_eq!(
             leading_id(br#"{"jsonrpc":"2.0","id":12,"params":{"a":"#),
