@@ -268,7 +268,7 @@ impl<'a> Api<'a> {
     }
 
     /// Run `cmd`; idempotent commands are retried on 429/503/504 and connection failures
-    /// with backoff while `deadline` allows.
+    /// with backoff while `deadline` allows, never sooner than the answer's `Retry-After`.
     pub fn run(&self, cmd: &CommandLine, deadline: Deadline) -> Result<Value, ProviderError> {
         let mut attempt = 0;
         loop {
@@ -287,7 +287,11 @@ impl<'a> Api<'a> {
             }
             let backoff = backoff_ms(RETRY_BASE_MS, RETRY_MAX_MS, attempt);
             let jitter = self.host.random_u64() % (backoff / 4 + 1);
-            let wait = backoff + jitter;
+            let retry_after = match &result {
+                Err(ProviderError::Api(e)) => e.retry_after_ms.unwrap_or(0),
+                _ => 0,
+            };
+            let wait = (backoff + jitter).max(retry_after);
             // Leave at least a second for the next attempt itself.
             if deadline.remaining(self.host) < wait + 1_000 {
                 return result;
@@ -364,6 +368,7 @@ impl<'a> Api<'a> {
                     command: cmd.redacted.clone(),
                     message,
                     hint: hint_for(r.status, cmd.verb),
+                    retry_after_ms: r.retry_after_ms,
                 }))
             }
             Err(HttpError::Denied(authority)) => Err(ProviderError::Denied(format!(
@@ -378,6 +383,7 @@ impl<'a> Api<'a> {
                     "exe.dev did not answer in time; the command may still complete on exe.dev"
                         .to_string(),
                 ),
+                retry_after_ms: None,
             })),
             Err(HttpError::Connect(m)) | Err(HttpError::Other(m)) => {
                 Err(ProviderError::Api(ApiError {
@@ -385,6 +391,7 @@ impl<'a> Api<'a> {
                     command: cmd.redacted.clone(),
                     message: scrub(&m, &self.secrets),
                     hint: Some(format!("could not reach the exe.dev API at {}", self.url)),
+                    retry_after_ms: None,
                 }))
             }
         }

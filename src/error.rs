@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// What the operator can do about it.
     pub hint: Option<String>,
+    /// The response's `Retry-After`, in milliseconds (429, 503). The guest's own scheduling
+    /// input: not part of the WIT record.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl fmt::Display for ApiError {

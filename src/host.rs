@@ -30,6 +30,19 @@ pub struct HttpResponse {
     pub status: u16,
     /// The whole body.
     pub body: Vec<u8>,
+    /// The `Retry-After` header in milliseconds, when it held a number of seconds (429, 503).
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The longest `Retry-After` honoured: a longer one is read as this, so a broken header cannot
+/// park the work for days.
+pub const MAX_RETRY_AFTER_MS: u64 = 10 * 60 * 1000;
+
+/// A `Retry-After` value in milliseconds: delay-seconds only (an HTTP date is not honoured and
+/// reads as absent, so the caller's own backoff applies), capped at [`MAX_RETRY_AFTER_MS`].
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(secs.saturating_mul(1000).min(MAX_RETRY_AFTER_MS))
 }
 
 /// Why an HTTP call produced no response.
@@ -300,6 +313,8 @@ pub enum LedgerReason {
     UncertainCreate,
     /// A release or destroy that could not delete the VM.
     FailedDelete,
+    /// A lease with an expiry: its VM is deleted once the entry is due.
+    LeaseExpiry,
 }
 
 impl LedgerReason {
@@ -308,6 +323,7 @@ impl LedgerReason {
         match self {
             LedgerReason::UncertainCreate => "uncertain-create",
             LedgerReason::FailedDelete => "failed-delete",
+            LedgerReason::LeaseExpiry => "lease-expiry",
         }
     }
 }
@@ -321,6 +337,27 @@ pub struct LedgerEntry {
     pub reason: LedgerReason,
     /// How long after the write a live call still owns the VM (0: nobody).
     pub hold_ms: u64,
+    /// Wall-clock ms (Unix epoch) before which nobody acts on it: the next try, or a lease's
+    /// expiry (0: at once).
+    pub due_at_ms: u64,
+    /// Tries made so far.
+    pub attempts: u32,
+    /// Why the last try failed (safe to show).
+    pub last_error: Option<String>,
+}
+
+impl LedgerEntry {
+    /// A fresh entry: due at once, never tried.
+    pub fn new(name: &str, reason: LedgerReason, hold_ms: u64) -> LedgerEntry {
+        LedgerEntry {
+            name: name.to_string(),
+            reason,
+            hold_ms,
+            due_at_ms: 0,
+            attempts: 0,
+            last_error: None,
+        }
+    }
 }
 
 /// One ledger entry as read back.
@@ -330,6 +367,21 @@ pub struct Recorded {
     pub entry: LedgerEntry,
     /// Wall-clock milliseconds since it was written.
     pub age_ms: u64,
+    /// Wall-clock ms (Unix epoch) when the VM was first recorded.
+    pub since_ms: u64,
+}
+
+impl Recorded {
+    /// A live call still owns the VM.
+    pub fn held(&self) -> bool {
+        self.age_ms < self.entry.hold_ms
+    }
+
+    /// Milliseconds until the entry may be acted on, given the wall clock `now_wall_ms` (0: due).
+    pub fn due_in_ms(&self, now_wall_ms: u64) -> u64 {
+        let hold = self.entry.hold_ms.saturating_sub(self.age_ms);
+        hold.max(self.entry.due_at_ms.saturating_sub(now_wall_ms))
+    }
 }
 
 /// Why the host could not use its ledger.
@@ -379,6 +431,9 @@ pub trait Host {
     fn log(&self, level: LogLevel, message: &str, fields: &[(&str, String)]);
     /// Monotonic milliseconds (arbitrary origin).
     fn now_ms(&self) -> u64;
+    /// Wall-clock milliseconds since the Unix epoch (lease expiry only; deadlines use
+    /// [`Host::now_ms`]).
+    fn wall_ms(&self) -> u64;
     /// Sleep for `ms` milliseconds.
     fn sleep_ms(&self, ms: u64);
     /// A random 64-bit number.
@@ -404,8 +459,10 @@ mod wasm {
     use crate::bindings::paperclip::sandbox_provider::{
         log as wit_log, ssh as wit_ssh, transfer as wit_transfer,
     };
-    use crate::bindings::paperclip::vm_ledger::ledger as wit_ledger;
-    use wasi::clocks::monotonic_clock;
+    // Two versions of the package are in `wit/deps` (0.1.0 is released and kept), so the
+    // bindings name the module with its version.
+    use crate::bindings::paperclip::vm_ledger0_2_0::ledger as wit_ledger;
+    use wasi::clocks::{monotonic_clock, wall_clock};
     use wasi::http::outgoing_handler;
     use wasi::http::types::{
         ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
@@ -542,6 +599,12 @@ mod wasm {
                 return Err(map_error_code(&e, &authority));
             }
             let status = response.status();
+            let retry_after_ms = response
+                .headers()
+                .get("retry-after")
+                .first()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(parse_retry_after);
             let incoming = response
                 .consume()
                 .map_err(|_| HttpError::Other("response body unavailable".into()))?;
@@ -569,7 +632,11 @@ mod wasm {
                 }
             }
             drop(incoming);
-            Ok(HttpResponse { status, body: out })
+            Ok(HttpResponse {
+                status,
+                body: out,
+                retry_after_ms,
+            })
         }
 
         fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError> {
@@ -654,6 +721,13 @@ mod wasm {
             monotonic_clock::now() / NS_PER_MS
         }
 
+        fn wall_ms(&self) -> u64 {
+            let t = wall_clock::now();
+            t.seconds
+                .saturating_mul(1000)
+                .saturating_add(u64::from(t.nanoseconds / 1_000_000))
+        }
+
         fn sleep_ms(&self, ms: u64) {
             if ms == 0 {
                 return;
@@ -684,8 +758,12 @@ mod wasm {
                         name: r.entry.name,
                         reason: from_wit_reason(r.entry.reason),
                         hold_ms: r.entry.hold_ms,
+                        due_at_ms: r.entry.due_at_ms,
+                        attempts: r.entry.attempts,
+                        last_error: r.entry.last_error,
                     },
                     age_ms: r.age_ms,
+                    since_ms: r.since_ms,
                 })
                 .collect())
         }
@@ -707,6 +785,9 @@ mod wasm {
             name: e.name.clone(),
             reason: to_wit_reason(e.reason),
             hold_ms: e.hold_ms,
+            due_at_ms: e.due_at_ms,
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
         }
     }
 
@@ -715,6 +796,7 @@ mod wasm {
         match r {
             LedgerReason::UncertainCreate => wit_ledger::Reason::UncertainCreate,
             LedgerReason::FailedDelete => wit_ledger::Reason::FailedDelete,
+            LedgerReason::LeaseExpiry => wit_ledger::Reason::LeaseExpiry,
         }
     }
 
@@ -722,6 +804,7 @@ mod wasm {
         match r {
             wit_ledger::Reason::UncertainCreate => LedgerReason::UncertainCreate,
             wit_ledger::Reason::FailedDelete => LedgerReason::FailedDelete,
+            wit_ledger::Reason::LeaseExpiry => LedgerReason::LeaseExpiry,
         }
     }
 

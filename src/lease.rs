@@ -6,7 +6,9 @@
 //! - `release`: release and destroy, and the VM delete every cleanup shares;
 //! - `sync`: environmentSyncIn / environmentSyncOut;
 //! - `metadata`: the lease metadata handed to Paperclip and read back from it;
-//! - `orphans`: the host's VM ledger, so that no VM is left without an owner.
+//! - `orphans`: the host's VM ledger, so that no VM is left without an owner;
+//! - `expiry`: leases acquired with `requestedExpiresAt`, enforced through that ledger;
+//! - `reconcile`: the worker's background work through the ledger, with no Paperclip call.
 //!
 //! Everything here runs against [`Host`], so it is unit-tested natively with a fake host.
 
@@ -21,16 +23,19 @@ use serde_json::{Map, Value};
 
 mod create;
 mod execute;
+mod expiry;
 mod metadata;
 mod orphans;
 mod probe;
 mod realize;
+mod reconcile;
 mod release;
 mod sync;
 
 pub use metadata::{parse_metadata, LeaseMetadata};
 pub use orphans::VmListing;
 pub use probe::run_probe;
+pub use reconcile::ReconcileReport;
 pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 
 /// The provider name in metadata.

@@ -15,6 +15,7 @@ pub mod remote;
 pub mod shell;
 pub mod sync_script;
 pub mod time;
+pub mod timestamp;
 pub mod validate;
 pub mod vm;
 
@@ -33,8 +34,9 @@ mod bindings {
             "wasi:io/error@0.2.12": wasi::io::error,
             "wasi:io/poll@0.2.12": wasi::io::poll,
             "wasi:clocks/monotonic-clock@0.2.12": wasi::clocks::monotonic_clock,
+            "wasi:clocks/wall-clock@0.2.12": wasi::clocks::wall_clock,
             "wasi:random/random@0.2.12": wasi::random::random,
-            "paperclip:vm-ledger/ledger@0.1.0": generate,
+            "paperclip:vm-ledger/ledger@0.2.0": generate,
         },
     });
 }
@@ -228,7 +230,13 @@ mod component {
                     .requested_cwd
                     .as_deref()
                     .filter(|s| !s.trim().is_empty());
-                provider.acquire(&request.run_id, cwd).map(to_wit_lease)
+                let expires = request
+                    .requested_expires_at
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty());
+                provider
+                    .acquire_until(&request.run_id, cwd, expires)
+                    .map(to_wit_lease)
             })()
             .map_err(to_wit_error)
         }
@@ -323,6 +331,24 @@ mod component {
                         orphan: l.orphan.map(crate::host::to_wit_reason),
                     })
                     .collect())
+            })()
+            .map_err(to_wit_error)
+        }
+
+        fn reconcile(request: wit::ReconcileRequest) -> WitResult<wit::ReconcileReport> {
+            (|| {
+                let host = WasiHost;
+                let account = crate::host::Account {
+                    api_url: request.account.api_url,
+                    token: request.account.token,
+                };
+                let r = Provider::for_account(&host, &account, request.budget_ms)?.reconcile()?;
+                Ok(wit::ReconcileReport {
+                    deleted: r.deleted,
+                    pending: r.pending,
+                    next_in_ms: r.next_in_ms,
+                    trouble: r.trouble,
+                })
             })()
             .map_err(to_wit_error)
         }

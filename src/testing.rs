@@ -24,6 +24,13 @@ pub enum Transfer {
     Download(DownloadRequest),
 }
 
+/// The fake wall clock at monotonic time 0: 2026-12-01T00:00:00Z.
+pub const WALL_EPOCH_MS: u64 = 1_796_083_200_000;
+
+/// One row of the fake ledger: API URL, token, entry, fake-clock time of the write, wall-clock
+/// time of the first write.
+pub type LedgerRow = (String, String, LedgerEntry, u64, u64);
+
 /// One recorded log line: level, message, fields.
 pub type LogLine = (LogLevel, String, Vec<(String, String)>);
 
@@ -35,8 +42,9 @@ pub struct FakeHost {
     /// Answers by command verb (`ls`, `rm`, …) once `http_script` is empty (a call with no
     /// answer either way panics).
     pub http_by_verb: RefCell<HashMap<String, Result<HttpResponse, HttpError>>>,
-    /// The VM ledger: (API URL, token, entry, fake-clock time of the write), oldest first.
-    pub ledger: RefCell<Vec<(String, String, LedgerEntry, u64)>>,
+    /// The VM ledger: (API URL, token, entry, fake-clock time of the write, of the first
+    /// write), oldest first.
+    pub ledger: RefCell<Vec<LedgerRow>>,
     /// When set, every ledger call fails with it.
     pub ledger_error: RefCell<Option<LedgerError>>,
     pub ssh_script: RefCell<VecDeque<Result<SshOutput, SshError>>>,
@@ -76,6 +84,17 @@ impl FakeHost {
         self.http_script.borrow_mut().push_back(Ok(HttpResponse {
             status,
             body: body.as_bytes().to_vec(),
+            retry_after_ms: None,
+        }));
+        self
+    }
+
+    /// Queue a response with `status`, `body` and a `Retry-After` of `retry_after_ms`.
+    pub fn http_retry_after(&self, status: u16, body: &str, retry_after_ms: u64) -> &Self {
+        self.http_script.borrow_mut().push_back(Ok(HttpResponse {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after_ms: Some(retry_after_ms),
         }));
         self
     }
@@ -87,6 +106,7 @@ impl FakeHost {
             Ok(HttpResponse {
                 status,
                 body: body.as_bytes().to_vec(),
+                retry_after_ms: None,
             }),
         );
         self
@@ -97,7 +117,7 @@ impl FakeHost {
         self.ledger
             .borrow()
             .iter()
-            .map(|(_, _, e, _)| e.name.clone())
+            .map(|(_, _, e, _, _)| e.name.clone())
             .collect()
     }
 
@@ -269,6 +289,11 @@ impl Host for FakeHost {
         self.now.get()
     }
 
+    /// The fake wall clock runs with the monotonic one, from [`WALL_EPOCH_MS`].
+    fn wall_ms(&self) -> u64 {
+        WALL_EPOCH_MS + self.now.get()
+    }
+
     fn sleep_ms(&self, ms: u64) {
         self.sleeps.borrow_mut().push(ms);
         self.now.set(self.now.get() + ms);
@@ -289,14 +314,17 @@ impl Host for FakeHost {
             return Err(e);
         }
         let mut l = self.ledger.borrow_mut();
-        l.retain(|(u, t, e, _)| {
-            !(*u == account.api_url && *t == account.token && e.name == entry.name)
-        });
+        let same = |(u, t, e, _, _): &LedgerRow| {
+            *u == account.api_url && *t == account.token && e.name == entry.name
+        };
+        let since = l.iter().find(|x| same(x)).map(|x| x.4);
+        l.retain(|x| !same(x));
         l.push((
             account.api_url.clone(),
             account.token.clone(),
             entry.clone(),
             self.now.get(),
+            since.unwrap_or_else(|| self.wall_ms()),
         ));
         Ok(())
     }
@@ -309,10 +337,11 @@ impl Host for FakeHost {
             .ledger
             .borrow()
             .iter()
-            .filter(|(u, t, _, _)| *u == account.api_url && *t == account.token)
-            .map(|(_, _, e, at)| Recorded {
+            .filter(|(u, t, _, _, _)| *u == account.api_url && *t == account.token)
+            .map(|(_, _, e, at, since)| Recorded {
                 entry: e.clone(),
                 age_ms: self.now.get().saturating_sub(*at),
+                since_ms: *since,
             })
             .collect())
     }
@@ -321,7 +350,7 @@ impl Host for FakeHost {
         if let Some(e) = self.ledger_error.borrow().clone() {
             return Err(e);
         }
-        self.ledger.borrow_mut().retain(|(u, t, e, _)| {
+        self.ledger.borrow_mut().retain(|(u, t, e, _, _)| {
             !(*u == account.api_url && *t == account.token && e.name == name)
         });
         Ok(())

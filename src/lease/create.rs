@@ -69,6 +69,7 @@ impl Provider<'_> {
                         command: cmd.redacted.clone(),
                         message: format!("exe.dev did not return VM metadata for {name}."),
                         hint: None,
+                        retry_after_ms: None,
                     }),
                     Err(e) => e,
                 };
@@ -252,13 +253,28 @@ impl Provider<'_> {
         }
     }
 
-    /// Acquire: create (or adopt) the run's VM, then one SSH round trip. The VM is deleted if
-    /// anything after the create fails.
+    /// Acquire without an expiry (see [`Self::acquire_until`]).
     pub fn acquire(
         &self,
         run_id: &str,
         requested_cwd: Option<&str>,
     ) -> Result<Lease, ProviderError> {
+        self.acquire_until(run_id, requested_cwd, None)
+    }
+
+    /// Acquire: create (or adopt) the run's VM, then one SSH round trip. The VM is deleted if
+    /// anything after the create fails. With `requested_expires_at` the lease expires then: the
+    /// deadline is recorded in the host's ledger before the lease is returned (or the acquire
+    /// fails and the VM is deleted), and the lease carries it as `expiresAt`.
+    pub fn acquire_until(
+        &self,
+        run_id: &str,
+        requested_cwd: Option<&str>,
+        requested_expires_at: Option<&str>,
+    ) -> Result<Lease, ProviderError> {
+        let expiry = requested_expires_at
+            .map(|t| self.requested_expiry(t))
+            .transpose()?;
         let name = vm::lease_vm_name(
             &self.config.name_prefix,
             &self.environment_id,
@@ -274,21 +290,31 @@ impl Provider<'_> {
         );
         let vm = self.create_vm(&name, deadline)?;
         let target = self.target_for_vm(&vm);
-        match self.prepare(&vm.name, &target, requested_cwd, deadline) {
-            Ok(ok) => {
+        let prepared = self
+            .prepare(&vm.name, &target, requested_cwd, deadline)
+            .map_err(|f| f.error)
+            .and_then(|ok| match &expiry {
+                // Paperclip owns the VM from here, until its expiry: the ledger now holds that.
+                Some(x) => self.record_expiry(&name, x).map(|()| ok),
                 // Paperclip owns the VM from here: it is no orphan.
-                if let Some(l) = self.ledger() {
-                    l.remove(&name);
+                None => {
+                    if let Some(l) = self.ledger() {
+                        l.remove(&name);
+                    }
+                    Ok(ok)
                 }
+            });
+        match prepared {
+            Ok(ok) => {
+                let mut metadata = self.lease_metadata(&vm, &target, &ok.prepared, false);
+                metadata.expires_at = expiry.as_ref().map(|x| x.text.clone());
                 Ok(Lease {
                     provider_lease_id: Some(vm.name.clone()),
-                    metadata: self
-                        .lease_metadata(&vm, &target, &ok.prepared, false)
-                        .into_map(),
-                    expires_at: None,
+                    metadata: metadata.into_map(),
+                    expires_at: expiry.map(|x| x.text),
                 })
             }
-            Err(PrepareFailure { error: e, .. }) => {
+            Err(e) => {
                 self.log(
                     LogLevel::Warn,
                     "acquire failed after the VM was created; deleting it",
@@ -308,8 +334,8 @@ impl Provider<'_> {
         }
     }
 
-    /// Resume: a VM that is gone gives `{providerLeaseId: null, metadata: {expired: true}}`; a
-    /// lookup error is an error.
+    /// Resume: a VM that is gone, or a lease whose expiry has passed (its VM is deleted now),
+    /// gives `{providerLeaseId: null, metadata: {expired: true}}`; a lookup error is an error.
     pub fn resume(
         &self,
         lease_id: &str,
@@ -317,7 +343,16 @@ impl Provider<'_> {
     ) -> Result<Lease, ProviderError> {
         let deadline = self.deadline();
         self.sweep_orphans(Some(lease_id));
-        match self.lookup_vm(lease_id, deadline)? {
+        let expiry = self.lease_expiry(lease_id, meta);
+        let expired = expiry
+            .as_ref()
+            .is_some_and(|x| self.expired_on_resume(lease_id, x));
+        let found = if expired {
+            None
+        } else {
+            self.lookup_vm(lease_id, deadline)?
+        };
+        match found {
             None => {
                 let gone = LeaseMetadata {
                     expired: Some(true),
@@ -335,12 +370,12 @@ impl Provider<'_> {
                 let ok = self
                     .prepare(&vm.name, &target, recorded.remote_cwd.as_deref(), deadline)
                     .map_err(|f| f.error)?;
+                let mut metadata = self.lease_metadata(&vm, &target, &ok.prepared, true);
+                metadata.expires_at = expiry.as_ref().map(|x| x.text.clone());
                 Ok(Lease {
                     provider_lease_id: Some(vm.name.clone()),
-                    metadata: self
-                        .lease_metadata(&vm, &target, &ok.prepared, true)
-                        .into_map(),
-                    expires_at: None,
+                    metadata: metadata.into_map(),
+                    expires_at: expiry.map(|x| x.text),
                 })
             }
         }

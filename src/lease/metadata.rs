@@ -49,6 +49,8 @@ pub struct LeaseMetadata {
     pub ssh_port: Option<u16>,
     /// True (and the only key) when resume found the lease's VM gone.
     pub expired: Option<bool>,
+    /// The lease's expiry (ISO-8601, UTC), when it was acquired with `requestedExpiresAt`.
+    pub expires_at: Option<String>,
 }
 
 impl LeaseMetadata {
@@ -82,6 +84,7 @@ impl LeaseMetadata {
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p > 0),
             expired: flag("expired"),
+            expires_at: text("expiresAt"),
         }
     }
 
@@ -108,6 +111,7 @@ impl LeaseMetadata {
         put("sshHost", self.ssh_host.map(Value::from));
         put("sshPort", self.ssh_port.map(Value::from));
         put("expired", self.expired.map(Value::from));
+        put("expiresAt", self.expires_at.map(Value::from));
         m
     }
 }
@@ -151,6 +155,7 @@ impl Provider<'_> {
             ssh_host: Some(target.host.clone()),
             ssh_port: Some(target.port),
             expired: None,
+            expires_at: None,
         }
     }
 }
@@ -182,6 +187,7 @@ mod tests {
             ssh_host: Some("vm1.exe.xyz".into()),
             ssh_port: Some(22),
             expired: None,
+            expires_at: None,
         };
         let written = m.clone().into_map();
         let keys: Vec<&str> = written.keys().map(String::as_str).collect();

@@ -65,20 +65,26 @@ impl<'h> Ledger<'h> {
         self.host.log(level, what, &fields);
     }
 
-    /// Record `name` (replacing an entry of that name).
+    /// Record `name` (replacing an entry of that name), due at once.
     pub fn put(&self, name: &str, reason: LedgerReason, hold_ms: u64) {
-        let entry = LedgerEntry {
-            name: name.to_string(),
-            reason,
-            hold_ms,
-        };
-        if let Err(e) = self.host.ledger_put(&self.account, &entry) {
+        self.put_entry(&LedgerEntry::new(name, reason, hold_ms));
+    }
+
+    /// Record `entry` (replacing its namesake); trouble is logged.
+    pub fn put_entry(&self, entry: &LedgerEntry) {
+        if let Err(e) = self.try_put(entry) {
             self.complain(
                 "could not record the exe.dev VM in the host's ledger",
-                Some(name),
+                Some(&entry.name),
                 &e,
             );
         }
+    }
+
+    /// Record `entry`, telling the caller when the host could not (for a lease expiry, which
+    /// must not be promised unless it is recorded).
+    pub fn try_put(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        self.host.ledger_put(&self.account, entry)
     }
 
     /// Forget `name`: it is owned or gone.
@@ -94,11 +100,27 @@ impl<'h> Ledger<'h> {
 
     /// Every entry (none when the ledger cannot be read).
     pub fn list(&self) -> Vec<Recorded> {
-        self.host.ledger_list(&self.account).unwrap_or_else(|e| {
+        self.try_list().unwrap_or_else(|e| {
             self.complain("could not read the host's VM ledger", None, &e);
             Vec::new()
         })
     }
+
+    /// Every entry, or why the ledger cannot be read.
+    pub fn try_list(&self) -> Result<Vec<Recorded>, LedgerError> {
+        self.host.ledger_list(&self.account)
+    }
+
+    /// The entry of `name`, if recorded.
+    pub fn get(&self, name: &str) -> Option<Recorded> {
+        self.list().into_iter().find(|r| r.entry.name == name)
+    }
+}
+
+/// Whether an uncertain create recorded at `since_ms` may still produce its VM at `now_wall_ms`.
+pub fn may_still_appear(r: &Recorded, now_wall_ms: u64) -> bool {
+    r.entry.reason == LedgerReason::UncertainCreate
+        && now_wall_ms.saturating_sub(r.since_ms) < APPEAR_HORIZON_MS
 }
 
 impl<'h> Provider<'h> {
@@ -192,8 +214,9 @@ impl<'h> Provider<'h> {
         }
     }
 
-    /// Delete what the ledger holds for this account, except `except` (the call's own VM) and
-    /// entries a live call still holds, within [`SWEEP_BUDGET_MS`]. An uncertain create whose
+    /// Delete what the ledger holds for this account, except `except` (the call's own VM),
+    /// entries a live call still holds and entries not yet due (a lease before its expiry, a
+    /// retry the reconciler scheduled), within [`SWEEP_BUDGET_MS`]. An uncertain create whose
     /// VM is not there stays recorded until [`APPEAR_HORIZON_MS`] has passed.
     pub(crate) fn sweep_orphans(&self, except: Option<&str>) {
         let Some(ledger) = self.ledger() else {
@@ -204,9 +227,10 @@ impl<'h> Provider<'h> {
             return;
         }
         let budget = Deadline::after(self.host, SWEEP_BUDGET_MS.min(self.config.timeout_ms));
+        let now_wall = self.host.wall_ms();
         for r in entries {
             let name = r.entry.name.as_str();
-            if except == Some(name) || r.age_ms < r.entry.hold_ms {
+            if except == Some(name) || r.due_in_ms(now_wall) > 0 {
                 continue;
             }
             if budget.remaining(self.host) == 0 {
@@ -225,9 +249,7 @@ impl<'h> Provider<'h> {
                     ledger.remove(name);
                 }
                 Ok(false) => {
-                    let may_appear = r.entry.reason == LedgerReason::UncertainCreate
-                        && r.age_ms < APPEAR_HORIZON_MS;
-                    if !may_appear {
+                    if !may_still_appear(&r, now_wall) {
                         ledger.remove(name);
                     }
                 }
@@ -245,7 +267,15 @@ impl<'h> Provider<'h> {
     pub fn list_vms(&self) -> Result<Vec<VmListing>, ProviderError> {
         let api = self.api()?;
         let body = api.run(&api::ls_all_command(), self.deadline())?;
-        let recorded = self.ledger().map(|l| l.list()).unwrap_or_default();
+        let now_wall = self.host.wall_ms();
+        // A lease before its expiry has an owner: it is recorded, but no orphan.
+        let recorded: Vec<Recorded> = self
+            .ledger()
+            .map(|l| l.list())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.entry.reason != LedgerReason::LeaseExpiry || r.due_in_ms(now_wall) == 0)
+            .collect();
         let orphan = |name: &str| {
             recorded
                 .iter()

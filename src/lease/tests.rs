@@ -175,6 +175,7 @@ fn create_failure_with_no_vm_returns_the_create_error_and_creates_nothing_else()
             .redacted,
             message: "upstream boom".into(),
             hint: Some("exe.dev had a server-side problem; retry later".into()),
+            retry_after_ms: None,
         })
     );
     let bodies = host.bodies();
@@ -242,12 +243,9 @@ fn recorded(host: &FakeHost, name: &str, reason: LedgerReason, hold_ms: u64) {
     host.ledger.borrow_mut().push((
         "https://exe.dev/exec".into(),
         "tok".into(),
-        crate::host::LedgerEntry {
-            name: name.into(),
-            reason,
-            hold_ms,
-        },
+        crate::host::LedgerEntry::new(name, reason, hold_ms),
         host.now.get(),
+        crate::host::Host::wall_ms(host),
     ));
 }
 

@@ -150,6 +150,39 @@ impl Env {
         self.worker.as_ref().expect("worker running")
     }
 
+    /// SIGKILL the worker (no shutdown, nothing flushed: a crash) and wait until it is gone.
+    pub async fn kill_worker(&mut self) {
+        let worker = self.worker.take().expect("worker running");
+        if let Some(pid) = worker.pid() {
+            // SAFETY: plain kill(2) of the child this harness spawned.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        drop(worker);
+    }
+
+    /// Start a new worker on the same simulator and state directory, with `env` (e.g.
+    /// `EXE_API_KEY`) in its environment.
+    pub async fn start_worker(&mut self, env: &[(String, String)]) {
+        assert!(self.worker.is_none(), "a worker is running");
+        let args = harness::worker_args(&self.sim, self.state.path());
+        let mut all = vec![("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
+        all.extend(env.iter().cloned());
+        let worker = WorkerClient::spawn(&worker_binary(), &args, &all)
+            .await
+            .expect("worker spawns");
+        let init = worker
+            .request(
+                "initialize",
+                json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+            )
+            .await
+            .expect("initialize");
+        assert_eq!(init["ok"], true, "initialize: {init}");
+        self.worker = Some(worker);
+    }
+
     /// The base params of a runtime call plus `extra`.
     pub fn params(&self, extra: Value) -> Value {
         self.params_with_config(&self.config, extra)
@@ -449,4 +482,32 @@ pub fn entries_below(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Run the operator command `orphans` with `extra` flags against the env's simulator and state
+/// directory; returns its JSON output.
+pub async fn orphans_command(env: &Env, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, env.config.to_string()).unwrap();
+    let out = tokio::process::Command::new(worker_binary())
+        .arg("orphans")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(env.state.path())
+        .arg("--allow-http")
+        .arg(env.sim.api_authority())
+        .arg("--ssh-config")
+        .arg(env.sim.ssh_config_path())
+        .args(extra)
+        .env_remove("EXE_API_KEY")
+        .env("PAPERCLIP_WASM_HOST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "orphans failed: {stderr}");
+    assert!(!stderr.contains(env.sim.token()), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
 }

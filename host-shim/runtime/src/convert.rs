@@ -141,6 +141,7 @@ pub fn acquire_params(params: &Value) -> Result<wit::AcquireRequest, RpcError> {
         run_id: Option<String>,
         requested_cwd: Option<String>,
         workspace_mode: Option<String>,
+        requested_expires_at: Option<String>,
     }
     let p: P = parse(params)?;
     Ok(wit::AcquireRequest {
@@ -148,6 +149,7 @@ pub fn acquire_params(params: &Value) -> Result<wit::AcquireRequest, RpcError> {
         run_id: p.run_id.unwrap_or_default(),
         requested_cwd: p.requested_cwd,
         workspace_mode: p.workspace_mode,
+        requested_expires_at: p.requested_expires_at,
     })
 }
 

@@ -108,6 +108,17 @@ impl ProviderHost {
         self.grants.http_access.as_deref()
     }
 
+    /// The durable VM ledger, when the host keeps one (the worker's reconciler works through it).
+    pub fn ledger(&self) -> Option<Arc<VmLedger>> {
+        self.grants.ledger.clone()
+    }
+
+    /// `EXE_API_KEY` as granted to the component: after a restart, the only token the host has
+    /// for accounts whose entries are on disk.
+    pub fn exe_api_key(&self) -> Option<&str> {
+        self.grants.exe_api_key.as_deref()
+    }
+
     /// The names of every interface the component imports (for audits).
     pub fn component_imports(&self) -> Vec<String> {
         self.component

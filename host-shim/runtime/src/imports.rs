@@ -66,6 +66,9 @@ impl ledger::Host for HostState {
             name: entry.name,
             reason: reason_from_wit(entry.reason),
             hold_ms: entry.hold_ms,
+            due_at_ms: entry.due_at_ms,
+            attempts: entry.attempts,
+            last_error: entry.last_error,
         };
         l.put(&account_of(&account), &entry).map_err(error_to_wit)
     }
@@ -83,8 +86,12 @@ impl ledger::Host for HostState {
                     name: r.entry.name,
                     reason: reason_to_wit(r.entry.reason),
                     hold_ms: r.entry.hold_ms,
+                    due_at_ms: r.entry.due_at_ms,
+                    attempts: r.entry.attempts,
+                    last_error: r.entry.last_error,
                 },
                 age_ms: r.age_ms,
+                since_ms: r.since_ms,
             })
             .collect())
     }
@@ -114,6 +121,7 @@ fn reason_from_wit(r: ledger::Reason) -> Reason {
     match r {
         ledger::Reason::UncertainCreate => Reason::UncertainCreate,
         ledger::Reason::FailedDelete => Reason::FailedDelete,
+        ledger::Reason::LeaseExpiry => Reason::LeaseExpiry,
     }
 }
 
@@ -121,6 +129,7 @@ fn reason_to_wit(r: Reason) -> ledger::Reason {
     match r {
         Reason::UncertainCreate => ledger::Reason::UncertainCreate,
         Reason::FailedDelete => ledger::Reason::FailedDelete,
+        Reason::LeaseExpiry => ledger::Reason::LeaseExpiry,
     }
 }
 

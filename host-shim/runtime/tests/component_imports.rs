@@ -4,8 +4,9 @@
 use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
 use paperclip_wasm_runtime::grants;
 
-/// Interfaces the component may import (without version): the declared world plus the inert
-/// `wasi:cli` pieces Rust's std references for panics and `std::env`, and the HashMap seed.
+/// Interfaces the component may import (without version): the declared world (the wall clock
+/// for lease expiry included) plus the inert `wasi:cli` pieces Rust's std references for panics
+/// and `std::env`, and the HashMap seed.
 const ALLOWED: &[&str] = &[
     "paperclip:sandbox-provider/types",
     "paperclip:sandbox-provider/ssh",
@@ -18,6 +19,7 @@ const ALLOWED: &[&str] = &[
     "wasi:io/poll",
     "wasi:io/streams",
     "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
     "wasi:random/random",
     "wasi:random/insecure-seed",
     "wasi:cli/environment",

@@ -39,7 +39,7 @@ impl std::error::Error for LostResponse {}
 struct Reply {
     status: u16,
     body: String,
-    headers: Vec<(&'static str, &'static str)>,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -59,8 +59,8 @@ impl Reply {
         }
     }
 
-    fn header(mut self, name: &'static str, value: &'static str) -> Reply {
-        self.headers.push((name, value));
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -102,11 +102,7 @@ async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, LostResponse> {
-    let mut call = ApiCall {
-        command: String::new(),
-        body: String::new(),
-        status: 0,
-    };
+    let mut call = ApiCall::default();
     let outcome = process(&inner, req, &mut call).await;
     match outcome {
         Ok(reply) => {
@@ -171,12 +167,19 @@ async fn process(
             ));
         }
     }
-    if let Some(ApiFault::Fail { status, body }) = inner.faults.take_api_failure(&cmd) {
-        return Ok(Reply {
-            status,
-            body,
-            headers: Vec::new(),
-        });
+    match inner.faults.take_api_failure(&cmd) {
+        Some(ApiFault::Fail { status, body }) => {
+            return Ok(Reply {
+                status,
+                body,
+                headers: Vec::new(),
+            })
+        }
+        Some(ApiFault::RateLimited { retry_after_secs }) => {
+            return Ok(Reply::error(429, default_error_text(429))
+                .header("Retry-After", retry_after_secs.to_string()))
+        }
+        None => {}
     }
 
     if let Some(after) = inner.faults.take_abandoned(&cmd) {

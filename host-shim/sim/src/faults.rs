@@ -28,6 +28,7 @@ struct State {
     ssh_drops: HashMap<String, u32>,
     onboarding: HashMap<String, bool>,
     ready_delay: Option<Duration>,
+    rate_limits: HashMap<String, (u32, u32)>,
 }
 
 /// Thread-safe fault switches, shared by the API server and every VM's SSH server.
@@ -56,6 +57,8 @@ impl std::fmt::Debug for Faults {
 pub(crate) enum ApiFault {
     /// Answer with this status and JSON body, without running the command.
     Fail { status: u16, body: String },
+    /// Answer 429 with a `Retry-After` of this many seconds, without running the command.
+    RateLimited { retry_after_secs: u32 },
 }
 
 impl Faults {
@@ -82,6 +85,14 @@ impl Faults {
                 body: body.to_owned(),
                 remaining: times,
             });
+    }
+
+    /// The next `times` calls of `cmd` are answered 429 `rate limit exceeded` with
+    /// `Retry-After: <retry_after_secs>`, and the command does not run.
+    pub fn rate_limit_command(&self, cmd: &str, retry_after_secs: u32, times: u32) {
+        self.lock()
+            .rate_limits
+            .insert(cmd.to_owned(), (retry_after_secs, times));
     }
 
     /// Every call of `cmd` takes effect at once but its response is held back by `delay`
@@ -150,6 +161,9 @@ impl Faults {
 
     pub(crate) fn take_api_failure(&self, cmd: &str) -> Option<ApiFault> {
         let mut s = self.lock();
+        if let Some((retry_after_secs, _)) = take_counted(&mut s.rate_limits, cmd) {
+            return Some(ApiFault::RateLimited { retry_after_secs });
+        }
         for key in [cmd, ANY] {
             if let Some(list) = s.failures.get_mut(key) {
                 if let Some(f) = list.iter_mut().find(|f| f.remaining > 0) {

@@ -118,6 +118,9 @@ pub struct ApiCall {
     pub body: String,
     /// The HTTP status sent; 0 when the response was deliberately lost.
     pub status: u16,
+    /// When the simulator answered it (or gave up on it): the tests measure the spacing of
+    /// requests with it.
+    pub at: Option<std::time::Instant>,
 }
 
 /// One SSH session command as a VM ran it.
@@ -170,6 +173,19 @@ struct VmTable {
     live: BTreeMap<String, Vm>,
     /// Names of deleted VMs: exe.dev keeps them reserved.
     retired: BTreeSet<String>,
+    /// Every VM ever created, with when it appeared and when it was deleted.
+    history: Vec<VmLifetime>,
+}
+
+/// When a VM existed: tests measure how long an unowned VM lived from these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmLifetime {
+    /// The VM name.
+    pub name: String,
+    /// When `new`/`cp` made it appear (listed by `ls`).
+    pub created: std::time::Instant,
+    /// When `rm` deleted it; none while it lives.
+    pub deleted: Option<std::time::Instant>,
 }
 
 /// A live VM.
@@ -397,6 +413,11 @@ impl Simulator {
         self.inner.lock_vms().live.keys().cloned().collect()
     }
 
+    /// Every VM created so far, in order, with when it appeared and was deleted.
+    pub fn vm_lifetimes(&self) -> Vec<VmLifetime> {
+        self.inner.lock_vms().history.clone()
+    }
+
     /// The home directory of a live VM.
     pub fn vm_home(&self, name: &str) -> Option<PathBuf> {
         self.inner
@@ -584,7 +605,8 @@ impl Inner {
         self.vms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, call: ApiCall) {
+    fn record(&self, mut call: ApiCall) {
+        call.at.get_or_insert_with(std::time::Instant::now);
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -654,6 +676,11 @@ impl Inner {
             Ok(vm) => {
                 let json = vm_json(&name, &vm, false, self.opts.routing);
                 t.live.insert(name.clone(), vm);
+                t.history.push(VmLifetime {
+                    name: name.clone(),
+                    created: std::time::Instant::now(),
+                    deleted: None,
+                });
                 self.write_ssh_config(&t).map_err(|e| internal(&e))?;
                 Ok(json)
             }
@@ -746,6 +773,10 @@ impl Inner {
         let Some(vm) = t.live.remove(name) else {
             return false;
         };
+        let now = std::time::Instant::now();
+        if let Some(l) = t.history.iter_mut().rev().find(|l| l.name == name) {
+            l.deleted.get_or_insert(now);
+        }
         let _ = self.write_ssh_config(&t);
         drop(t);
         let dir = vm.dir.clone();

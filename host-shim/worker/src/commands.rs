@@ -152,6 +152,25 @@ async fn run_orphans(
             l.name
         );
     }
+    let pending = orphans::pending(provider)?;
+    if !pending.is_empty() {
+        eprintln!("  the reconciler is waiting for:");
+    }
+    for p in &pending {
+        let j = p.to_json();
+        eprintln!(
+            "  {:<16} {}  since {}  next try {}  tries {}{}",
+            p.reason,
+            p.name,
+            j["since"].as_str().unwrap_or(""),
+            j["nextTry"].as_str().unwrap_or(""),
+            p.attempts,
+            p.last_error
+                .as_deref()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     let doomed = orphans::to_delete(&listing, delete, yes)?;
     let mut deleted = Vec::new();
     for name in &doomed {
@@ -163,9 +182,12 @@ async fn run_orphans(
         deleted.push(name.clone());
     }
     let vms: Vec<serde_json::Value> = listing.iter().map(orphans::Listed::to_json).collect();
+    let pending: Vec<serde_json::Value> = pending.iter().map(orphans::Pending::to_json).collect();
     println!(
         "{}",
-        serde_json::to_string_pretty(&json!({ "vms": vms, "deleted": deleted }))?
+        serde_json::to_string_pretty(
+            &json!({ "vms": vms, "deleted": deleted, "pending": pending })
+        )?
     );
     Ok(())
 }

@@ -3,13 +3,14 @@
 //!
 //! The component runtime is `paperclip-wasm-runtime`; this crate adds the Paperclip worker
 //! protocol ([`worker`]), the command line ([`cli`], [`commands`]), the plugin package
-//! ([`package`]) and the operator's orphan listing ([`orphans`]), and embeds the component and
-//! the manifest.
+//! ([`package`]), the background VM reconciler ([`reconciler`]) and the operator's orphan listing
+//! ([`orphans`]), and embeds the component and the manifest.
 
 pub mod cli;
 pub mod commands;
 pub mod orphans;
 pub mod package;
+pub mod reconciler;
 pub mod worker;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.

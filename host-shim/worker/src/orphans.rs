@@ -3,7 +3,9 @@
 //!
 //! Listing runs the component's `list-vms` export (only the guest speaks exe.dev's API);
 //! deleting runs `destroy-lease` per VM, which deletes exactly that VM and clears its ledger
-//! entry.
+//! entry. The command also shows what the worker's reconciler is waiting for ([`pending`]):
+//! every ledger entry in the state directory, read from disk, with why it is there, since when
+//! and when it is next tried.
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -68,9 +70,76 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
             orphan: v.orphan.map(|r| match r {
                 Reason::UncertainCreate => "uncertain-create",
                 Reason::FailedDelete => "failed-delete",
+                Reason::LeaseExpiry => "lease-expiry",
             }),
         })
         .collect())
+}
+
+/// One entry the reconciler works through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The VM name.
+    pub name: String,
+    /// The account's API URL (the token is never on disk).
+    pub api_url: String,
+    /// `uncertain-create`, `failed-delete` or `lease-expiry`.
+    pub reason: &'static str,
+    /// When the VM was first recorded (Unix ms).
+    pub since_ms: u64,
+    /// When it is next due (Unix ms): a lease's expiry, or the next try.
+    pub next_try_ms: u64,
+    /// Tries made so far.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+}
+
+impl Pending {
+    /// The JSON the command prints (times as ISO-8601).
+    pub fn to_json(&self) -> Value {
+        use paperclip_exe_dev::timestamp::format_iso8601_ms;
+        json!({
+            "name": self.name,
+            "apiUrl": self.api_url,
+            "reason": self.reason,
+            "since": format_iso8601_ms(self.since_ms),
+            "nextTry": format_iso8601_ms(self.next_try_ms),
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+        })
+    }
+}
+
+/// What the reconciler is waiting for: every entry of the host's ledger, oldest first.
+pub fn pending(host: &ProviderHost) -> anyhow::Result<Vec<Pending>> {
+    let Some(ledger) = host.ledger() else {
+        return Ok(Vec::new());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for account in ledger.scan()? {
+        for r in account.entries {
+            out.push(Pending {
+                api_url: account.api_url.clone(),
+                reason: r.entry.reason.as_str(),
+                since_ms: r.since_ms,
+                next_try_ms: now + r.due_in_ms(now),
+                attempts: r.entry.attempts,
+                last_error: r.entry.last_error,
+                name: r.entry.name,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        a.since_ms
+            .cmp(&b.since_ms)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    Ok(out)
 }
 
 /// What to delete: the names asked for (each must be in the listing: this command never

@@ -1,7 +1,9 @@
 //! The Paperclip plugin-worker protocol: newline-delimited JSON-RPC 2.0 on stdin/stdout.
 //!
 //! Requests are handled concurrently (one task each); every line written to stdout goes through
-//! one writer task. `shutdown` is answered, flushed, and ends the loop; so does stdin EOF.
+//! one writer task. `shutdown` is answered, flushed, and ends the loop; so does stdin EOF. The
+//! VM reconciler ([`crate::reconciler`]) runs beside the requests for as long as the loop does,
+//! and `health` reports it degraded when it keeps failing.
 //!
 //! No input line stops the worker: bytes that are not UTF-8 or not JSON get `-32700` (id null),
 //! a message of the wrong shape gets `-32600` (with its id when it has a usable one), and a line
@@ -19,6 +21,8 @@ use paperclip_wasm_runtime::caps::log::{CallSink, Outbox, Outgoing};
 use paperclip_wasm_runtime::convert::{codes, RpcError};
 use paperclip_wasm_runtime::dispatch::dispatch;
 use paperclip_wasm_runtime::engine::ProviderHost;
+
+use crate::reconciler::Reconciler;
 
 /// How long `shutdown` waits for in-flight calls before answering (Paperclip allows 10 s).
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(8);
@@ -47,6 +51,8 @@ pub async fn serve(
 ) -> anyhow::Result<Exit> {
     let (outbox, rx) = Outbox::new();
     let writer = tokio::spawn(write_lines(rx, output));
+    let reconciler = Reconciler::new(host.clone(), outbox.clone());
+    let background = tokio::spawn(reconciler.clone().run());
     let mut in_flight = JoinSet::new();
     let mut lines = LineReader::new(BufReader::with_capacity(64 << 10, input), MAX_LINE_BYTES);
     let exit = loop {
@@ -74,9 +80,17 @@ pub async fn serve(
             Incoming::Request { id, method, params } => {
                 let host = host.clone();
                 let outbox = outbox.clone();
+                let reconciler = reconciler.clone();
                 in_flight.spawn(async move {
                     let sink = CallSink::new(invocation_id(&params), Some(outbox.clone()));
-                    let result = dispatch(&host, &method, params, sink).await;
+                    let mut result = dispatch(&host, &method, params, sink).await;
+                    if method == "health" {
+                        if let (Ok(report), Some(problem)) =
+                            (&mut result, reconciler.health_problem())
+                        {
+                            degrade(report, problem);
+                        }
+                    }
                     outbox.send_line(response(&id, result));
                 });
             }
@@ -92,6 +106,9 @@ pub async fn serve(
     }
     // On EOF, calls already accepted still get their answers (each is bounded by its deadline).
     while in_flight.join_next().await.is_some() {}
+    // Whatever the reconciler was doing stays in the ledger for the next worker.
+    background.abort();
+    let _ = background.await;
     outbox.flush().await;
     drop(outbox);
     drop(writer);
@@ -329,6 +346,18 @@ fn leading_id(prefix: &[u8]) -> Option<Value> {
     usable_id(found.as_ref())
 }
 
+/// A `health` answer from the component, downgraded: the worker's own reconciler has trouble.
+fn degrade(report: &mut Value, problem: String) {
+    if report["status"] == "ok" {
+        // "healthy" no longer holds: the reason replaces it.
+        report["status"] = Value::String("degraded".into());
+        report["message"] = Value::String(problem);
+    } else {
+        let own = report["message"].as_str().unwrap_or_default();
+        report["message"] = Value::String(format!("{own}; {problem}"));
+    }
+}
+
 fn response(id: &Value, result: Result<Value, RpcError>) -> String {
     match result {
         Ok(v) => json!({ "jsonrpc": "2.0", "id": id, "result": v }),
@@ -478,6 +507,22 @@ mod tests {
         ] {
             assert!(matches!(classify(ignored), Incoming::Ignored));
         }
+    }
+
+    #[test]
+    fn a_failing_reconciler_degrades_health_with_its_reason() {
+        let mut ok = json!({"status": "ok", "message": "exe.dev sandbox provider plugin healthy"});
+        degrade(&mut ok, "the VM reconciler keeps failing: vm-a".into());
+        assert_eq!(
+            ok,
+            json!({"status": "degraded", "message": "the VM reconciler keeps failing: vm-a"})
+        );
+        let mut bad = json!({"status": "error", "message": "broken"});
+        degrade(&mut bad, "reconciler".into());
+        assert_eq!(
+            bad,
+            json!({"status": "error", "message": "broken; reconciler"})
+        );
     }
 
     #[test]
