@@ -376,9 +376,9 @@ async fn failures_are_clear_and_leave_the_old_target_whole() {
     env.finish().await;
 }
 
-/// A connection cut mid-stream (the host's master connection killed, as a network drop ends
-/// it): the mapping is sent again after reconnecting, within the call's deadline, and the
-/// target ends up whole, with no temporary left on either side. Both directions.
+/// A connection cut mid-stream (every live connection reset, as when a NAT entry expires):
+/// the mapping is sent again after reconnecting, within the call's deadline, and the target
+/// ends up whole, with no temporary left on either side. Both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_stream_is_retried_after_reconnecting() {
     let env = Env::start_with(EnvOptions::over(LINK_30MS_100MBIT)).await;
@@ -412,10 +412,10 @@ async fn a_connection_cut_mid_stream_is_retried_after_reconnecting() {
         let call = env.call(method, params);
         let cutter = async {
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-            env.kill_ssh_masters()
+            env.sim.reset_ssh_connections()
         };
-        let (answer, killed) = tokio::join!(call, cutter);
-        assert!(killed > 0, "{method}: a master connection was up to cut");
+        let (answer, reset) = tokio::join!(call, cutter);
+        assert!(reset > 0, "{method}: a connection was up to reset");
         assert!(answer.get("error").is_none(), "{method}: {answer}");
         let notes = env.take_notifications();
         let retried = e2e_support::logs_of(&notes, &inv).iter().any(|n| {

@@ -12,91 +12,74 @@
 //! the host embeds as well (`PAPERCLIP_VM_AGENT`; set it to use a prebuilt agent).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The VMs' architecture: exe.dev VMs are x86_64, whatever the host runs on.
 const VM_AGENT_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn main() {
-    build_vm_agent();
-    println!("cargo:rerun-if-env-changed=PAPERCLIP_EXE_DEV_WASM");
-    if let Ok(prebuilt) = env::var("PAPERCLIP_EXE_DEV_WASM") {
-        println!("cargo:rustc-env=PAPERCLIP_EXE_DEV_WASM={prebuilt}");
-        return;
-    }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir
         .parent()
         .and_then(|host_shim| host_shim.parent())
-        .expect("the crate sits in host-shim/ of the workspace root");
-    for input in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", root.join(input).display());
-    }
+        .expect("the crate sits in host-shim/ of the workspace root")
+        .to_path_buf();
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("guest");
-    ensure_wasm_target();
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
-        .args(["-p", "paperclip-exe-dev", "--target-dir"])
-        .arg(&target_dir)
-        // The outer build's wrappers and flags are for the host; clippy's wrapper in particular
-        // must not run on the nested guest build.
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .expect("running cargo to build the guest component");
-    if !status.success() {
-        panic!(
-            "building the guest component failed (is the target installed? \
-             `rustup target add wasm32-wasip2`)"
-        );
-    }
-    let wasm = target_dir.join("wasm32-wasip2/guest/paperclip_exe_dev.wasm");
-    println!("cargo:rustc-env=PAPERCLIP_EXE_DEV_WASM={}", wasm.display());
-}
 
-/// Build the VM agent (static, for the VMs' architecture) and hand its path to the crate.
-fn build_vm_agent() {
-    println!("cargo:rerun-if-env-changed=PAPERCLIP_VM_AGENT");
-    if let Ok(prebuilt) = env::var("PAPERCLIP_VM_AGENT") {
-        println!("cargo:rustc-env=PAPERCLIP_VM_AGENT={prebuilt}");
-        return;
-    }
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir
-        .parent()
-        .and_then(|host_shim| host_shim.parent())
-        .expect("the crate sits in host-shim/ of the workspace root");
+    // The VM agent (static, for the VMs' architecture).
     println!(
         "cargo:rerun-if-changed={}",
         root.join("host-shim/vm-agent").display()
     );
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guest");
+    built(
+        "PAPERCLIP_VM_AGENT",
+        &root,
+        &target_dir,
+        &["--target", VM_AGENT_TARGET, "--profile", "vm-agent"],
+        &["-p", "paperclip-vm-agent", "--bin", "paperclip-vm-agent"],
+        &format!("{VM_AGENT_TARGET}/vm-agent/paperclip-vm-agent"),
+    );
+
+    // The guest component.
+    for input in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(input).display());
+    }
+    if env::var_os("PAPERCLIP_EXE_DEV_WASM").is_none() {
+        ensure_wasm_target();
+    }
+    built(
+        "PAPERCLIP_EXE_DEV_WASM",
+        &root,
+        &target_dir,
+        &["--target", "wasm32-wasip2", "--profile", "guest"],
+        &["-p", "paperclip-exe-dev"],
+        "wasm32-wasip2/guest/paperclip_exe_dev.wasm",
+    );
+}
+
+/// Hand the crate the artifact's path in env var `var`: the prebuilt one the variable names
+/// when it is set, else the one a nested `cargo build <how> <what>` makes at `artifact` below
+/// `target_dir`.
+fn built(var: &str, root: &Path, target_dir: &Path, how: &[&str], what: &[&str], artifact: &str) {
+    println!("cargo:rerun-if-env-changed={var}");
+    if let Ok(prebuilt) = env::var(var) {
+        println!("cargo:rustc-env={var}={prebuilt}");
+        return;
+    }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args([
-            "build",
-            "--target",
-            VM_AGENT_TARGET,
-            "--profile",
-            "vm-agent",
-        ])
-        .args(["-p", "paperclip-vm-agent", "--bin", "paperclip-vm-agent"])
+        .arg("build")
+        .args(how)
+        .args(what)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
+        // The outer build's wrappers and flags are for the host; clippy's wrapper in particular
+        // must not run on the nested builds.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTFLAGS")
@@ -104,15 +87,19 @@ fn build_vm_agent() {
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
         .status()
-        .expect("running cargo to build the VM agent");
+        .unwrap_or_else(|e| panic!("running cargo to build {}: {e}", what.join(" ")));
     if !status.success() {
         panic!(
-            "building the VM agent failed (is the target installed? \
-             `rustup target add {VM_AGENT_TARGET}`)"
+            "building {} ({}) failed (is the target installed? `rustup target add {}`)",
+            what.join(" "),
+            how.join(" "),
+            how[1]
         );
     }
-    let agent = target_dir.join(format!("{VM_AGENT_TARGET}/vm-agent/paperclip-vm-agent"));
-    println!("cargo:rustc-env=PAPERCLIP_VM_AGENT={}", agent.display());
+    println!(
+        "cargo:rustc-env={var}={}",
+        target_dir.join(artifact).display()
+    );
 }
 
 /// A fresh rustup install has no wasm32-wasip2 standard library; add it so `cargo build` of the

@@ -293,3 +293,26 @@ fn stale_spools_are_swept() {
     let _ = session(home.path(), &header(Op::Attach, 9, (0, 0), "", b""), false);
     assert_eq!(runs(home.path()), ["00000000000000a2"]);
 }
+
+/// A full disk on the VM: the output cannot be kept, so the outcome cannot be reported whole;
+/// the answer is a failure frame with the VM's own error, at once, never a hang.
+#[test]
+fn a_full_disk_is_a_clear_failure() {
+    let home = tempfile::tempdir().unwrap();
+    let run = home
+        .path()
+        .join(".cache/paperclip-exe-dev/runs/00000000000000f1");
+    std::fs::create_dir_all(&run).unwrap();
+    // Every write to the stdout spool fails as on a full disk.
+    std::os::unix::fs::symlink("/dev/full", run.join("stdout")).unwrap();
+    let started = Instant::now();
+    let s = session(
+        home.path(),
+        &header(Op::Run, 0xf1, (0, 0), "echo some output; echo more", b""),
+        false,
+    );
+    let why = s.failed.expect("a failure frame");
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(s.exit.is_none());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

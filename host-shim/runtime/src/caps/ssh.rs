@@ -839,7 +839,7 @@ impl SshRunner {
 }
 
 /// The one log line per finished command (sizes and status only: output may hold secrets).
-fn log_finished(target: &SshTarget, result: &SshOutput, started: Instant, via: &str) {
+pub(super) fn log_finished(target: &SshTarget, result: &SshOutput, started: Instant, via: &str) {
     tracing::info!(
         host = %target.host,
         via,

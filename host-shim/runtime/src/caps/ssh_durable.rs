@@ -224,7 +224,9 @@ impl DurableExecs {
                             "durable execute resumed after a lost connection and completed"
                         );
                     }
-                    return Ok(self.output(p.sink, exit));
+                    let out = self.output(p.sink, exit);
+                    super::ssh::log_finished(&req.target, &out, started_at.into_std(), "durable");
+                    return Ok(out);
                 }
                 Attempt::NotStarted => {
                     p.started = false;
@@ -278,6 +280,7 @@ impl DurableExecs {
                     // command at its deadline): report the time-out with what arrived.
                     let mut out = p.sink.finish(None, None, true);
                     out.exit_code_from_remote = false;
+                    super::ssh::log_finished(&req.target, &out, started_at.into_std(), "durable");
                     return Ok(out);
                 }
                 Attempt::Broken(why) => {
