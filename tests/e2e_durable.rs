@@ -369,6 +369,16 @@ async fn unpooled_connections_take_the_direct_path() {
         (Some("none"), Some(4)),
         "{r}"
     );
+    // The login shell gets `sh -c '<script>'`, as before durable executes: the script never
+    // depends on what the login shell is.
+    let sent = env
+        .sim
+        .ssh_log()
+        .into_iter()
+        .filter_map(|c| c.command)
+        .find(|c| c.contains("PAPERCLIP_AGENT_RUN:-none"))
+        .expect("the execute reached the VM");
+    assert!(sent.starts_with("sh -c '"), "{sent}");
     env.destroy(&lease).await;
     env.finish().await;
 }

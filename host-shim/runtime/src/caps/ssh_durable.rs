@@ -180,7 +180,7 @@ impl DurableExecs {
         let give_up = deadline + RESULT_GRACE;
         match self.ssh.connect(&req.target, req.timeout_ms).await? {
             Connected::Ready => {}
-            Connected::Unpooled => return self.ssh.exec(req, on_chunk).await,
+            Connected::Unpooled => return self.ssh.exec(direct(req), on_chunk).await,
             // Nothing ran: report the failed connection the way the direct path would.
             Connected::Failed(out) => return Ok(out),
         }
