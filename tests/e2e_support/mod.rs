@@ -112,22 +112,7 @@ impl Env {
             .into_iter()
             .collect();
         env.extend(opts.worker_env);
-        let worker = WorkerClient::spawn_with_stderr(
-            &worker_binary(),
-            &args,
-            &env,
-            opts.stderr_file.as_deref(),
-        )
-        .await
-        .expect("worker spawns");
-        let init = worker
-            .request(
-                "initialize",
-                json!({"manifest": {}, "config": {}, "apiVersion": 1}),
-            )
-            .await
-            .expect("initialize");
-        assert_eq!(init["ok"], true, "initialize: {init}");
+        let worker = initialized_worker(&args, &env, opts.stderr_file.as_deref()).await;
         let mut config = json!({
             "apiKey": sim.token(),
             "apiUrl": sim.api_url(),
@@ -169,18 +154,7 @@ impl Env {
         let args = harness::worker_args(&self.sim, self.state.path());
         let mut all = vec![("PAPERCLIP_WASM_HOST_LOG".to_string(), "warn".to_string())];
         all.extend(env.iter().cloned());
-        let worker = WorkerClient::spawn(&worker_binary(), &args, &all)
-            .await
-            .expect("worker spawns");
-        let init = worker
-            .request(
-                "initialize",
-                json!({"manifest": {}, "config": {}, "apiVersion": 1}),
-            )
-            .await
-            .expect("initialize");
-        assert_eq!(init["ok"], true, "initialize: {init}");
-        self.worker = Some(worker);
+        self.worker = Some(initialized_worker(&args, &all, None).await);
     }
 
     /// The base params of a runtime call plus `extra`.
@@ -357,6 +331,27 @@ impl Env {
         assert!(left.is_empty(), "VMs leaked: {left:?}");
         assert_eq!(code, 0, "worker exit code");
     }
+}
+
+/// The worker binary spawned with `args` and `env` (stderr into `stderr_file`, else inherited),
+/// after a successful `initialize`.
+async fn initialized_worker(
+    args: &[String],
+    env: &[(String, String)],
+    stderr_file: Option<&Path>,
+) -> WorkerClient {
+    let worker = WorkerClient::spawn_with_stderr(&worker_binary(), args, env, stderr_file)
+        .await
+        .expect("worker spawns");
+    let init = worker
+        .request(
+            "initialize",
+            json!({"manifest": {}, "config": {}, "apiVersion": 1}),
+        )
+        .await
+        .expect("initialize");
+    assert_eq!(init["ok"], true, "initialize: {init}");
+    worker
 }
 
 /// Merge the keys of object `extra` into object `into`.
