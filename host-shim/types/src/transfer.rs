@@ -85,3 +85,15 @@ pub enum TransferError {
     #[error("{0}")]
     Spawn(String),
 }
+
+impl From<crate::ssh::SshError> for TransferError {
+    /// A transfer's SSH connection could not be used: the same refusal, as a transfer error.
+    fn from(e: crate::ssh::SshError) -> Self {
+        use crate::ssh::SshError;
+        match e {
+            SshError::Denied(_) => TransferError::Denied(e.to_string()),
+            SshError::InvalidRequest(_) => TransferError::InvalidRequest(e.to_string()),
+            SshError::Spawn(m) | SshError::Lost(m) => TransferError::Spawn(m),
+        }
+    }
+}
