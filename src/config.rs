@@ -1,8 +1,9 @@
 //! The driver config: parse, normalise and check every field. `validate-config` as a whole
 //! (which also checks the create command against the API's limit) is [`crate::validate`].
 //!
-//! Field names, defaults and error/warning texts follow the seed plugin (v0.1.2); see
-//! `reference/exe-dev.md` §3. Parsing never panics, whatever JSON arrives.
+//! Field names, defaults and error/warning texts follow the seed plugin (v0.1.2), as the team's
+//! notes record them (`shared/reference/exe-dev.md` §3, beside this repository). Parsing never
+//! panics, whatever JSON arrives.
 
 use crate::error::ProviderError;
 use crate::host::{Host, HostKeyPolicy};

@@ -1,6 +1,7 @@
-//! The wasmtime engine: compiles (or loads from the on-disk cache) the component once, links only
-//! the granted capabilities into an `InstancePre`, and runs every call in a fresh `Store` with a
-//! memory limit and an epoch deadline.
+//! The wasmtime engine: compiles (or loads from the on-disk cache) the component once, links the
+//! world's imports (never `wasi:sockets` or `wasi:filesystem`) into an `InstancePre`, and runs
+//! every call in a fresh `Store` with a memory limit and an epoch deadline. What each import may
+//! reach is the [`Grants`]' decision, made per request (a capability not granted refuses).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -30,7 +31,9 @@ pub struct Limits {
     /// Linear-memory cap per call. Execute results of two 32 MiB streams pass through guest
     /// memory a few times, so the default leaves room for that and no more.
     pub max_memory_bytes: usize,
-    /// Added to a call's own timeout to form its hard wall-clock deadline.
+    /// Added to a call's deadline (Paperclip's timer for the method, which the component is
+    /// told) to form its hard wall-clock deadline: the component answers before the deadline,
+    /// so this only stops one that does not.
     pub call_grace: Duration,
 }
 
@@ -89,7 +92,7 @@ impl ProviderHost {
             .context("the component needs a capability this host does not grant")?;
         let pre = ExeDevProviderPre::new(pre)
             .map_err(anyhow::Error::from)
-            .context("the component does not export paperclip:sandbox-provider/provider@0.3.0")?;
+            .context("the component does not export paperclip:sandbox-provider/provider@0.4.0")?;
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
@@ -178,10 +181,11 @@ fn new_engine() -> anyhow::Result<Engine> {
     Ok(Engine::new(&config)?)
 }
 
-/// Link exactly what the component is granted: wasi:http (through the policy hooks), the
-/// I/O, clock and random interfaces it depends on, the inert `wasi:cli` pieces and hash seed
-/// Rust's std references (environment holds only `EXE_API_KEY`), and our `ssh`, `log` and
-/// `vm-ledger`. No sockets, no filesystem: a component importing them fails to instantiate.
+/// Link the world's imports and nothing more: wasi:http (through the policy hooks), the I/O,
+/// clock and random interfaces it depends on, the inert `wasi:cli` pieces and hash seed Rust's
+/// std references (environment holds only `EXE_API_KEY`), and our `ssh`, `transfer`, `log` and
+/// `vm-ledger` (each refuses what the grants do not allow). No sockets, no filesystem: a
+/// component importing them fails to instantiate.
 fn granted_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     use wasmtime_wasi::p2::bindings::{cli, random};
     use wasmtime_wasi::random::WasiRandom;
