@@ -169,7 +169,7 @@ fn check_api_url_access(host: &ProviderHost, validation: &mut Value) {
     if let Err(problem) = access.check_url("apiUrl", url) {
         validation["ok"] = Value::Bool(false);
         if let Some(errors) = validation["errors"].as_array_mut() {
-            errors.push(Value::String(problem));
+            errors.push(Value::String(problem.to_string()));
         }
         if let Some(obj) = validation.as_object_mut() {
             obj.remove("normalizedConfig");
