@@ -685,7 +685,6 @@ mod shell_tests {
         };
         let mut victim = spawn("0000aaaa");
         let mut bystander = spawn("0000bbbb");
-        std::thread::sleep(std::time::Duration::from_millis(300));
         let marked = |id: &str| -> usize {
             std::fs::read_dir("/proc")
                 .unwrap()
@@ -696,23 +695,30 @@ mod shell_tests {
                 })
                 .count()
         };
+        // Poll every 20 ms for up to 10 s.
+        let soon = |holds: &dyn Fn() -> bool| {
+            (0..500).any(|_| {
+                holds() || {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    false
+                }
+            })
+        };
         assert!(
-            marked("0000aaaa") >= 2,
+            soon(&|| marked("0000aaaa") >= 2 && marked("0000bbbb") >= 2),
             "the command and its children carry the marker"
         );
         let out = run(home, &sh_c(&kill_script(Some("0000aaaa"))), b"");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let status = victim.wait().unwrap();
         assert!(!status.success());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(marked("0000aaaa"), 0);
+        assert!(soon(&|| marked("0000aaaa") == 0), "the marked tree is gone");
         assert!(marked("0000bbbb") >= 2, "other executions survive");
         // (`kill_script(None)` would also end other test suites' executions on this machine.)
         let out = run(home, &sh_c(&kill_script(Some("0000bbbb"))), b"");
         assert_eq!(out.status.code(), Some(0));
         let _ = bystander.wait();
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(marked("0000bbbb"), 0);
+        assert!(soon(&|| marked("0000bbbb") == 0), "the second tree is gone");
         // Nothing to kill is still success.
         assert_eq!(
             run(home, &sh_c(&kill_script(Some("ffff"))), b"")
