@@ -59,7 +59,6 @@ OUT=$(qemu-aarch64 "$HOST" validate --config "$W/config.json" --state-dir "$W/st
 jq -e '.ok == true and .normalizedConfig.namePrefix == "arm64-check"' <<<"$OUT" >/dev/null ||
   die "validate answered: $OUT"
 log "qemu-aarch64 validate: ok, namePrefix normalised to $(jq -r .normalizedConfig.namePrefix <<<"$OUT")"
-grep -q 'arm64-check-token' <<<"$OUT$(cat "$W/validate.err")" && die "validate printed the API token"
 
 # 4. the demo's lifecycle through the arm64 worker
 printf '#!/bin/sh\nexec qemu-aarch64 %q "$@"\n' "$HOST" >"$W/worker"
