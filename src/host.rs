@@ -3,25 +3,17 @@
 //! Everything else in the crate talks to the outside world through the [`Host`] trait with plain
 //! Rust types, so the whole lifecycle is unit-tested natively with a scripted fake host. The real
 //! implementation, [`WasiHost`], exists only on `wasm32` and is built from `wasi:http`,
-//! `wasi:clocks/monotonic-clock`, `wasi:random`, this package's `ssh` and `log` imports and the
-//! `paperclip:vm-ledger` import.
+//! `wasi:clocks` (monotonic and wall), `wasi:random`, this package's `ssh`, `transfer` and `log`
+//! imports and the `paperclip:vm-ledger` import; its records are converted in `crate::convert`.
 
 use std::fmt;
 
-/// Log severity (mirror of the WIT `log.level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Very detailed tracing.
-    Trace,
-    /// Developer detail.
-    Debug,
-    /// Normal progress.
-    Info,
-    /// Something unexpected but handled.
-    Warn,
-    /// A failure.
-    Error,
-}
+// The boundary types have one home, shared with the host; the logic names them through here.
+pub use paperclip_provider_types::{
+    Account, Connected, DownloadRequest, EntryKind, HostKeyPolicy, Identity, LedgerEntry,
+    LedgerError, LedgerReason, LogLevel, Recorded, SshError, SshOutput, SshRequest, SshTarget,
+    TransferError, TransferReport, UploadRequest,
+};
 
 /// An HTTP response from the `/exec` API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,342 +61,6 @@ impl fmt::Display for HttpError {
     }
 }
 
-/// Which private key authenticates an SSH connection.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// The host's agent and default keys.
-    Agent,
-    /// A key file on the host, by absolute path.
-    KeyFile(String),
-    /// Pasted key material (a secret: never printed).
-    KeyMaterial(String),
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Identity::Agent => write!(f, "Agent"),
-            Identity::KeyFile(p) => write!(f, "KeyFile({p:?})"),
-            Identity::KeyMaterial(_) => write!(f, "KeyMaterial([REDACTED])"),
-        }
-    }
-}
-
-/// OpenSSH `StrictHostKeyChecking`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HostKeyPolicy {
-    /// Only known host keys.
-    Yes,
-    /// Unknown hosts are added; changed keys refused (the default).
-    #[default]
-    AcceptNew,
-    /// Any key.
-    No,
-}
-
-impl HostKeyPolicy {
-    /// The OpenSSH spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostKeyPolicy::Yes => "yes",
-            HostKeyPolicy::AcceptNew => "accept-new",
-            HostKeyPolicy::No => "no",
-        }
-    }
-}
-
-/// Where and as whom to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshTarget {
-    /// Host name to dial.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Login user; none lets the client choose.
-    pub user: Option<String>,
-    /// The key to authenticate with.
-    pub identity: Identity,
-    /// Host-key policy.
-    pub host_key_policy: HostKeyPolicy,
-}
-
-impl SshTarget {
-    /// `user@host` (or `host`), for messages and metadata.
-    pub fn destination(&self) -> String {
-        match &self.user {
-            Some(u) => format!("{u}@{}", self.host),
-            None => self.host.clone(),
-        }
-    }
-}
-
-/// One remote command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshRequest {
-    /// Where to run it.
-    pub target: SshTarget,
-    /// The remote command line.
-    pub command: String,
-    /// Bytes for stdin; none closes stdin at once.
-    pub stdin: Option<Vec<u8>>,
-    /// Deadline for the whole call.
-    pub timeout_ms: u32,
-    /// Cap per output stream.
-    pub max_output_bytes: u64,
-    /// Forward output live to Paperclip.
-    pub stream_output: bool,
-    /// Run it detached on the VM so it outlives its connection (WIT `exec-request.durable`).
-    pub durable: bool,
-}
-
-/// What the remote command produced.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SshOutput {
-    /// Exit status of the ssh client (255: SSH itself failed); none on signal/timeout.
-    pub exit_code: Option<i32>,
-    /// `exit_code` is what the SSH server reported for the command: even 255 is its own.
-    pub exit_code_from_remote: bool,
-    /// Signal name, if the client died from one.
-    pub signal: Option<String>,
-    /// The deadline passed and the host killed the client.
-    pub timed_out: bool,
-    /// Raw stdout (up to the cap).
-    pub stdout: Vec<u8>,
-    /// Raw stderr (up to the cap).
-    pub stderr: Vec<u8>,
-    /// stdout exceeded the cap.
-    pub stdout_truncated: bool,
-    /// stderr exceeded the cap.
-    pub stderr_truncated: bool,
-}
-
-/// What [`Host::ssh_connect`] found or did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Connected {
-    /// A pooled connection is up: exit statuses will come from the SSH server.
-    Ready,
-    /// The host does not pool connections; commands run as always.
-    Unpooled,
-    /// Opening the connection failed; what the SSH client reported.
-    Failed(SshOutput),
-}
-
-/// Why the host could not run an SSH command at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SshError {
-    /// Destination not allow-listed.
-    Denied(String),
-    /// Malformed request.
-    InvalidRequest(String),
-    /// The SSH client could not be started.
-    Spawn(String),
-    /// A durable command's outcome is unknown (what is known, for the operator).
-    Lost(String),
-}
-
-impl fmt::Display for SshError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SshError::Denied(m) => write!(f, "the host does not allow SSH to {m}"),
-            SshError::InvalidRequest(m) => write!(f, "invalid SSH request: {m}"),
-            SshError::Spawn(m) => write!(f, "the SSH client failed: {m}"),
-            SshError::Lost(m) => f.write_str(m),
-        }
-    }
-}
-
-/// What a transfer moves (mirror of the WIT `transfer.entry-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// One regular file: the stream is its bytes.
-    File,
-    /// A directory: the stream is a tar archive of its contents.
-    Directory,
-}
-
-/// Host → VM: stream a host path into `remote_command` (mirror of WIT `upload-request`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadRequest {
-    /// The VM.
-    pub target: SshTarget,
-    /// Absolute host path to read.
-    pub local_path: String,
-    /// File or directory.
-    pub kind: EntryKind,
-    /// `tar --exclude` patterns (directories).
-    pub exclude: Vec<String>,
-    /// Archive what links point to.
-    pub follow_symlinks: bool,
-    /// Reads the gzip stream on stdin; replaces the target only when all of it arrived.
-    pub remote_command: String,
-    /// Deadline for the whole transfer.
-    pub timeout_ms: u32,
-}
-
-/// VM → host: stream `remote_command`'s stdout into a host path (mirror of WIT
-/// `download-request`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownloadRequest {
-    /// The VM.
-    pub target: SshTarget,
-    /// Writes the stream on stdout (gzip when its first stdin line is `gzip`).
-    pub remote_command: String,
-    /// Absolute host path to replace.
-    pub local_path: String,
-    /// File or directory.
-    pub kind: EntryKind,
-    /// Permission bits for the target.
-    pub mode: Option<u32>,
-    /// Deadline for the whole transfer.
-    pub timeout_ms: u32,
-}
-
-/// What a completed transfer moved (mirror of WIT `transfer-report`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TransferReport {
-    /// Files and links moved.
-    pub files: u64,
-    /// Their content bytes.
-    pub bytes: u64,
-    /// Bytes on the SSH channel.
-    pub wire_bytes: u64,
-    /// The stream was compressed.
-    pub compressed: bool,
-}
-
-/// Why a transfer failed (mirror of WIT `transfer-error`); the old target is whole after any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferError {
-    /// A host path outside the allowed roots, or an SSH target the host refuses.
-    Denied(String),
-    /// The source does not exist or is not the kind asked for.
-    NotFound(String),
-    /// Malformed request.
-    InvalidRequest(String),
-    /// Reading or writing on the host failed.
-    LocalIo(String),
-    /// The remote command failed or the connection ended first.
-    Remote(SshOutput),
-    /// The deadline passed.
-    Timeout(String),
-    /// The SSH client could not be started.
-    Spawn(String),
-}
-
-/// The exe.dev account a ledger entry belongs to (mirror of the WIT `ledger.account`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Account {
-    /// The `/exec` API URL.
-    pub api_url: String,
-    /// The API token (a secret: never printed; the host keeps only a fingerprint).
-    pub token: String,
-}
-
-impl fmt::Debug for Account {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Account({:?}, [REDACTED])", self.api_url)
-    }
-}
-
-/// Why a VM is in the host's ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LedgerReason {
-    /// A create whose outcome is unknown: the VM may appear later.
-    UncertainCreate,
-    /// A release or destroy that could not delete the VM.
-    FailedDelete,
-    /// A lease with an expiry: its VM is deleted once the entry is due.
-    LeaseExpiry,
-}
-
-impl LedgerReason {
-    /// A stable spelling for logs and listings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LedgerReason::UncertainCreate => "uncertain-create",
-            LedgerReason::FailedDelete => "failed-delete",
-            LedgerReason::LeaseExpiry => "lease-expiry",
-        }
-    }
-}
-
-/// One ledger entry as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerEntry {
-    /// The VM name.
-    pub name: String,
-    /// Why it is recorded.
-    pub reason: LedgerReason,
-    /// How long after the write a live call still owns the VM (0: nobody).
-    pub hold_ms: u64,
-    /// Wall-clock ms (Unix epoch) before which nobody acts on it: the next try, or a lease's
-    /// expiry (0: at once).
-    pub due_at_ms: u64,
-    /// Tries made so far.
-    pub attempts: u32,
-    /// Why the last try failed (safe to show).
-    pub last_error: Option<String>,
-}
-
-impl LedgerEntry {
-    /// A fresh entry: due at once, never tried.
-    pub fn new(name: &str, reason: LedgerReason, hold_ms: u64) -> LedgerEntry {
-        LedgerEntry {
-            name: name.to_string(),
-            reason,
-            hold_ms,
-            due_at_ms: 0,
-            attempts: 0,
-            last_error: None,
-        }
-    }
-}
-
-/// One ledger entry as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
-    /// The entry as last written.
-    pub entry: LedgerEntry,
-    /// Wall-clock milliseconds since it was written.
-    pub age_ms: u64,
-    /// Wall-clock ms (Unix epoch) when the VM was first recorded.
-    pub since_ms: u64,
-}
-
-impl Recorded {
-    /// A live call still owns the VM.
-    pub fn held(&self) -> bool {
-        self.age_ms < self.entry.hold_ms
-    }
-
-    /// Milliseconds until the entry may be acted on, given the wall clock `now_wall_ms` (0: due).
-    pub fn due_in_ms(&self, now_wall_ms: u64) -> u64 {
-        let hold = self.entry.hold_ms.saturating_sub(self.age_ms);
-        hold.max(self.entry.due_at_ms.saturating_sub(now_wall_ms))
-    }
-}
-
-/// Why the host could not use its ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LedgerError {
-    /// The host keeps no ledger.
-    Unavailable(String),
-    /// Malformed request.
-    InvalidRequest(String),
-    /// Reading or writing the host's state failed.
-    Io(String),
-}
-
-impl fmt::Display for LedgerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LedgerError::Unavailable(m) => write!(f, "the host keeps no VM ledger: {m}"),
-            LedgerError::InvalidRequest(m) => write!(f, "invalid VM ledger request: {m}"),
-            LedgerError::Io(m) => write!(f, "VM ledger I/O failed: {m}"),
-        }
-    }
-}
-
 /// Everything the provider needs from the outside world.
 pub trait Host {
     /// POST `body` to `url` with `headers`; the whole call must finish within `timeout_ms`.
@@ -448,8 +104,6 @@ pub trait Host {
     fn ledger_remove(&self, account: &Account, name: &str) -> Result<(), LedgerError>;
 }
 
-#[cfg(target_arch = "wasm32")]
-pub(crate) use wasm::to_wit_reason;
 #[cfg(target_arch = "wasm32")]
 pub use wasm::WasiHost;
 
@@ -640,81 +294,45 @@ mod wasm {
         }
 
         fn ssh_connect(&self, target: &SshTarget, timeout_ms: u32) -> Result<Connected, SshError> {
-            match wit_ssh::connect(&to_wit_target(target), timeout_ms) {
-                Ok(wit_ssh::ConnectOutcome::Ready) => Ok(Connected::Ready),
-                Ok(wit_ssh::ConnectOutcome::Unpooled) => Ok(Connected::Unpooled),
-                Ok(wit_ssh::ConnectOutcome::Failed(o)) => Ok(Connected::Failed(from_wit_output(o))),
-                Err(e) => Err(from_wit_error(e)),
-            }
+            wit_ssh::connect(&target.into(), timeout_ms)
+                .map(Into::into)
+                .map_err(Into::into)
         }
 
         fn ssh_exec(&self, request: &SshRequest) -> Result<SshOutput, SshError> {
-            let req = wit_ssh::ExecRequest {
-                target: to_wit_target(&request.target),
-                command: request.command.clone(),
-                stdin: request.stdin.clone(),
-                timeout_ms: request.timeout_ms,
-                max_output_bytes: request.max_output_bytes,
-                stream_output: request.stream_output,
-                durable: request.durable,
-            };
-            wit_ssh::exec(&req)
-                .map(from_wit_output)
-                .map_err(from_wit_error)
+            wit_ssh::exec(&request.into())
+                .map(Into::into)
+                .map_err(Into::into)
         }
 
         fn transfer_upload(
             &self,
             request: &UploadRequest,
         ) -> Result<TransferReport, TransferError> {
-            let req = wit_transfer::UploadRequest {
-                target: to_wit_target(&request.target),
-                local_path: request.local_path.clone(),
-                kind: to_wit_kind(request.kind),
-                exclude: request.exclude.clone(),
-                follow_symlinks: request.follow_symlinks,
-                remote_command: request.remote_command.clone(),
-                timeout_ms: request.timeout_ms,
-            };
-            wit_transfer::upload(&req)
-                .map(from_wit_report)
-                .map_err(from_wit_transfer_error)
+            wit_transfer::upload(&request.into())
+                .map(Into::into)
+                .map_err(Into::into)
         }
 
         fn transfer_download(
             &self,
             request: &DownloadRequest,
         ) -> Result<TransferReport, TransferError> {
-            let req = wit_transfer::DownloadRequest {
-                target: to_wit_target(&request.target),
-                remote_command: request.remote_command.clone(),
-                local_path: request.local_path.clone(),
-                kind: to_wit_kind(request.kind),
-                mode: request.mode,
-                timeout_ms: request.timeout_ms,
-            };
-            wit_transfer::download(&req)
-                .map(from_wit_report)
-                .map_err(from_wit_transfer_error)
+            wit_transfer::download(&request.into())
+                .map(Into::into)
+                .map_err(Into::into)
         }
 
         fn ssh_disconnect(&self, target: &SshTarget) {
-            wit_ssh::disconnect(&to_wit_target(target));
+            wit_ssh::disconnect(&target.into());
         }
 
         fn log(&self, level: LogLevel, message: &str, fields: &[(&str, String)]) {
-            let level = match level {
-                LogLevel::Trace => wit_log::Level::Trace,
-                LogLevel::Debug => wit_log::Level::Debug,
-                LogLevel::Info => wit_log::Level::Info,
-                LogLevel::Warn => wit_log::Level::Warn,
-                LogLevel::Error => wit_log::Level::Error,
-            };
             let fields: Vec<(String, String)> = fields
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), v.clone()))
                 .collect();
-            wit_log::emit(level, message, &fields);
+            wit_log::emit(level.into(), message, &fields);
         }
 
         fn now_ms(&self) -> u64 {
@@ -744,144 +362,16 @@ mod wasm {
         }
 
         fn ledger_put(&self, account: &Account, entry: &LedgerEntry) -> Result<(), LedgerError> {
-            wit_ledger::put(&to_wit_account(account), &to_wit_entry(entry))
-                .map_err(from_wit_ledger_error)
+            wit_ledger::put(&account.into(), &entry.into()).map_err(Into::into)
         }
 
         fn ledger_list(&self, account: &Account) -> Result<Vec<Recorded>, LedgerError> {
-            let list =
-                wit_ledger::entries(&to_wit_account(account)).map_err(from_wit_ledger_error)?;
-            Ok(list
-                .into_iter()
-                .map(|r| Recorded {
-                    entry: LedgerEntry {
-                        name: r.entry.name,
-                        reason: from_wit_reason(r.entry.reason),
-                        hold_ms: r.entry.hold_ms,
-                        due_at_ms: r.entry.due_at_ms,
-                        attempts: r.entry.attempts,
-                        last_error: r.entry.last_error,
-                    },
-                    age_ms: r.age_ms,
-                    since_ms: r.since_ms,
-                })
-                .collect())
+            let list = wit_ledger::entries(&account.into()).map_err(LedgerError::from)?;
+            Ok(list.into_iter().map(Into::into).collect())
         }
 
         fn ledger_remove(&self, account: &Account, name: &str) -> Result<(), LedgerError> {
-            wit_ledger::remove(&to_wit_account(account), name).map_err(from_wit_ledger_error)
-        }
-    }
-
-    fn to_wit_account(a: &Account) -> wit_ledger::Account {
-        wit_ledger::Account {
-            api_url: a.api_url.clone(),
-            token: a.token.clone(),
-        }
-    }
-
-    fn to_wit_entry(e: &LedgerEntry) -> wit_ledger::Entry {
-        wit_ledger::Entry {
-            name: e.name.clone(),
-            reason: to_wit_reason(e.reason),
-            hold_ms: e.hold_ms,
-            due_at_ms: e.due_at_ms,
-            attempts: e.attempts,
-            last_error: e.last_error.clone(),
-        }
-    }
-
-    /// The WIT reason of a ledger reason (also used by the `list-vms` export).
-    pub(crate) fn to_wit_reason(r: LedgerReason) -> wit_ledger::Reason {
-        match r {
-            LedgerReason::UncertainCreate => wit_ledger::Reason::UncertainCreate,
-            LedgerReason::FailedDelete => wit_ledger::Reason::FailedDelete,
-            LedgerReason::LeaseExpiry => wit_ledger::Reason::LeaseExpiry,
-        }
-    }
-
-    fn from_wit_reason(r: wit_ledger::Reason) -> LedgerReason {
-        match r {
-            wit_ledger::Reason::UncertainCreate => LedgerReason::UncertainCreate,
-            wit_ledger::Reason::FailedDelete => LedgerReason::FailedDelete,
-            wit_ledger::Reason::LeaseExpiry => LedgerReason::LeaseExpiry,
-        }
-    }
-
-    fn from_wit_ledger_error(e: wit_ledger::LedgerError) -> LedgerError {
-        match e {
-            wit_ledger::LedgerError::Unavailable(m) => LedgerError::Unavailable(m),
-            wit_ledger::LedgerError::InvalidRequest(m) => LedgerError::InvalidRequest(m),
-            wit_ledger::LedgerError::Io(m) => LedgerError::Io(m),
-        }
-    }
-
-    fn from_wit_output(o: wit_ssh::ExecOutput) -> SshOutput {
-        SshOutput {
-            exit_code: o.exit_code,
-            exit_code_from_remote: o.exit_code_from_remote,
-            signal: o.signal,
-            timed_out: o.timed_out,
-            stdout: o.stdout,
-            stderr: o.stderr,
-            stdout_truncated: o.stdout_truncated,
-            stderr_truncated: o.stderr_truncated,
-        }
-    }
-
-    fn from_wit_error(e: wit_ssh::SshError) -> SshError {
-        match e {
-            wit_ssh::SshError::Denied(m) => SshError::Denied(m),
-            wit_ssh::SshError::InvalidRequest(m) => SshError::InvalidRequest(m),
-            wit_ssh::SshError::Spawn(m) => SshError::Spawn(m),
-            wit_ssh::SshError::Lost(m) => SshError::Lost(m),
-        }
-    }
-
-    fn to_wit_target(t: &SshTarget) -> wit_ssh::Target {
-        wit_ssh::Target {
-            host: t.host.clone(),
-            port: t.port,
-            user: t.user.clone(),
-            identity: match &t.identity {
-                Identity::Agent => wit_ssh::Identity::Agent,
-                Identity::KeyFile(p) => wit_ssh::Identity::KeyFile(p.clone()),
-                Identity::KeyMaterial(k) => wit_ssh::Identity::KeyMaterial(k.clone()),
-            },
-            host_key_policy: match t.host_key_policy {
-                HostKeyPolicy::Yes => wit_ssh::HostKeyPolicy::Yes,
-                HostKeyPolicy::AcceptNew => wit_ssh::HostKeyPolicy::AcceptNew,
-                HostKeyPolicy::No => wit_ssh::HostKeyPolicy::No,
-            },
-        }
-    }
-
-    fn to_wit_kind(kind: EntryKind) -> wit_transfer::EntryKind {
-        match kind {
-            EntryKind::File => wit_transfer::EntryKind::File,
-            EntryKind::Directory => wit_transfer::EntryKind::Directory,
-        }
-    }
-
-    fn from_wit_report(r: wit_transfer::TransferReport) -> TransferReport {
-        TransferReport {
-            files: r.files,
-            bytes: r.bytes,
-            wire_bytes: r.wire_bytes,
-            compressed: r.compressed,
-        }
-    }
-
-    fn from_wit_transfer_error(e: wit_transfer::TransferError) -> TransferError {
-        use wit_transfer::TransferError as W;
-        match e {
-            W::Denied(m) => TransferError::Denied(m),
-            W::NotFound(m) => TransferError::NotFound(m),
-            W::InvalidRequest(m) => TransferError::InvalidRequest(m),
-            W::LocalIo(m) => TransferError::LocalIo(m),
-            W::Remote(o) => TransferError::Remote(from_wit_output(o)),
-            W::Timeout(m) => TransferError::Timeout(m),
-            W::Spawn(m) => TransferError::Spawn(m),
+            wit_ledger::remove(&account.into(), name).map_err(Into::into)
         }
     }
 }

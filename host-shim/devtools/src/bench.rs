@@ -15,7 +15,7 @@ use exe_dev_sim::{LinkModel, SimOptions, Simulator};
 use paperclip_test_support::client::WorkerClient;
 use paperclip_test_support::harness;
 use paperclip_wasm_runtime::caps::ssh::{
-    HostKeyPolicy, Identity, SshExec, SshRunner, SshSettings, SshTarget,
+    HostKeyPolicy, Identity, SshRequest, SshRunner, SshSettings, SshTarget,
 };
 use paperclip_wasm_runtime::policy::Policy;
 
@@ -345,7 +345,7 @@ async fn measure(
     // Our SSH capability alone (no worker, no component) sending the same command over its
     // shared connection: splits our overhead into transport and worker + component.
     let capability = capability_runner(sim, &scratch.path().join("capability"))?;
-    let cap_request = SshExec {
+    let cap_request = SshRequest {
         target: SshTarget {
             host: host.clone(),
             port: u16::try_from(port).context("sshPort")?,
@@ -357,6 +357,8 @@ async fn measure(
         stdin: None,
         timeout_ms: 60_000,
         max_output_bytes: 1 << 20,
+        stream_output: false,
+        durable: false,
     };
     let via_capability = async || {
         let out = capability.exec(cap_request.clone(), None).await?;

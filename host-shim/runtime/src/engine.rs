@@ -19,7 +19,7 @@ use crate::bindings::{self, provider, ExeDevProviderPre};
 use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
 use crate::limits::CallLimits;
-use crate::state::{HooksFactory, HostState, SshBackend};
+use crate::state::{HooksFactory, HostState, SshBackend, TransferBackend};
 
 /// How often the epoch advances. Deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -50,6 +50,8 @@ pub struct Grants {
     pub http_hooks: HooksFactory,
     /// The SSH capability.
     pub ssh: Arc<dyn SshBackend>,
+    /// The file-transfer capability.
+    pub transfer: Arc<dyn TransferBackend>,
     /// `EXE_API_KEY`, the only environment variable the component may see.
     pub exe_api_key: Option<String>,
     /// The durable VM ledger (in the state directory); none keeps no ledger.
@@ -155,6 +157,7 @@ impl ProviderHost {
             http: WasiHttpCtx::new(),
             hooks: (self.grants.http_hooks)(&sink),
             ssh: self.grants.ssh.clone(),
+            transfer: self.grants.transfer.clone(),
             sink,
             ledger: self.grants.ledger.clone(),
             limits: CallLimits::new(self.limits.max_memory_bytes),

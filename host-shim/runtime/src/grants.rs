@@ -5,10 +5,13 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpHooks};
 
 use crate::access::HttpAccess;
-use crate::bindings::{ssh, transfer};
 use crate::caps::log::CallSink;
 use crate::engine::Grants;
-use crate::state::{BoxFuture, SshBackend};
+use crate::state::{BoxFuture, SshBackend, TransferBackend};
+use paperclip_provider_types::{
+    Connected, DownloadRequest, SshError, SshOutput, SshRequest, SshTarget, TransferError,
+    TransferReport, UploadRequest,
+};
 
 /// HTTP hooks that refuse every request: for components granted no HTTP at all.
 pub struct NoHttp;
@@ -35,21 +38,36 @@ impl WasiHttpHooks for NoHttp {
 pub struct NoSsh;
 
 impl SshBackend for NoSsh {
-    fn exec(
-        &self,
-        request: ssh::ExecRequest,
-        _sink: CallSink,
-    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>> {
+    fn exec(&self, request: SshRequest, _sink: CallSink) -> BoxFuture<Result<SshOutput, SshError>> {
         let host = request.target.host;
         Box::pin(async move {
-            Err(ssh::SshError::Denied(format!(
+            Err(SshError::Denied(format!(
                 "SSH to {host} is not granted to this component"
             )))
         })
     }
 
-    fn disconnect(&self, _target: ssh::Target) -> BoxFuture<()> {
+    fn disconnect(&self, _target: SshTarget) -> BoxFuture<()> {
         Box::pin(async {})
+    }
+}
+
+/// A transfer capability that refuses every request.
+pub struct NoTransfer;
+
+impl NoTransfer {
+    fn refuse() -> TransferError {
+        TransferError::Denied("file transfers are not granted to this component".into())
+    }
+}
+
+impl TransferBackend for NoTransfer {
+    fn upload(&self, _: UploadRequest) -> BoxFuture<Result<TransferReport, TransferError>> {
+        Box::pin(async { Err(NoTransfer::refuse()) })
+    }
+
+    fn download(&self, _: DownloadRequest) -> BoxFuture<Result<TransferReport, TransferError>> {
+        Box::pin(async { Err(NoTransfer::refuse()) })
     }
 }
 
@@ -58,6 +76,7 @@ pub fn nothing(exe_api_key: Option<String>) -> Grants {
     Grants {
         http_hooks: Arc::new(|_| Box::new(NoHttp)),
         ssh: Arc::new(NoSsh),
+        transfer: Arc::new(NoTransfer),
         exe_api_key,
         ledger: None,
         http_access: Some(Arc::new(HttpAccess::new(Arc::default(), None))),
@@ -126,128 +145,78 @@ pub fn production(opts: GrantOptions) -> anyhow::Result<Grants> {
                     .noting_denials_in(sink.clone()),
             )
         }),
-        ssh: Arc::new(OpenSsh(runner, transfers, durable)),
+        ssh: Arc::new(OpenSsh(runner, durable)),
+        transfer: Arc::new(OpenSshTransfers(transfers)),
         exe_api_key: opts.exe_api_key,
         ledger: Some(Arc::new(ledger)),
         http_access: Some(http_access),
     })
 }
 
-/// The OpenSSH runner behind the WIT `ssh` interface, and the transfers that ride on it.
+/// The OpenSSH runner behind the `ssh` capability, with the VM agent's durable executions
+/// when the host has the agent.
 struct OpenSsh(
     Arc<crate::caps::ssh::SshRunner>,
-    Arc<crate::caps::transfer::Transfers>,
     Option<Arc<crate::caps::ssh_durable::DurableExecs>>,
 );
 
 impl SshBackend for OpenSsh {
-    fn exec(
-        &self,
-        request: ssh::ExecRequest,
-        sink: CallSink,
-    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>> {
+    fn exec(&self, request: SshRequest, sink: CallSink) -> BoxFuture<Result<SshOutput, SshError>> {
         let runner = self.0.clone();
-        let durable = self.2.clone().filter(|_| request.durable);
+        let durable = self.1.clone().filter(|_| request.durable);
         Box::pin(async move {
-            let stream = request.stream_output;
-            let exec = crate::caps::ssh::SshExec {
-                target: target_from_wit(request.target),
-                command: request.command,
-                stdin: request.stdin,
-                timeout_ms: request.timeout_ms,
-                max_output_bytes: request.max_output_bytes,
-            };
-            let live = stream.then(|| LiveOutput::new(sink));
+            let live = request.stream_output.then(|| LiveOutput::new(sink));
             let on_chunk = live.as_ref().map(LiveOutput::callback);
             let result = match durable {
-                Some(durable) => durable.exec(exec, on_chunk).await,
+                Some(durable) => durable.exec(request, on_chunk).await,
                 None if request.durable => {
-                    let direct = crate::caps::ssh_durable::direct(exec);
+                    let direct = crate::caps::ssh_durable::direct(request);
                     runner.exec(direct, on_chunk).await
                 }
-                None => runner.exec(exec, on_chunk).await,
+                None => runner.exec(request, on_chunk).await,
             };
             if let Some(live) = live {
                 live.finish();
             }
-            result.map(output_to_wit).map_err(error_to_wit)
+            result
         })
     }
 
     fn connect(
         &self,
-        target: ssh::Target,
+        target: SshTarget,
         timeout_ms: u32,
-    ) -> BoxFuture<Result<ssh::ConnectOutcome, ssh::SshError>> {
-        use crate::caps::ssh::Connected;
+    ) -> BoxFuture<Result<Connected, SshError>> {
         let runner = self.0.clone();
-        Box::pin(async move {
-            let outcome = runner.connect(&target_from_wit(target), timeout_ms).await;
-            outcome
-                .map(|c| match c {
-                    Connected::Ready => ssh::ConnectOutcome::Ready,
-                    Connected::Unpooled => ssh::ConnectOutcome::Unpooled,
-                    Connected::Failed(out) => ssh::ConnectOutcome::Failed(output_to_wit(out)),
-                })
-                .map_err(error_to_wit)
-        })
+        Box::pin(async move { runner.connect(&target, timeout_ms).await })
     }
 
-    fn upload(
-        &self,
-        r: transfer::UploadRequest,
-    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
-        use crate::caps::transfer::Upload;
-        let transfers = self.1.clone();
-        Box::pin(async move {
-            let upload = Upload {
-                target: target_from_wit(r.target),
-                local_path: r.local_path,
-                kind: kind_from_wit(r.kind),
-                exclude: r.exclude,
-                follow_symlinks: r.follow_symlinks,
-                remote_command: r.remote_command,
-                timeout_ms: r.timeout_ms,
-            };
-            transfers
-                .upload(upload)
-                .await
-                .map(report_to_wit)
-                .map_err(transfer_error_to_wit)
-        })
-    }
-
-    fn download(
-        &self,
-        r: transfer::DownloadRequest,
-    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
-        use crate::caps::transfer::Download;
-        let transfers = self.1.clone();
-        Box::pin(async move {
-            let download = Download {
-                target: target_from_wit(r.target),
-                remote_command: r.remote_command,
-                local_path: r.local_path,
-                kind: kind_from_wit(r.kind),
-                mode: r.mode,
-                timeout_ms: r.timeout_ms,
-            };
-            transfers
-                .download(download)
-                .await
-                .map(report_to_wit)
-                .map_err(transfer_error_to_wit)
-        })
-    }
-
-    fn disconnect(&self, target: ssh::Target) -> BoxFuture<()> {
+    fn disconnect(&self, target: SshTarget) -> BoxFuture<()> {
         let runner = self.0.clone();
-        Box::pin(async move { runner.disconnect(&target_from_wit(target)).await })
+        Box::pin(async move { runner.disconnect(&target).await })
     }
 
     fn close_all(&self) -> BoxFuture<()> {
         let runner = self.0.clone();
         Box::pin(async move { runner.close_all().await })
+    }
+}
+
+/// Transfers over the OpenSSH runner's connections, within the allowed host roots.
+struct OpenSshTransfers(Arc<crate::caps::transfer::Transfers>);
+
+impl TransferBackend for OpenSshTransfers {
+    fn upload(&self, request: UploadRequest) -> BoxFuture<Result<TransferReport, TransferError>> {
+        let transfers = self.0.clone();
+        Box::pin(async move { transfers.upload(request).await })
+    }
+
+    fn download(
+        &self,
+        request: DownloadRequest,
+    ) -> BoxFuture<Result<TransferReport, TransferError>> {
+        let transfers = self.0.clone();
+        Box::pin(async move { transfers.download(request).await })
     }
 }
 
@@ -295,76 +264,5 @@ fn stream_index(kind: crate::caps::ssh::StreamKind) -> (usize, &'static str) {
     match kind {
         crate::caps::ssh::StreamKind::Stdout => (0, "stdout"),
         crate::caps::ssh::StreamKind::Stderr => (1, "stderr"),
-    }
-}
-
-fn target_from_wit(t: ssh::Target) -> crate::caps::ssh::SshTarget {
-    use crate::caps::ssh::{HostKeyPolicy, Identity};
-    crate::caps::ssh::SshTarget {
-        host: t.host,
-        port: t.port,
-        user: t.user,
-        identity: match t.identity {
-            ssh::Identity::Agent => Identity::Agent,
-            ssh::Identity::KeyFile(p) => Identity::KeyFile(p.into()),
-            ssh::Identity::KeyMaterial(k) => Identity::KeyMaterial(k),
-        },
-        host_key_policy: match t.host_key_policy {
-            ssh::HostKeyPolicy::Yes => HostKeyPolicy::Yes,
-            ssh::HostKeyPolicy::AcceptNew => HostKeyPolicy::AcceptNew,
-            ssh::HostKeyPolicy::No => HostKeyPolicy::No,
-        },
-    }
-}
-
-fn output_to_wit(o: crate::caps::ssh::SshOutput) -> ssh::ExecOutput {
-    ssh::ExecOutput {
-        exit_code: o.exit_code,
-        exit_code_from_remote: o.exit_code_from_remote,
-        signal: o.signal,
-        timed_out: o.timed_out,
-        stdout: o.stdout,
-        stderr: o.stderr,
-        stdout_truncated: o.stdout_truncated,
-        stderr_truncated: o.stderr_truncated,
-    }
-}
-
-fn error_to_wit(e: crate::caps::ssh::SshError) -> ssh::SshError {
-    use crate::caps::ssh::SshError as E;
-    match e {
-        E::Denied(m) => ssh::SshError::Denied(m),
-        E::InvalidRequest(m) => ssh::SshError::InvalidRequest(m),
-        E::Spawn(m) => ssh::SshError::Spawn(m),
-        E::Lost(m) => ssh::SshError::Lost(m),
-    }
-}
-
-fn kind_from_wit(k: transfer::EntryKind) -> crate::caps::transfer::Kind {
-    match k {
-        transfer::EntryKind::File => crate::caps::transfer::Kind::File,
-        transfer::EntryKind::Directory => crate::caps::transfer::Kind::Directory,
-    }
-}
-
-fn report_to_wit(r: crate::caps::transfer::Report) -> transfer::TransferReport {
-    transfer::TransferReport {
-        files: r.files,
-        bytes: r.bytes,
-        wire_bytes: r.wire_bytes,
-        compressed: r.compressed,
-    }
-}
-
-fn transfer_error_to_wit(e: crate::caps::transfer::TransferError) -> transfer::TransferError {
-    use crate::caps::transfer::TransferError as E;
-    match e {
-        E::Denied(m) => transfer::TransferError::Denied(m),
-        E::NotFound(m) => transfer::TransferError::NotFound(m),
-        E::InvalidRequest(m) => transfer::TransferError::InvalidRequest(m),
-        E::LocalIo(m) => transfer::TransferError::LocalIo(m),
-        E::Remote(o) => transfer::TransferError::Remote(output_to_wit(o)),
-        E::Timeout(m) => transfer::TransferError::Timeout(m),
-        E::Spawn(m) => transfer::TransferError::Spawn(m),
     }
 }

@@ -8,7 +8,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::bindings::{ssh, transfer};
+use paperclip_provider_types::{
+    Connected, DownloadRequest, SshError, SshOutput, SshRequest, SshTarget, TransferError,
+    TransferReport, UploadRequest,
+};
+
 use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
 use crate::limits::CallLimits;
@@ -20,41 +24,20 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// OpenSSH client under the host's policy; tests substitute scripted doubles.
 pub trait SshBackend: Send + Sync {
     /// Run one remote command. `sink` receives live output when the request asks for it.
-    fn exec(
-        &self,
-        request: ssh::ExecRequest,
-        sink: CallSink,
-    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>>;
+    fn exec(&self, request: SshRequest, sink: CallSink) -> BoxFuture<Result<SshOutput, SshError>>;
 
     /// Make sure a pooled connection to `target` is up. Backends that do not pool connections
     /// (and test doubles) answer `unpooled`: commands then run as they always do.
     fn connect(
         &self,
-        _target: ssh::Target,
+        _target: SshTarget,
         _timeout_ms: u32,
-    ) -> BoxFuture<Result<ssh::ConnectOutcome, ssh::SshError>> {
-        Box::pin(async { Ok(ssh::ConnectOutcome::Unpooled) })
-    }
-
-    /// Stream a host file or directory to the VM (the `transfer` capability rides on the SSH
-    /// connection). Backends without it refuse.
-    fn upload(
-        &self,
-        _request: transfer::UploadRequest,
-    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
-        Box::pin(async { Err(no_transfers()) })
-    }
-
-    /// Stream a VM file or directory to the host. Backends without it refuse.
-    fn download(
-        &self,
-        _request: transfer::DownloadRequest,
-    ) -> BoxFuture<Result<transfer::TransferReport, transfer::TransferError>> {
-        Box::pin(async { Err(no_transfers()) })
+    ) -> BoxFuture<Result<Connected, SshError>> {
+        Box::pin(async { Ok(Connected::Unpooled) })
     }
 
     /// Drop any pooled connection to `target`.
-    fn disconnect(&self, target: ssh::Target) -> BoxFuture<()>;
+    fn disconnect(&self, target: SshTarget) -> BoxFuture<()>;
 
     /// Drop every pooled connection (the worker is exiting).
     fn close_all(&self) -> BoxFuture<()> {
@@ -62,8 +45,18 @@ pub trait SshBackend: Send + Sync {
     }
 }
 
-fn no_transfers() -> transfer::TransferError {
-    transfer::TransferError::Denied("file transfers are not granted to this component".into())
+/// The transfer capability: host files and directories streamed to and from a VM. A grant of
+/// its own, so a host can give SSH without transfers (or fake either alone); the production
+/// implementation rides on the SSH runner's connections.
+pub trait TransferBackend: Send + Sync {
+    /// Stream a host file or directory to the VM.
+    fn upload(&self, request: UploadRequest) -> BoxFuture<Result<TransferReport, TransferError>>;
+
+    /// Stream a VM file or directory to the host.
+    fn download(
+        &self,
+        request: DownloadRequest,
+    ) -> BoxFuture<Result<TransferReport, TransferError>>;
 }
 
 /// Builds the HTTP hooks (the HTTP policy point) for each new store, given the call's sink
@@ -77,6 +70,7 @@ pub struct HostState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: Box<dyn WasiHttpHooks>,
     pub(crate) ssh: Arc<dyn SshBackend>,
+    pub(crate) transfer: Arc<dyn TransferBackend>,
     pub(crate) sink: CallSink,
     /// The VM ledger; none when the host keeps none (no state directory).
     pub(crate) ledger: Option<Arc<VmLedger>>,

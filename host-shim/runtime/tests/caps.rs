@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use paperclip_wasm_runtime::caps::http::{HttpLimits, PolicyHttpHooks};
 use paperclip_wasm_runtime::caps::ssh::{
-    Connected, HostKeyPolicy, Identity, SshError, SshExec, SshRunner, SshSettings, SshTarget,
+    Connected, HostKeyPolicy, Identity, SshError, SshRequest, SshRunner, SshSettings, SshTarget,
     StreamKind,
 };
 use paperclip_wasm_runtime::policy::Policy;
@@ -309,13 +309,15 @@ fn target(host: &str, identity: Identity) -> SshTarget {
     }
 }
 
-fn exec(command: &str, identity: Identity) -> SshExec {
-    SshExec {
+fn exec(command: &str, identity: Identity) -> SshRequest {
+    SshRequest {
         target: target("vm1.exe.xyz", identity),
         command: command.into(),
         stdin: None,
         timeout_ms: 20_000,
         max_output_bytes: 64 * 1024 * 1024,
+        stream_output: false,
+        durable: false,
     }
 }
 
@@ -882,7 +884,7 @@ async fn real_ssh_through_the_simulator() {
     settings.ssh_config = Some(sim.ssh_config_path());
     settings.temp_root = Some(dir.path().join("tmp"));
     let runner = SshRunner::new(settings, policy(&[])).unwrap();
-    let request = |command: &str, host_key_policy| SshExec {
+    let request = |command: &str, host_key_policy| SshRequest {
         target: SshTarget {
             host: "capsvm.exe.xyz".into(),
             port: 22,
@@ -894,6 +896,8 @@ async fn real_ssh_through_the_simulator() {
         stdin: None,
         timeout_ms: 60_000,
         max_output_bytes: 64 * 1024 * 1024,
+        stream_output: false,
+        durable: false,
     };
 
     // First contact: accept-new records the key, and says nothing about it on stderr.
@@ -999,12 +1003,14 @@ async fn connections_are_shared_replaced_when_dead_and_closed() {
         identity: Identity::KeyMaterial(sim.client_key_pem()),
         host_key_policy: HostKeyPolicy::AcceptNew,
     };
-    let request = |command: &str| SshExec {
+    let request = |command: &str| SshRequest {
         target: target.clone(),
         command: command.into(),
         stdin: None,
         timeout_ms: 60_000,
         max_output_bytes: 1 << 20,
+        stream_output: false,
+        durable: false,
     };
     let cm = state.join("cm");
 
@@ -1108,12 +1114,14 @@ async fn commands_over_a_live_master_start_no_ssh_client() {
         identity: Identity::KeyMaterial(sim.client_key_pem()),
         host_key_policy: HostKeyPolicy::AcceptNew,
     };
-    let request = |command: &str| SshExec {
+    let request = |command: &str| SshRequest {
         target: target.clone(),
         command: command.into(),
         stdin: None,
         timeout_ms: 60_000,
         max_output_bytes: 1 << 20,
+        stream_output: false,
+        durable: false,
     };
 
     // The first call starts the client that becomes the master.
@@ -1329,7 +1337,7 @@ async fn output_trailing_the_exit_status_is_never_lost() {
             settings.reuse_connections = reuse;
             SshRunner::new(settings, policy(&[])).unwrap()
         };
-        let request = |command: &str| SshExec {
+        let request = |command: &str| SshRequest {
             target: SshTarget {
                 host: "tailvm.exe.xyz".into(),
                 port: 22,
@@ -1341,6 +1349,8 @@ async fn output_trailing_the_exit_status_is_never_lost() {
             stdin: None,
             timeout_ms: 120_000,
             max_output_bytes: 64 << 20,
+            stream_output: false,
+            durable: false,
         };
         // ~4.9 MiB on stdout, and a tail on stderr written after it.
         let n = 700_000;

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use paperclip_wasm_runtime::bindings::ssh;
+use paperclip_provider_types::{
+    HostKeyPolicy, Identity, SshError, SshOutput, SshRequest, SshTarget,
+};
 use paperclip_wasm_runtime::caps::log::CallSink;
 use paperclip_wasm_runtime::convert::RpcError;
 use paperclip_wasm_runtime::dispatch::dispatch;
@@ -130,25 +132,25 @@ struct SshCall {
     durable: bool,
 }
 
-fn identity_text(i: &ssh::Identity) -> String {
+fn identity_text(i: &Identity) -> String {
     match i {
-        ssh::Identity::Agent => "agent".to_string(),
-        ssh::Identity::KeyFile(p) => format!("key-file:{p}"),
-        ssh::Identity::KeyMaterial(k) => format!("key-material:{k}"),
+        Identity::Agent => "agent".to_string(),
+        Identity::KeyFile(p) => format!("key-file:{p}"),
+        Identity::KeyMaterial(k) => format!("key-material:{k}"),
     }
 }
 
-fn policy_text(p: ssh::HostKeyPolicy) -> &'static str {
+fn policy_text(p: HostKeyPolicy) -> &'static str {
     match p {
-        ssh::HostKeyPolicy::Yes => "yes",
-        ssh::HostKeyPolicy::AcceptNew => "accept-new",
-        ssh::HostKeyPolicy::No => "no",
+        HostKeyPolicy::Yes => "yes",
+        HostKeyPolicy::AcceptNew => "accept-new",
+        HostKeyPolicy::No => "no",
     }
 }
 
 #[derive(Default)]
 struct SshScript {
-    answers: VecDeque<Result<ssh::ExecOutput, ssh::SshError>>,
+    answers: VecDeque<Result<SshOutput, SshError>>,
     calls: Vec<SshCall>,
     /// Hosts passed to `disconnect`, in order.
     disconnects: Vec<String>,
@@ -158,11 +160,7 @@ struct SshScript {
 struct ScriptedSsh(Arc<Mutex<SshScript>>);
 
 impl SshBackend for ScriptedSsh {
-    fn exec(
-        &self,
-        request: ssh::ExecRequest,
-        _sink: CallSink,
-    ) -> BoxFuture<Result<ssh::ExecOutput, ssh::SshError>> {
+    fn exec(&self, request: SshRequest, _sink: CallSink) -> BoxFuture<Result<SshOutput, SshError>> {
         let mut script = self.0.lock().unwrap();
         script.calls.push(SshCall {
             host: request.target.host.clone(),
@@ -181,20 +179,20 @@ impl SshBackend for ScriptedSsh {
             Some(a) => a,
             None => {
                 script.unexpected += 1;
-                Err(ssh::SshError::Spawn("no scripted SSH answer".to_string()))
+                Err(SshError::Spawn("no scripted SSH answer".to_string()))
             }
         };
         Box::pin(async move { answer })
     }
 
-    fn disconnect(&self, target: ssh::Target) -> BoxFuture<()> {
+    fn disconnect(&self, target: SshTarget) -> BoxFuture<()> {
         self.0.lock().unwrap().disconnects.push(target.host);
         Box::pin(async {})
     }
 }
 
-fn out(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> ssh::ExecOutput {
-    ssh::ExecOutput {
+fn out(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> SshOutput {
+    SshOutput {
         exit_code: code,
         exit_code_from_remote: false,
         signal: None,
@@ -225,6 +223,7 @@ impl Harness {
         let grants = Grants {
             http_hooks: Arc::new(move |_| Box::new(ScriptedHttp(hooks.clone()))),
             ssh: Arc::new(ScriptedSsh(ssh.clone())),
+            transfer: Arc::new(paperclip_wasm_runtime::grants::NoTransfer),
             exe_api_key: exe_api_key.map(str::to_string),
             ledger: None,
             http_access: None,
@@ -263,7 +262,7 @@ impl Harness {
         self
     }
 
-    fn ssh(&self, answer: Result<ssh::ExecOutput, ssh::SshError>) -> &Self {
+    fn ssh(&self, answer: Result<SshOutput, SshError>) -> &Self {
         self.ssh.lock().unwrap().answers.push_back(answer);
         self
     }
@@ -1548,7 +1547,7 @@ async fn execute_quoting_is_exact_for_a_simple_command() {
 #[tokio::test(flavor = "multi_thread")]
 async fn execute_timeout_kills_the_remote_process_tree() {
     let h = Harness::new();
-    h.ssh(Ok(ssh::ExecOutput {
+    h.ssh(Ok(SshOutput {
         exit_code: None,
         exit_code_from_remote: false,
         signal: None,
@@ -1680,7 +1679,7 @@ async fn execute_reports_truncation_and_decodes_once() {
     // invalid bytes become U+FFFD.
     let mut stdout = "x".repeat(4095).into_bytes();
     stdout.extend_from_slice("€ end".as_bytes());
-    h.ssh(Ok(ssh::ExecOutput {
+    h.ssh(Ok(SshOutput {
         exit_code: Some(0),
         exit_code_from_remote: true,
         signal: None,
@@ -1916,7 +1915,7 @@ async fn probe_deletes_the_vm_even_when_ssh_fails() {
 async fn probe_deletes_the_vm_when_the_ssh_capability_fails() {
     let h = Harness::new();
     h.reply_with(echo_new)
-        .ssh(Err(ssh::SshError::Spawn("no ssh binary".to_string())))
+        .ssh(Err(SshError::Spawn("no ssh binary".to_string())))
         .reply(422, r#"{"error":"vm not found"}"#);
     let v = h
         .call("environmentProbe", params(config(), json!({})))
@@ -2041,7 +2040,7 @@ async fn a_denied_http_request_is_a_denied_error() {
 async fn a_denied_ssh_target_is_a_denied_error_and_the_vm_is_deleted() {
     let h = Harness::new();
     h.reply(200, NEW_OK)
-        .ssh(Err(ssh::SshError::Denied(HOST.to_string())))
+        .ssh(Err(SshError::Denied(HOST.to_string())))
         .reply(200, "{}");
     let err = h
         .call(

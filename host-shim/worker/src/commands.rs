@@ -2,6 +2,7 @@
 //! stdio), `package`, and the operator commands (`validate`, `probe`, `exec`, `orphans`), which
 //! call the component directly with the params Paperclip would send.
 
+use paperclip_provider_types::LedgerReason;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -200,7 +201,7 @@ async fn run_orphans(
         eprintln!(
             "  {:<7} {:<16} {:<12} {}",
             if l.orphan.is_some() { "orphan" } else { "" },
-            l.orphan.unwrap_or(""),
+            l.orphan.map_or("", LedgerReason::as_str),
             if l.present {
                 l.status.as_deref().unwrap_or("present")
             } else {

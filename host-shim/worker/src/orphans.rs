@@ -10,7 +10,7 @@
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use paperclip_wasm_runtime::bindings::ledger::Reason;
+use paperclip_provider_types::LedgerReason;
 use paperclip_wasm_runtime::bindings::provider::CallContext;
 use paperclip_wasm_runtime::caps::log::CallSink;
 use paperclip_wasm_runtime::engine::ProviderHost;
@@ -24,8 +24,8 @@ pub struct Listed {
     pub present: bool,
     /// exe.dev's status, when present.
     pub status: Option<String>,
-    /// Why the ledger records it (`uncertain-create`, `failed-delete`): an orphan.
-    pub orphan: Option<&'static str>,
+    /// Why the ledger records it: an orphan.
+    pub orphan: Option<LedgerReason>,
 }
 
 impl Listed {
@@ -36,7 +36,7 @@ impl Listed {
             "present": self.present,
             "status": self.status,
             "orphan": self.orphan.is_some(),
-            "reason": self.orphan,
+            "reason": self.orphan.map(LedgerReason::as_str),
         })
     }
 }
@@ -67,11 +67,7 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
             name: v.name,
             present: v.present,
             status: v.status,
-            orphan: v.orphan.map(|r| match r {
-                Reason::UncertainCreate => "uncertain-create",
-                Reason::FailedDelete => "failed-delete",
-                Reason::LeaseExpiry => "lease-expiry",
-            }),
+            orphan: v.orphan.map(LedgerReason::from),
         })
         .collect())
 }
@@ -83,8 +79,8 @@ pub struct Pending {
     pub name: String,
     /// The account's API URL (the token is never on disk).
     pub api_url: String,
-    /// `uncertain-create`, `failed-delete` or `lease-expiry`.
-    pub reason: &'static str,
+    /// Why the ledger records it.
+    pub reason: LedgerReason,
     /// When the VM was first recorded (Unix ms).
     pub since_ms: u64,
     /// When it is next due (Unix ms): a lease's expiry, or the next try.
@@ -102,7 +98,7 @@ impl Pending {
         json!({
             "name": self.name,
             "apiUrl": self.api_url,
-            "reason": self.reason,
+            "reason": self.reason.as_str(),
             "since": format_iso8601_ms(self.since_ms),
             "nextTry": format_iso8601_ms(self.next_try_ms),
             "attempts": self.attempts,
@@ -125,7 +121,7 @@ pub fn pending(host: &ProviderHost) -> anyhow::Result<Vec<Pending>> {
         for r in account.entries {
             out.push(Pending {
                 api_url: account.api_url.clone(),
-                reason: r.entry.reason.as_str(),
+                reason: r.entry.reason,
                 since_ms: r.since_ms,
                 next_try_ms: now + r.due_in_ms(now),
                 attempts: r.entry.attempts,
@@ -178,7 +174,7 @@ mod tests {
             name: name.into(),
             present: true,
             status: None,
-            orphan: orphan.then_some("uncertain-create"),
+            orphan: orphan.then_some(LedgerReason::UncertainCreate),
         }
     }
 

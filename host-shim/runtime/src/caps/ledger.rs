@@ -13,7 +13,7 @@
 //! account has entries, **in memory only** ([`Credentials`]), forgets it once the account's
 //! entries are gone, and wakes the reconciler when something was written ([`VmLedger::changed`]).
 //!
-//! Plain Rust types only; the WIT conversion lives in `imports.rs`.
+//! Plain Rust types only (`paperclip-provider-types`); the WIT conversion lives in `crate::convert`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,84 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The exe.dev account an entry belongs to.
-pub struct Account<'a> {
-    /// The `/exec` API URL.
-    pub api_url: &'a str,
-    /// The API token: only its fingerprint is kept.
-    pub token: &'a str,
-}
-
-/// Why a VM is recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    /// A create whose outcome is unknown.
-    UncertainCreate,
-    /// A delete that failed.
-    FailedDelete,
-    /// A lease with an expiry.
-    LeaseExpiry,
-}
-
-impl Reason {
-    /// The stable spelling (as stored).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::UncertainCreate => "uncertain-create",
-            Reason::FailedDelete => "failed-delete",
-            Reason::LeaseExpiry => "lease-expiry",
-        }
-    }
-}
-
-/// One entry as the guest writes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// The VM name.
-    pub name: String,
-    /// Why it is recorded.
-    pub reason: Reason,
-    /// How long after the write a live call still owns the VM.
-    pub hold_ms: u64,
-    /// Wall-clock ms (Unix epoch) before which nobody acts on it (0: at once).
-    pub due_at_ms: u64,
-    /// Tries made so far.
-    pub attempts: u32,
-    /// Why the last try failed (never a secret: the guest scrubs its errors).
-    pub last_error: Option<String>,
-}
-
-/// One entry as read back.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    /// The entry as last written.
-    pub entry: Entry,
-    /// Milliseconds since it was written.
-    pub age_ms: u64,
-    /// Wall-clock ms (Unix epoch) when the VM was first recorded.
-    pub since_ms: u64,
-}
-
-impl Recorded {
-    /// Milliseconds until the entry may be acted on at wall-clock `now_ms` (0: due): the end of
-    /// a live call's hold or the entry's `due_at_ms`, whichever is later.
-    pub fn due_in_ms(&self, now_ms: u64) -> u64 {
-        let hold = self.entry.hold_ms.saturating_sub(self.age_ms);
-        hold.max(self.entry.due_at_ms.saturating_sub(now_ms))
-    }
-}
-
-/// Why the ledger could not be used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LedgerError {
-    /// The request is malformed.
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// The state directory could not be read or written.
-    #[error("{0}")]
-    Io(String),
-}
+// The boundary types have one home, shared with the guest.
+pub use paperclip_provider_types::{Account, LedgerEntry, LedgerError, LedgerReason, Recorded};
 
 /// The file an entry is stored as. Files written before the schedule fields existed read with
 /// them at their defaults (due at once, never tried, first recorded when written).
@@ -110,7 +34,7 @@ struct StoredEntry {
     vm_name: String,
     api_url: String,
     token_fingerprint: String,
-    reason: Reason,
+    reason: LedgerReason,
     hold_ms: u64,
     written_at_ms: u64,
     #[serde(default)]
@@ -128,7 +52,7 @@ impl StoredEntry {
         Recorded {
             age_ms: now.saturating_sub(self.written_at_ms),
             since_ms: self.first_recorded_at_ms.unwrap_or(self.written_at_ms),
-            entry: Entry {
+            entry: LedgerEntry {
                 name: self.vm_name,
                 reason: self.reason,
                 hold_ms: self.hold_ms,
@@ -180,10 +104,10 @@ impl Credentials {
         self.lock().get(key).cloned()
     }
 
-    fn keep(&self, key: &str, account: &Account<'_>) {
+    fn keep(&self, key: &str, account: &Account) {
         self.lock().insert(
             key.to_string(),
-            (account.api_url.to_string(), account.token.to_string()),
+            (account.api_url.clone(), account.token.clone()),
         );
     }
 
@@ -274,21 +198,21 @@ impl VmLedger {
     }
 
     /// The directory of `account`'s entries and its key.
-    fn account_dir(&self, account: &Account<'_>) -> Result<(PathBuf, String), LedgerError> {
+    fn account_dir(&self, account: &Account) -> Result<(PathBuf, String), LedgerError> {
         if account.api_url.trim().is_empty() {
             return Err(LedgerError::InvalidRequest("the API URL is empty".into()));
         }
-        let key = account_key(account.api_url, &token_fingerprint(account.token));
+        let key = account_key(&account.api_url, &token_fingerprint(&account.token));
         Ok((self.dir.join(&key), key))
     }
 
     /// Keep `account`'s token in memory while it has entries, forget it when it has none.
-    fn note_account(&self, key: &str, account: &Account<'_>, has_entries: bool) {
+    fn note_account(&self, key: &str, account: &Account, has_entries: bool) {
         if has_entries {
             let new = self
                 .credentials
                 .get(key)
-                .is_none_or(|(_, t)| t != account.token);
+                .is_none_or(|(_, t)| *t != account.token);
             self.credentials.keep(key, account);
             if new {
                 self.changed.notify_one();
@@ -367,7 +291,7 @@ impl VmLedger {
     }
 
     /// Record `entry` under `account`, replacing its namesake.
-    pub fn put(&self, account: &Account<'_>, entry: &Entry) -> Result<(), LedgerError> {
+    pub fn put(&self, account: &Account, entry: &LedgerEntry) -> Result<(), LedgerError> {
         check_name(&entry.name)?;
         let (dir, key) = self.account_dir(account)?;
         crate::statedir::ensure_private_dir(&dir)
@@ -382,7 +306,7 @@ impl VmLedger {
         let stored = StoredEntry {
             vm_name: entry.name.clone(),
             api_url: account.api_url.to_string(),
-            token_fingerprint: token_fingerprint(account.token),
+            token_fingerprint: token_fingerprint(&account.token),
             reason: entry.reason,
             hold_ms: entry.hold_ms,
             written_at_ms: now,
@@ -403,7 +327,7 @@ impl VmLedger {
     }
 
     /// Every entry under `account`, oldest first. Unreadable files are skipped with a warning.
-    pub fn list(&self, account: &Account<'_>) -> Result<Vec<Recorded>, LedgerError> {
+    pub fn list(&self, account: &Account) -> Result<Vec<Recorded>, LedgerError> {
         let (dir, key) = self.account_dir(account)?;
         let now = now_ms();
         let mut out: Vec<(u64, Recorded)> = Self::read_dir_entries(&dir)?
@@ -416,7 +340,7 @@ impl VmLedger {
     }
 
     /// Remove `name` under `account`; an absent entry is fine.
-    pub fn remove(&self, account: &Account<'_>, name: &str) -> Result<(), LedgerError> {
+    pub fn remove(&self, account: &Account, name: &str) -> Result<(), LedgerError> {
         check_name(name)?;
         let (dir, key) = self.account_dir(account)?;
         let path = dir.join(format!("{name}.json"));
@@ -444,13 +368,18 @@ fn sort_entries(entries: &mut [(u64, Recorded)]) {
 mod tests {
     use super::*;
 
-    const A: Account<'static> = Account {
-        api_url: "https://exe.dev/exec",
-        token: "exe1.secret-token-value",
-    };
+    const A_URL: &str = "https://exe.dev/exec";
+    const A_TOKEN: &str = "exe1.secret-token-value";
 
-    fn entry(name: &str, reason: Reason) -> Entry {
-        Entry {
+    fn a() -> Account {
+        Account {
+            api_url: A_URL.into(),
+            token: A_TOKEN.into(),
+        }
+    }
+
+    fn entry(name: &str, reason: LedgerReason) -> LedgerEntry {
+        LedgerEntry {
             name: name.into(),
             reason,
             hold_ms: 0,
@@ -464,17 +393,17 @@ mod tests {
     fn entries_round_trip_per_account_and_never_hold_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let l = VmLedger::new(dir.path().join("vm-ledger"));
-        l.put(&A, &entry("paperclip-a", Reason::UncertainCreate))
+        l.put(&a(), &entry("paperclip-a", LedgerReason::UncertainCreate))
             .unwrap();
-        l.put(&A, &entry("paperclip-b", Reason::FailedDelete))
+        l.put(&a(), &entry("paperclip-b", LedgerReason::FailedDelete))
             .unwrap();
         let other = Account {
-            token: "exe1.another-token",
-            ..A
+            token: "exe1.another-token".into(),
+            ..a()
         };
         assert!(l.list(&other).unwrap().is_empty());
         let names: Vec<_> = l
-            .list(&A)
+            .list(&a())
             .unwrap()
             .into_iter()
             .map(|r| (r.entry.name, r.entry.reason))
@@ -482,55 +411,55 @@ mod tests {
         assert_eq!(
             names,
             [
-                ("paperclip-a".to_string(), Reason::UncertainCreate),
-                ("paperclip-b".to_string(), Reason::FailedDelete)
+                ("paperclip-a".to_string(), LedgerReason::UncertainCreate),
+                ("paperclip-b".to_string(), LedgerReason::FailedDelete)
             ]
         );
         for f in walk(dir.path()) {
             let text = std::fs::read_to_string(&f).unwrap();
             assert!(!text.contains("secret-token-value"), "{}", f.display());
-            assert!(text.contains(&token_fingerprint(A.token)));
+            assert!(text.contains(&token_fingerprint(A_TOKEN)));
         }
-        l.remove(&A, "paperclip-a").unwrap();
-        l.remove(&A, "paperclip-a").unwrap();
-        assert_eq!(l.list(&A).unwrap().len(), 1);
+        l.remove(&a(), "paperclip-a").unwrap();
+        l.remove(&a(), "paperclip-a").unwrap();
+        assert_eq!(l.list(&a()).unwrap().len(), 1);
     }
 
     #[test]
     fn tokens_live_in_memory_while_the_account_has_entries_and_schedules_survive() {
         let dir = tempfile::tempdir().unwrap();
         let l = VmLedger::new(dir.path().join("vm-ledger"));
-        let key = account_key(A.api_url, &token_fingerprint(A.token));
+        let key = account_key(A_URL, &token_fingerprint(A_TOKEN));
         // Asked about an account with no entries: nothing is kept.
-        assert!(l.list(&A).unwrap().is_empty());
+        assert!(l.list(&a()).unwrap().is_empty());
         assert!(l.credentials().get(&key).is_none());
-        l.put(&A, &entry("paperclip-a", Reason::UncertainCreate))
+        l.put(&a(), &entry("paperclip-a", LedgerReason::UncertainCreate))
             .unwrap();
         assert_eq!(
             l.credentials().get(&key),
-            Some((A.api_url.to_string(), A.token.to_string()))
+            Some((A_URL.to_string(), A_TOKEN.to_string()))
         );
-        assert!(!format!("{:?}", l).contains(A.token));
-        let first = l.list(&A).unwrap()[0].since_ms;
+        assert!(!format!("{:?}", l).contains(A_TOKEN));
+        let first = l.list(&a()).unwrap()[0].since_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let retry = Entry {
+        let retry = LedgerEntry {
             due_at_ms: 42,
             attempts: 3,
             last_error: Some("rm failed (503)".into()),
-            ..entry("paperclip-a", Reason::UncertainCreate)
+            ..entry("paperclip-a", LedgerReason::UncertainCreate)
         };
-        l.put(&A, &retry).unwrap();
+        l.put(&a(), &retry).unwrap();
         let scanned = l.scan().unwrap();
         assert_eq!(scanned.len(), 1);
         assert_eq!(scanned[0].key, key);
-        assert_eq!(scanned[0].api_url, A.api_url);
-        assert_eq!(scanned[0].token_fingerprint, token_fingerprint(A.token));
+        assert_eq!(scanned[0].api_url, A_URL);
+        assert_eq!(scanned[0].token_fingerprint, token_fingerprint(A_TOKEN));
         assert_eq!(scanned[0].entries[0].entry, retry);
         assert_eq!(
             scanned[0].entries[0].since_ms, first,
             "since survives rewrites"
         );
-        l.remove(&A, "paperclip-a").unwrap();
+        l.remove(&a(), "paperclip-a").unwrap();
         assert!(l.credentials().get(&key).is_none(), "forgotten once empty");
         assert!(l.scan().unwrap().is_empty());
     }
@@ -539,15 +468,18 @@ mod tests {
     fn entries_written_before_the_schedule_fields_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let l = VmLedger::new(dir.path().to_path_buf());
-        let (acct, _) = l.account_dir(&A).unwrap();
+        let (acct, _) = l.account_dir(&a()).unwrap();
         std::fs::create_dir_all(&acct).unwrap();
         std::fs::write(
             acct.join("paperclip-old.json"),
             r#"{"vmName":"paperclip-old","apiUrl":"https://exe.dev/exec","tokenFingerprint":"x","reason":"failed-delete","holdMs":0,"writtenAtMs":1000}"#,
         )
         .unwrap();
-        let got = l.list(&A).unwrap();
-        assert_eq!(got[0].entry, entry("paperclip-old", Reason::FailedDelete));
+        let got = l.list(&a()).unwrap();
+        assert_eq!(
+            got[0].entry,
+            entry("paperclip-old", LedgerReason::FailedDelete)
+        );
         assert_eq!(got[0].since_ms, 1000);
     }
 
@@ -557,7 +489,7 @@ mod tests {
         let l = VmLedger::new(dir.path().to_path_buf());
         for bad in ["", "../x", "a/b", "Upper", "-lead", &"a".repeat(64)] {
             assert!(matches!(
-                l.put(&A, &entry(bad, Reason::FailedDelete)),
+                l.put(&a(), &entry(bad, LedgerReason::FailedDelete)),
                 Err(LedgerError::InvalidRequest(_))
             ));
         }

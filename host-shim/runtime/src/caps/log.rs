@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use paperclip_provider_types::LogLevel;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -54,30 +55,13 @@ pub struct CallSink {
     denied_http: Arc<Mutex<Vec<String>>>,
 }
 
-/// Guest log severities, mirrored from the WIT `log.level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    /// Very detailed tracing.
-    Trace,
-    /// Developer detail.
-    Debug,
-    /// Normal progress.
-    Info,
-    /// Handled but unexpected.
-    Warn,
-    /// A failure.
-    Error,
-}
-
-impl Level {
-    /// Paperclip's `log` notification levels (it has no `trace`).
-    fn paperclip_name(self) -> &'static str {
-        match self {
-            Level::Trace | Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
+/// Paperclip's `log` notification levels (it has no `trace`).
+fn paperclip_level(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace | LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
     }
 }
 
@@ -113,12 +97,12 @@ impl CallSink {
     /// Emit one guest log line: a Paperclip `log` notification when the sink has an outbox (the
     /// worker), else a tracing event on stderr (operator commands). Never both: Paperclip logs a
     /// worker's stderr at WARN, so a copy there would turn every info line into a warning.
-    pub fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+    pub fn log(&self, level: LogLevel, message: &str, fields: &[(String, String)]) {
         if self.outbox.is_none() {
             trace_guest_line(level, message, fields);
             return;
         }
-        let mut params = json!({ "level": level.paperclip_name(), "message": message });
+        let mut params = json!({ "level": paperclip_level(level), "message": message });
         if !fields.is_empty() {
             let meta: Map<String, Value> = fields
                 .iter()
@@ -167,17 +151,17 @@ impl CallSink {
 
 /// One guest log line as a tracing event, on one line: field values (a setup script, say) may
 /// hold newlines, which are escaped so every stderr line is a whole event.
-fn trace_guest_line(level: Level, message: &str, fields: &[(String, String)]) {
+fn trace_guest_line(level: LogLevel, message: &str, fields: &[(String, String)]) {
     let rendered: String = fields
         .iter()
         .map(|(k, v)| format!(" {k}={}", v.replace('\r', "\\r").replace('\n', "\\n")))
         .collect();
     match level {
-        Level::Trace => tracing::trace!(target: "guest", "{message}{rendered}"),
-        Level::Debug => tracing::debug!(target: "guest", "{message}{rendered}"),
-        Level::Info => tracing::info!(target: "guest", "{message}{rendered}"),
-        Level::Warn => tracing::warn!(target: "guest", "{message}{rendered}"),
-        Level::Error => tracing::error!(target: "guest", "{message}{rendered}"),
+        LogLevel::Trace => tracing::trace!(target: "guest", "{message}{rendered}"),
+        LogLevel::Debug => tracing::debug!(target: "guest", "{message}{rendered}"),
+        LogLevel::Info => tracing::info!(target: "guest", "{message}{rendered}"),
+        LogLevel::Warn => tracing::warn!(target: "guest", "{message}{rendered}"),
+        LogLevel::Error => tracing::error!(target: "guest", "{message}{rendered}"),
     }
 }
 
@@ -249,7 +233,7 @@ mod tests {
     fn log_notifications_carry_the_invocation_id() {
         let (tx, mut rx) = Outbox::new();
         let sink = CallSink::new(Some("inv-1".into()), Some(tx));
-        sink.log(Level::Info, "hello", &[("vm".into(), "a".into())]);
+        sink.log(LogLevel::Info, "hello", &[("vm".into(), "a".into())]);
         sink.execute_chunk("stdout", "out");
         let next = |rx: &mut mpsc::UnboundedReceiver<Outgoing>| match rx.try_recv().unwrap() {
             Outgoing::Line(l) => l,

@@ -1,7 +1,10 @@
 //! The `ssh` capability: run one remote command through the system OpenSSH client.
 //!
-//! Plain-Rust API, independent of the generated bindings: the bindgen `Host` impl converts the
-//! WIT records into [`SshExec`] / [`SshTarget`] and back from [`SshOutput`] / [`SshError`].
+//! Plain-Rust API, independent of the generated bindings: it speaks the boundary types of
+//! `paperclip-provider-types` ([`SshRequest`], [`SshTarget`], [`SshOutput`], [`SshError`]),
+//! which the runtime's one conversion module (`crate::convert`) maps to and from WIT. A request's
+//! `stream_output` is honoured by whoever passes the `on_chunk` callback, and `durable` by the
+//! grants, which route it to the VM agent (`ssh_durable`).
 //!
 //! Security properties (each one is tested in `tests/caps.rs`):
 //! - the destination host is checked against the [`Policy`] and syntax-validated before anything
@@ -21,7 +24,6 @@
 //!   masters this runner started (sockets in its private directory), and never touch a key.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -38,8 +40,12 @@ pub use super::process_group::signal_name;
 use super::process_group::{split_status, GroupKill};
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use super::ssh_output::OutputSink;
-pub use super::ssh_output::{ChunkCallback, SshOutput, StreamKind};
+pub use super::ssh_output::{ChunkCallback, StreamKind};
+// The boundary types have one home, shared with the guest.
 use crate::policy::{normalize_hostname, Policy};
+pub use paperclip_provider_types::{
+    Connected, HostKeyPolicy, Identity, SshError, SshOutput, SshRequest, SshTarget,
+};
 
 /// Hard ceiling for each of stdout and stderr, whatever the guest asks for: the host holds both
 /// in memory and Paperclip's own frame limit is 128 Mi characters.
@@ -48,81 +54,7 @@ pub const DEFAULT_MAX_OUTPUT_CEILING: u64 = 64 * 1024 * 1024;
 /// Largest pasted private key accepted (the manifest limits the field to 8192 characters).
 const MAX_KEY_MATERIAL: usize = 64 * 1024;
 
-/// Which private key authenticates the connection (mirrors WIT `identity`).
-#[derive(Clone)]
-pub enum Identity {
-    /// The host's SSH agent (`SSH_AUTH_SOCK`) and the client's default keys.
-    Agent,
-    /// A key file on the host, by absolute path.
-    KeyFile(PathBuf),
-    /// Pasted OpenSSH private key material. Never printed: `Debug` redacts it.
-    KeyMaterial(String),
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Agent => f.write_str("Agent"),
-            Self::KeyFile(p) => f.debug_tuple("KeyFile").field(p).finish(),
-            Self::KeyMaterial(_) => f.write_str("KeyMaterial([REDACTED])"),
-        }
-    }
-}
-
-/// OpenSSH `StrictHostKeyChecking` (mirrors WIT `host-key-policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKeyPolicy {
-    /// Only host keys already in the state dir's `known_hosts` are accepted.
-    Yes,
-    /// Unknown hosts are added to `known_hosts`; changed keys are refused.
-    AcceptNew,
-    /// Any host key is accepted (and nothing is recorded, see [`SshRunner`]).
-    No,
-}
-
-impl HostKeyPolicy {
-    fn as_ssh_value(self) -> &'static str {
-        match self {
-            Self::Yes => "yes",
-            Self::AcceptNew => "accept-new",
-            Self::No => "no",
-        }
-    }
-}
-
-/// Where and as whom to connect (mirrors WIT `target`).
-#[derive(Debug, Clone)]
-pub struct SshTarget {
-    /// Host name to dial (e.g. `vm.exe.xyz`); must be allowed by the policy.
-    pub host: String,
-    /// TCP port (1..=65535).
-    pub port: u16,
-    /// Login user; `None` lets the SSH client choose.
-    pub user: Option<String>,
-    /// The key to authenticate with.
-    pub identity: Identity,
-    /// Host-key checking policy.
-    pub host_key_policy: HostKeyPolicy,
-}
-
-/// One remote command (mirrors WIT `exec-request`; `stream-output` is expressed by passing an
-/// `on_chunk` callback to [`SshRunner::exec`]).
-#[derive(Debug, Clone)]
-pub struct SshExec {
-    /// Where to run it.
-    pub target: SshTarget,
-    /// The remote command line, interpreted by the remote login shell. May contain secrets
-    /// (environment values), so it is never logged.
-    pub command: String,
-    /// Bytes written to the command's stdin; `None` closes stdin at once.
-    pub stdin: Option<Vec<u8>>,
-    /// Deadline for the whole call, in milliseconds (must be > 0).
-    pub timeout_ms: u32,
-    /// Cap for each of stdout and stderr (further limited by the runner's ceiling).
-    pub max_output_bytes: u64,
-}
-
-/// Descriptors of the caller's to connect a command to, instead of `SshExec::stdin` and the
+/// Descriptors of the caller's to connect a command to, instead of `SshRequest::stdin` and the
 /// captured stdout (see [`SshRunner::exec_io`]).
 #[derive(Debug, Default)]
 pub struct ExecIo {
@@ -132,38 +64,8 @@ pub struct ExecIo {
     pub stdout: Option<OwnedFd>,
 }
 
-/// What [`SshRunner::connect`] found or did (mirrors WIT `connect-outcome`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Connected {
-    /// A master connection is up; commands take the shared path.
-    Ready,
-    /// Connections to this target are not pooled; commands spawn `ssh` as always.
-    Unpooled,
-    /// Opening the connection failed: the client's exit status and output.
-    Failed(SshOutput),
-}
-
 /// Output kept from a connection attempt (its `true` prints nothing; errors are short).
 const CONNECT_OUTPUT_CAP: u64 = 64 * 1024;
-
-/// Why the command could not be run at all (mirrors WIT `ssh-error`). Messages never contain
-/// key material or the remote command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SshError {
-    /// The destination is not allow-listed by the host.
-    #[error("SSH to {0} is not allowed by the host policy")]
-    Denied(String),
-    /// The request is malformed (e.g. a host name with spaces).
-    #[error("invalid SSH request: {0}")]
-    InvalidRequest(String),
-    /// The host could not start the SSH client or write the key.
-    #[error("could not run ssh: {0}")]
-    Spawn(String),
-    /// A durable command's outcome is unknown (the connection stayed lost, or the VM forgot
-    /// the command); the message says what is known.
-    #[error("{0}")]
-    Lost(String),
-}
 
 /// Settings of an [`SshRunner`], from the CLI.
 #[derive(Debug, Clone)]
@@ -292,7 +194,7 @@ impl SshRunner {
     /// cap, so streamed output never exceeds the returned output).
     pub async fn exec(
         &self,
-        req: SshExec,
+        req: SshRequest,
         on_chunk: Option<ChunkCallback>,
     ) -> Result<SshOutput, SshError> {
         self.exec_io(req, ExecIo::default(), on_chunk).await
@@ -303,7 +205,7 @@ impl SshRunner {
     /// stream of any size passes without being held. The returned stdout is then empty.
     pub async fn exec_io(
         &self,
-        req: SshExec,
+        req: SshRequest,
         io: ExecIo,
         mut on_chunk: Option<ChunkCallback>,
     ) -> Result<SshOutput, SshError> {
@@ -531,12 +433,14 @@ impl SshRunner {
                 return Ok(Connected::Ready);
             }
         }
-        let probe = SshExec {
+        let probe = SshRequest {
             target: target.clone(),
             command: "true".into(),
             stdin: None,
             timeout_ms,
             max_output_bytes: CONNECT_OUTPUT_CAP,
+            stream_output: false,
+            durable: false,
         };
         let out = self.exec(probe, None).await?;
         if out.timed_out || out.exit_code != Some(0) {
@@ -619,7 +523,7 @@ impl SshRunner {
             Identity::KeyFile(p) => (1u8, p).hash(&mut h),
             Identity::KeyMaterial(k) => (2u8, k).hash(&mut h),
         }
-        target.host_key_policy.as_ssh_value().hash(&mut h);
+        target.host_key_policy.as_str().hash(&mut h);
         self.settings.ssh_config.hash(&mut h);
         Some(pool.dir.join(format!("{:016x}", h.finish())))
     }
@@ -644,6 +548,7 @@ impl SshRunner {
         }
         match &target.identity {
             Identity::KeyFile(path) => {
+                let path = Path::new(path);
                 if !path.is_absolute() {
                     return Err(SshError::InvalidRequest(
                         "the SSH identity file must be an absolute path".into(),
@@ -730,7 +635,7 @@ impl SshRunner {
         o("BatchMode=yes".into());
         o(format!(
             "StrictHostKeyChecking={}",
-            target.host_key_policy.as_ssh_value()
+            target.host_key_policy.as_str()
         ));
         o(format!("UserKnownHostsFile={}", known_hosts.display()));
         o("ConnectTimeout=15".into());
@@ -774,7 +679,7 @@ impl SshRunner {
     }
 
     /// The full argv after the program name.
-    fn build_args(&self, req: &SshExec, destination: &str, key: Option<&Path>) -> Vec<OsString> {
+    fn build_args(&self, req: &SshRequest, destination: &str, key: Option<&Path>) -> Vec<OsString> {
         let target = &req.target;
         let mut args: Vec<OsString> = vec!["-F".into()];
         args.push(match &self.settings.ssh_config {
@@ -797,7 +702,7 @@ impl SshRunner {
         args.push("-p".into());
         args.push(target.port.to_string().into());
         let key_file = match &target.identity {
-            Identity::KeyFile(path) => Some(path.as_path()),
+            Identity::KeyFile(path) => Some(Path::new(path.as_str())),
             Identity::KeyMaterial(_) => key,
             Identity::Agent => None,
         };

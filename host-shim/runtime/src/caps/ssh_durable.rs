@@ -27,7 +27,9 @@ use paperclip_vm_agent::{self as agent, kind, Exit, FrameReader, Header, Op};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::ssh::{signal_name, ChunkCallback, Connected, SshError, SshExec, SshOutput, SshRunner};
+use super::ssh::{
+    signal_name, ChunkCallback, Connected, SshError, SshOutput, SshRequest, SshRunner,
+};
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use super::ssh_output::{OutputSink, StreamKind};
 
@@ -47,7 +49,7 @@ const AGENT_STDERR_CAP: usize = 4096;
 
 /// A durable request for the direct path: its script, run by `sh -c` through the login shell
 /// (the agent runs it with `/bin/sh -c` itself).
-pub fn direct(mut req: SshExec) -> SshExec {
+pub fn direct(mut req: SshRequest) -> SshRequest {
     req.command = format!("sh -c '{}'", req.command.replace('\'', "'\\''"));
     req
 }
@@ -168,7 +170,7 @@ impl DurableExecs {
     /// Run `req` durably (see the module docs); the direct path where that is not possible.
     pub async fn exec(
         &self,
-        req: SshExec,
+        req: SshRequest,
         mut on_chunk: Option<ChunkCallback>,
     ) -> Result<SshOutput, SshError> {
         if req.command.trim().is_empty() || req.command.contains('\0') || req.timeout_ms == 0 {
@@ -312,7 +314,7 @@ impl DurableExecs {
     async fn attempt(
         &self,
         control: &Path,
-        req: &SshExec,
+        req: &SshRequest,
         p: &mut Progress,
         on_chunk: &mut Option<ChunkCallback>,
         cap: u64,
@@ -522,7 +524,7 @@ impl DurableExecs {
     /// Reconnect after a lost connection, with backoff, until `give_up`.
     async fn reconnect(
         &self,
-        req: &SshExec,
+        req: &SshRequest,
         started_at: Instant,
         lost_after: Duration,
         why: &str,
@@ -614,7 +616,7 @@ mod tests {
 
     #[test]
     fn the_direct_path_runs_the_script_with_sh() {
-        let req = SshExec {
+        let req = SshRequest {
             target: super::super::ssh::SshTarget {
                 host: "vm.exe.xyz".into(),
                 port: 22,
@@ -626,6 +628,8 @@ mod tests {
             stdin: None,
             timeout_ms: 1,
             max_output_bytes: 1,
+            stream_output: false,
+            durable: false,
         };
         assert_eq!(
             direct(req).command,

@@ -3,6 +3,7 @@
 //! client (`ssh.rs`) or a session on a live master (`ssh_mux.rs`). A module of its own so that
 //! those two depend on it, and not on each other.
 
+use paperclip_provider_types::SshOutput;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Read buffer per stream; also the largest chunk handed to the `on_chunk` callback.
@@ -19,29 +20,6 @@ pub enum StreamKind {
 
 /// Live output callback: called with each chunk (up to the cap) as it arrives.
 pub type ChunkCallback = Box<dyn FnMut(StreamKind, &[u8]) + Send>;
-
-/// What the ssh client produced (mirrors WIT `exec-output`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SshOutput {
-    /// Exit status of the `ssh` client (255 when SSH itself failed); `None` on a signal or
-    /// timeout.
-    pub exit_code: Option<i32>,
-    /// True when `exit_code` is the status the SSH server reported for the remote command (only
-    /// the shared-connection path knows); a spawned client's 255 may be its own failure.
-    pub exit_code_from_remote: bool,
-    /// Signal name (e.g. `SIGKILL`) when the client process died from a signal.
-    pub signal: Option<String>,
-    /// True when the deadline passed and the host killed the client's process group.
-    pub timed_out: bool,
-    /// Standard output bytes, exactly as received (up to the cap).
-    pub stdout: Vec<u8>,
-    /// Standard error bytes, exactly as received (up to the cap).
-    pub stderr: Vec<u8>,
-    /// True when stdout exceeded the cap.
-    pub stdout_truncated: bool,
-    /// True when stderr exceeded the cap.
-    pub stderr_truncated: bool,
-}
 
 /// Collects both output streams up to the cap, forwarding kept chunks to the callback.
 pub(crate) struct OutputSink {

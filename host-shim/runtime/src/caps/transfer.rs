@@ -31,8 +31,12 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::ssh::{ExecIo, SshError, SshExec, SshOutput, SshRunner, SshTarget};
+use super::ssh::{ExecIo, SshRequest, SshRunner, SshTarget};
+// The boundary types have one home, shared with the guest.
 use crate::transfer_roots::{PathRefused, TransferRoots};
+pub use paperclip_provider_types::{
+    DownloadRequest, EntryKind, TransferError, TransferReport, UploadRequest,
+};
 
 /// Round trip from which a stream is compressed (a loopback or LAN link moves bytes faster
 /// than gzip packs them; anything a WAN away does not).
@@ -46,100 +50,6 @@ const REMOTE_STDERR_CAP: u64 = 64 * 1024;
 
 /// Stderr kept from the local `tar`.
 const LOCAL_STDERR_CAP: u64 = 16 * 1024;
-
-/// What a transfer moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// One regular file.
-    File,
-    /// A directory tree.
-    Directory,
-}
-
-/// Host → VM.
-#[derive(Debug, Clone)]
-pub struct Upload {
-    /// The VM.
-    pub target: SshTarget,
-    /// Host path to read.
-    pub local_path: String,
-    /// File or directory.
-    pub kind: Kind,
-    /// `tar --exclude` patterns.
-    pub exclude: Vec<String>,
-    /// `tar -h`.
-    pub follow_symlinks: bool,
-    /// Reads the gzip stream on stdin.
-    pub remote_command: String,
-    /// Deadline.
-    pub timeout_ms: u32,
-}
-
-/// VM → host.
-#[derive(Debug, Clone)]
-pub struct Download {
-    /// The VM.
-    pub target: SshTarget,
-    /// Writes the stream on stdout.
-    pub remote_command: String,
-    /// Host path to replace.
-    pub local_path: String,
-    /// File or directory.
-    pub kind: Kind,
-    /// Final permission bits.
-    pub mode: Option<u32>,
-    /// Deadline.
-    pub timeout_ms: u32,
-}
-
-/// What a completed transfer moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Report {
-    /// Files and links.
-    pub files: u64,
-    /// Their content bytes.
-    pub bytes: u64,
-    /// Bytes on the channel.
-    pub wire_bytes: u64,
-    /// Compressed on the wire.
-    pub compressed: bool,
-}
-
-/// Why a transfer failed; the old target is whole after any of these.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
-    /// A host path outside the roots, or an SSH target the policy refuses.
-    #[error("{0}")]
-    Denied(String),
-    /// The source is missing or of the other kind.
-    #[error("{0}")]
-    NotFound(String),
-    /// Malformed request.
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// Host-side I/O failed.
-    #[error("{0}")]
-    LocalIo(String),
-    /// The remote command failed or the connection ended first.
-    #[error("the remote side of the transfer failed (exit {:?})", .0.exit_code)]
-    Remote(SshOutput),
-    /// The deadline passed.
-    #[error("{0}")]
-    Timeout(String),
-    /// The SSH client could not be started.
-    #[error("{0}")]
-    Spawn(String),
-}
-
-impl From<SshError> for TransferError {
-    fn from(e: SshError) -> Self {
-        match e {
-            SshError::Denied(_) => TransferError::Denied(e.to_string()),
-            SshError::InvalidRequest(_) => TransferError::InvalidRequest(e.to_string()),
-            SshError::Spawn(m) | SshError::Lost(m) => TransferError::Spawn(m),
-        }
-    }
-}
 
 fn refused(e: PathRefused) -> TransferError {
     match e {
@@ -170,8 +80,8 @@ struct Counts {
 }
 
 impl Counts {
-    fn report(&self, compressed: bool) -> Report {
-        Report {
+    fn report(&self, compressed: bool) -> TransferReport {
+        TransferReport {
             files: self.files.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             wire_bytes: self.wire.load(Ordering::Relaxed),
@@ -194,18 +104,18 @@ impl Transfers {
     }
 
     /// Stream a host file or directory into `remote_command`'s stdin.
-    pub async fn upload(&self, req: Upload) -> Result<Report, TransferError> {
+    pub async fn upload(&self, req: UploadRequest) -> Result<TransferReport, TransferError> {
         let source = self.roots.check_read(&req.local_path).map_err(refused)?;
         let meta = std::fs::metadata(&source)
             .map_err(|e| TransferError::LocalIo(format!("{}: {e}", req.local_path)))?;
         match req.kind {
-            Kind::File if !meta.is_file() => {
+            EntryKind::File if !meta.is_file() => {
                 return Err(TransferError::NotFound(format!(
                     "{} is not a regular file on the host",
                     req.local_path
                 )))
             }
-            Kind::Directory if !meta.is_dir() => {
+            EntryKind::Directory if !meta.is_dir() => {
                 return Err(TransferError::NotFound(format!(
                     "{} is not a directory on the host",
                     req.local_path
@@ -223,12 +133,14 @@ impl Transfers {
                 produce(&source, kind, &exclude, follow, compressed, writer, &counts)
             })
         };
-        let exec = SshExec {
+        let exec = SshRequest {
             target: req.target,
             command: req.remote_command,
             stdin: None,
             timeout_ms: req.timeout_ms,
             max_output_bytes: REMOTE_STDERR_CAP,
+            stream_output: false,
+            durable: false,
         };
         let io = ExecIo {
             stdin: Some(OwnedFd::from(reader)),
@@ -262,7 +174,7 @@ impl Transfers {
 
     /// Stream `remote_command`'s stdout into a host file or directory, replacing it only once
     /// the remote command reported success.
-    pub async fn download(&self, req: Download) -> Result<Report, TransferError> {
+    pub async fn download(&self, req: DownloadRequest) -> Result<TransferReport, TransferError> {
         let (parent, name) = self.roots.check_write(&req.local_path).map_err(refused)?;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -279,12 +191,14 @@ impl Transfers {
                 stage(reader, kind, compressed, &parent, &name, &counts)
             })
         };
-        let exec = SshExec {
+        let exec = SshRequest {
             target: req.target,
             command: req.remote_command,
             stdin: Some(if compressed { b"gzip\n" } else { b"none\n" }.to_vec()),
             timeout_ms: req.timeout_ms,
             max_output_bytes: REMOTE_STDERR_CAP,
+            stream_output: false,
+            durable: false,
         };
         let io = ExecIo {
             stdin: None,
@@ -391,7 +305,7 @@ fn count_entry<R: Read>(entry: &tar::Entry<'_, R>, counts: &Counts) {
 /// `tar` for a directory — gzip-compressed or raw, into the pipe.
 fn produce(
     source: &Path,
-    kind: Kind,
+    kind: EntryKind,
     exclude: &[String],
     follow_symlinks: bool,
     compress: bool,
@@ -421,19 +335,19 @@ fn produce(
 /// (counted on the way by a tar reader).
 fn write_source(
     source: &Path,
-    kind: Kind,
+    kind: EntryKind,
     exclude: &[String],
     follow_symlinks: bool,
     out: &mut dyn Write,
     counts: &Counts,
 ) -> io::Result<()> {
     match kind {
-        Kind::File => {
+        EntryKind::File => {
             let n = io::copy(&mut File::open(source)?, out)?;
             counts.files.store(1, Ordering::Relaxed);
             counts.bytes.store(n, Ordering::Relaxed);
         }
-        Kind::Directory => {
+        EntryKind::Directory => {
             let mut cmd = Command::new("tar");
             cmd.arg("-cf").arg("-");
             if follow_symlinks {
@@ -535,7 +449,7 @@ impl Staged {
 /// The download's blocking side: pipe → (gunzip) → a temporary file or tree beside the target.
 fn stage(
     pipe: io::PipeReader,
-    kind: Kind,
+    kind: EntryKind,
     compressed: bool,
     parent: &Path,
     name: &OsString,
@@ -557,7 +471,7 @@ fn stage(
         p
     };
     match kind {
-        Kind::File => {
+        EntryKind::File => {
             // Created 0600: the content is never readable by others while it arrives.
             let mut file = tempfile::Builder::new()
                 .prefix(&prefix)
@@ -568,7 +482,7 @@ fn stage(
             counts.bytes.store(n, Ordering::Relaxed);
             Ok(Staged::File(file))
         }
-        Kind::Directory => {
+        EntryKind::Directory => {
             // Created 0700; its final mode is applied just before the rename.
             let dir = tempfile::Builder::new()
                 .prefix(&prefix)
@@ -630,7 +544,14 @@ mod tests {
             let (r, mut w) = io::pipe().unwrap();
             let writer = std::thread::spawn(move || w.write_all(&bytes));
             let counts = Counts::default();
-            let staged = stage(r, Kind::Directory, true, base.path(), &"t".into(), &counts);
+            let staged = stage(
+                r,
+                EntryKind::Directory,
+                true,
+                base.path(),
+                &"t".into(),
+                &counts,
+            );
             writer.join().unwrap().unwrap();
             if whole {
                 staged.unwrap().commit(&target, Some(0o750)).unwrap();

@@ -9,6 +9,8 @@ use serde_json::{json, Map, Value};
 use crate::bindings::provider as wit;
 use crate::bindings::types::ProviderError;
 
+mod caps;
+
 /// JSON-RPC error codes this worker produces (Paperclip SDK conventions).
 pub mod codes {
     /// The line was not JSON.
