@@ -1,8 +1,9 @@
 //! The driver config: parse, normalise and check every field. `validate-config` as a whole
 //! (which also checks the create command against the API's limit) is [`crate::validate`].
 //!
-//! Field names, defaults and error/warning texts follow the seed plugin (v0.1.2); see
-//! `reference/exe-dev.md` §3. Parsing never panics, whatever JSON arrives.
+//! Field names, defaults and error/warning texts follow the seed plugin (v0.1.2), as the team's
+//! notes record them (`shared/reference/exe-dev.md` §3, beside this repository). Parsing never
+//! panics, whatever JSON arrives.
 
 use crate::error::ProviderError;
 use crate::host::{Host, HostKeyPolicy};
@@ -31,6 +32,62 @@ pub const REUSE_LEASE_WARNING: &str =
 /// Error when neither config nor environment supplies a token.
 pub const MISSING_API_KEY: &str =
     "exe.dev environments require an API key in config or EXE_API_KEY.";
+
+/// A problem with a field of the driver config. The texts are what operators (and Paperclip's
+/// environment form) see, the seed plugin's where it had one; they do not change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The config is not a JSON object (or not JSON at all).
+    #[error("config must be a JSON object.")]
+    NotAnObject,
+    /// A field that takes a string holds something else.
+    #[error("{0} must be a string.")]
+    NotAString(&'static str),
+    /// A list field is neither an array of strings nor a comma-separated string.
+    #[error("{0} must be an array of strings or a comma-separated string.")]
+    NotAStringList(&'static str),
+    /// `apiUrl` is not an http(s) URL.
+    #[error("apiUrl must be a valid URL.")]
+    ApiUrl,
+    /// The normalised `namePrefix` (given) cannot begin an exe.dev VM name.
+    #[error(
+        "namePrefix must start with a letter: exe.dev VM names begin with a-z, and \"{0}\" does not."
+    )]
+    NamePrefixStart(String),
+    /// `cpu` is not a positive number.
+    #[error("cpu must be greater than 0 when provided.")]
+    Cpu,
+    /// The `env` entry of this key has a value that is not a string, number or boolean.
+    #[error("env value for {0} must be a string.")]
+    EnvValue(String),
+    /// This `env` key is not `^[A-Za-z_][A-Za-z0-9_]*$`.
+    #[error("env contains an invalid key: {0}")]
+    EnvKey(String),
+    /// `env` is not an object.
+    #[error("env must be an object of string values.")]
+    EnvNotAnObject,
+    /// `timeoutMs` is not a number from 1 to [`MAX_TIMEOUT_MS`].
+    #[error("timeoutMs must be between 1 and 86400000.")]
+    Timeout,
+    /// The pasted `sshPrivateKey` is unusable; the text says why (see [`crate::pem`]).
+    #[error("{0}")]
+    PrivateKey(String),
+    /// `sshIdentityFile` is a relative path.
+    #[error("sshIdentityFile must be an absolute path on the Paperclip host.")]
+    IdentityFileRelative,
+    /// `sshPort` is not a number from 1 to 65535.
+    #[error("sshPort must be between 1 and 65535.")]
+    SshPort,
+    /// `strictHostKeyChecking` is blank.
+    #[error("strictHostKeyChecking cannot be empty.")]
+    HostKeyPolicyEmpty,
+    /// `strictHostKeyChecking` is none of the known policies.
+    #[error("strictHostKeyChecking must be one of yes, accept-new or no.")]
+    HostKeyPolicy,
+    /// Neither the config nor the environment supplies a token.
+    #[error("{}", MISSING_API_KEY)]
+    MissingApiKey,
+}
 
 /// A parsed, normalised driver config.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -111,7 +168,7 @@ impl Config {
     pub fn from_json(text: &str) -> Result<Config, ProviderError> {
         let parsed = parse_text(text, false);
         match parsed.errors.into_iter().next() {
-            Some(e) => Err(ProviderError::InvalidConfig(e)),
+            Some(e) => Err(ProviderError::InvalidConfig(e.to_string())),
             None => Ok(parsed.config),
         }
     }
@@ -138,7 +195,7 @@ pub struct Parsed {
     /// The config (usable only when `errors` is empty).
     pub config: Config,
     /// Fatal problems, in field order.
-    pub errors: Vec<String>,
+    pub errors: Vec<ConfigError>,
     /// Non-fatal remarks.
     pub warnings: Vec<String>,
     /// The input object (for passing unknown keys through).
@@ -210,7 +267,7 @@ pub fn parse_text(text: &str, check_key: bool) -> Parsed {
         Ok(v) => parse_value(&v, check_key),
         Err(_) => Parsed {
             config: defaults(),
-            errors: vec!["config must be a JSON object.".to_string()],
+            errors: vec![ConfigError::NotAnObject],
             ..Parsed::default()
         },
     }
@@ -229,7 +286,11 @@ fn defaults() -> Config {
 
 /// Read an optional string field: absent/null gives none; a non-string is an error; blank
 /// strings give none. Returns the trimmed value.
-fn opt_string(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> Option<String> {
+fn opt_string(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
     match obj.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
@@ -238,19 +299,23 @@ fn opt_string(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> 
         }
         Some(Value::Number(n)) if matches!(key, "memory" | "disk") => Some(n.to_string()),
         Some(_) => {
-            errors.push(format!("{key} must be a string."));
+            errors.push(ConfigError::NotAString(key));
             None
         }
     }
 }
 
 /// A secret string: kept exactly as given (only blank is treated as absent).
-fn secret_string(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> Option<String> {
+fn secret_string(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
     match obj.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => (!s.trim().is_empty()).then(|| s.clone()),
         Some(_) => {
-            errors.push(format!("{key} must be a string."));
+            errors.push(ConfigError::NotAString(key));
             None
         }
     }
@@ -268,12 +333,12 @@ fn number_field(obj: &Map<String, Value>, key: &str) -> Option<Result<f64, ()>> 
 
 /// `timeoutMs` as every part of the product reads it: a number or a numeric string, the
 /// fraction dropped, 1 ms to one day. `None` when absent, null or blank.
-fn timeout_field(obj: &Map<String, Value>) -> Option<Result<u64, String>> {
+fn timeout_field(obj: &Map<String, Value>) -> Option<Result<u64, ConfigError>> {
     Some(match number_field(obj, "timeoutMs")? {
         Ok(n) if n.is_finite() && n.trunc() >= 1.0 && n.trunc() <= MAX_TIMEOUT_MS as f64 => {
             Ok(n.trunc() as u64)
         }
-        _ => Err("timeoutMs must be between 1 and 86400000.".to_string()),
+        _ => Err(ConfigError::Timeout),
     })
 }
 
@@ -299,7 +364,11 @@ pub fn execute_timeout_ms(requested: Option<u64>, config_timeout_ms: u64) -> u32
         .clamp(1, u64::from(u32::MAX)) as u32
 }
 
-fn string_list(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) -> Vec<String> {
+fn string_list(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
     match obj.get(key) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s
@@ -315,9 +384,7 @@ fn string_list(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) ->
                     Value::String(s) if !s.trim().is_empty() => out.push(s.trim().to_string()),
                     Value::String(_) | Value::Null => {}
                     _ => {
-                        errors.push(format!(
-                            "{key} must be an array of strings or a comma-separated string."
-                        ));
+                        errors.push(ConfigError::NotAStringList(key));
                         return Vec::new();
                     }
                 }
@@ -325,9 +392,7 @@ fn string_list(obj: &Map<String, Value>, key: &str, errors: &mut Vec<String>) ->
             out
         }
         Some(_) => {
-            errors.push(format!(
-                "{key} must be an array of strings or a comma-separated string."
-            ));
+            errors.push(ConfigError::NotAStringList(key));
             Vec::new()
         }
     }
@@ -342,7 +407,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     let Some(obj) = value.as_object() else {
         return Parsed {
             config,
-            errors: vec!["config must be a JSON object.".to_string()],
+            errors: vec![ConfigError::NotAnObject],
             warnings,
             raw: Map::new(),
         };
@@ -353,7 +418,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     if let Some(raw) = opt_string(obj, "apiUrl", &mut errors) {
         match normalize_api_url(&raw) {
             Some(u) => config.api_url = u,
-            None => errors.push("apiUrl must be a valid URL.".to_string()),
+            None => errors.push(ConfigError::ApiUrl),
         }
     }
 
@@ -363,10 +428,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
             .name_prefix
             .starts_with(|c: char| c.is_ascii_lowercase())
         {
-            errors.push(format!(
-                "namePrefix must start with a letter: exe.dev VM names begin with a-z, and \"{}\" does not.",
-                config.name_prefix
-            ));
+            errors.push(ConfigError::NamePrefixStart(config.name_prefix.clone()));
         }
     }
 
@@ -377,7 +439,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     match number_field(obj, "cpu") {
         None => {}
         Some(Ok(n)) if n.is_finite() && n.trunc() > 0.0 => config.cpu = Some(n.trunc() as u64),
-        Some(_) => errors.push("cpu must be greater than 0 when provided.".to_string()),
+        Some(_) => errors.push(ConfigError::Cpu),
     }
     config.memory = opt_string(obj, "memory", &mut errors);
     config.disk = opt_string(obj, "disk", &mut errors);
@@ -393,18 +455,18 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
                     Value::Bool(b) => b.to_string(),
                     Value::Null => continue,
                     _ => {
-                        errors.push(format!("env value for {k} must be a string."));
+                        errors.push(ConfigError::EnvValue(k.clone()));
                         continue;
                     }
                 };
                 if !is_valid_env_key(k) {
-                    errors.push(format!("env contains an invalid key: {k}"));
+                    errors.push(ConfigError::EnvKey(k.clone()));
                     continue;
                 }
                 config.env.push((k.clone(), v));
             }
         }
-        Some(_) => errors.push("env must be an object of string values.".to_string()),
+        Some(_) => errors.push(ConfigError::EnvNotAnObject),
     }
 
     config.integrations = string_list(obj, "integrations", &mut errors);
@@ -425,7 +487,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     if let Some(key) = config.ssh_private_key.as_ref().filter(|_| check_key) {
         if !is_secret_ref(key.trim()) {
             if let Err(e) = crate::pem::check_private_key(key) {
-                errors.push(e);
+                errors.push(ConfigError::PrivateKey(e));
             }
         }
     }
@@ -433,9 +495,7 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
     config.ssh_identity_file = opt_string(obj, "sshIdentityFile", &mut errors);
     if let Some(p) = &config.ssh_identity_file {
         if !p.starts_with('/') && !p.starts_with('~') {
-            errors.push(
-                "sshIdentityFile must be an absolute path on the Paperclip host.".to_string(),
-            );
+            errors.push(ConfigError::IdentityFileRelative);
         }
     }
 
@@ -444,24 +504,21 @@ pub fn parse_value(value: &Value, check_key: bool) -> Parsed {
         Some(Ok(n)) if n.is_finite() && n.trunc() >= 1.0 && n.trunc() <= 65535.0 => {
             config.ssh_port = n.trunc() as u16
         }
-        Some(_) => errors.push("sshPort must be between 1 and 65535.".to_string()),
+        Some(_) => errors.push(ConfigError::SshPort),
     }
 
     match obj.get("strictHostKeyChecking") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "" => errors.push("strictHostKeyChecking cannot be empty.".to_string()),
+            "" => errors.push(ConfigError::HostKeyPolicyEmpty),
             "yes" => config.strict_host_key_checking = HostKeyPolicy::Yes,
             "accept-new" => config.strict_host_key_checking = HostKeyPolicy::AcceptNew,
             "no" | "off" => config.strict_host_key_checking = HostKeyPolicy::No,
-            _ => errors
-                .push("strictHostKeyChecking must be one of yes, accept-new or no.".to_string()),
+            _ => errors.push(ConfigError::HostKeyPolicy),
         },
         Some(Value::Bool(true)) => config.strict_host_key_checking = HostKeyPolicy::Yes,
         Some(Value::Bool(false)) => config.strict_host_key_checking = HostKeyPolicy::No,
-        Some(_) => {
-            errors.push("strictHostKeyChecking must be one of yes, accept-new or no.".to_string())
-        }
+        Some(_) => errors.push(ConfigError::HostKeyPolicy),
     }
 
     warnings.push(SSH_ACCESS_WARNING.to_string());

@@ -270,6 +270,7 @@ pub fn context(c: wit::CallContext) -> lease::CallContext {
         config: c.config,
         environment_id: c.environment_id,
         company_id: c.company_id,
+        deadline_ms: c.deadline_ms,
     }
 }
 

@@ -1,140 +1,90 @@
-//! The `/exec` endpoint URL: a deliberately small `http(s)://host[:port]/path[?query]` parser.
+//! The `/exec` endpoint URL, parsed by the `url` crate (WHATWG: IDNA, IPv6, percent-encoding).
 //!
-//! A full URL library (with IDNA tables) would triple the component's size, and every call
-//! instantiates the component afresh; the API URL needs none of that.
+//! Only a plain absolute `http(s)` URL is an endpoint: one the WHATWG parser accepts without a
+//! validation error (so no credentials, no stray whitespace, no `https:///x`), with a host and
+//! a port other than 0. Its fragment is dropped: it never reaches the server.
 
+use std::cell::Cell;
 use std::fmt;
 
-/// A parsed `http`/`https` URL.
+use url::Url;
+
+/// A parsed `http`/`https` URL without userinfo or fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `https` (true) or `http`.
-    pub https: bool,
-    /// Lowercased host name, IPv4 address or bracketed IPv6 address.
-    pub host: String,
-    /// Explicit non-default port.
-    pub port: Option<u16>,
-    /// Path (always starting with `/`).
-    pub path: String,
-    /// Query without the `?`.
-    pub query: Option<String>,
+    url: Url,
 }
 
 impl Endpoint {
     /// Parse; `None` for anything that is not a plain absolute http(s) URL (userinfo,
-    /// whitespace, empty host, bad port, other schemes).
+    /// whitespace, empty host, bad port, other schemes, any WHATWG validation error).
     pub fn parse(raw: &str) -> Option<Endpoint> {
+        // A config value may carry surrounding whitespace, but none inside: the parser would
+        // percent-encode Unicode spaces into the path instead of refusing them.
         let raw = raw.trim();
-        let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-        let (https, rest) = if lower.starts_with("https://") {
-            (true, &raw[8..])
-        } else if lower.starts_with("http://") {
-            (false, &raw[7..])
-        } else {
-            return None;
-        };
-        if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return None;
         }
-        let rest = rest.split('#').next().unwrap_or_default();
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(auth_end);
-        if authority.contains('@') {
+        // The parser repairs what it flags (it drops tabs and newlines, reads `https:/x` as
+        // `https://x`); an API URL that needed repair is not taken as what its author meant.
+        let flagged = Cell::new(false);
+        let on_violation = |_| flagged.set(true);
+        let mut url = Url::options()
+            .syntax_violation_callback(Some(&on_violation))
+            .parse(raw)
+            .ok()?;
+        let plain = !flagged.get()
+            && matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.port() != Some(0);
+        if !plain {
             return None;
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let close = v6.find(']')?;
-            let host = &v6[..close];
-            if host.is_empty()
-                || !host
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            {
-                return None;
-            }
-            let after = &v6[close + 1..];
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':')?),
-            };
-            (format!("[{}]", host.to_ascii_lowercase()), port)
-        } else {
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            };
-            let valid = !host.is_empty()
-                && !host.starts_with(['.', '-'])
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
-            if !valid {
-                return None;
-            }
-            (host.to_ascii_lowercase(), port)
-        };
-        let port = match port {
-            None | Some("") => None,
-            Some(p) => {
-                if !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                let n: u16 = p.parse().ok().filter(|n| *n > 0)?;
-                let default = if https { 443 } else { 80 };
-                (n != default).then_some(n)
-            }
-        };
-        let (path, query) = match tail.split_once('?') {
-            Some((p, q)) => (p, Some(q.to_string())),
-            None => (tail, None),
-        };
-        let path = if path.is_empty() { "/" } else { path };
-        Some(Endpoint {
-            https,
-            host,
-            port,
-            path: path.to_string(),
-            query,
-        })
+        url.set_fragment(None);
+        Some(Endpoint { url })
     }
 
-    /// `host[:port]`.
+    /// `https` (true) or `http`.
+    pub fn https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    /// `host[:port]`: the host in its serialised form (lowercase ASCII, IDNA-encoded, IPv6 in
+    /// brackets), the port only when it is not the scheme's default.
     pub fn authority(&self) -> String {
-        match self.port {
-            Some(p) => format!("{}:{p}", self.host),
-            None => self.host.clone(),
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
         }
     }
 
-    /// `path[?query]`.
+    /// `path[?query]`, percent-encoded.
     pub fn path_with_query(&self) -> String {
-        match &self.query {
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+        match self.url.query() {
+            Some(q) => format!("{}?{q}", self.url.path()),
+            None => self.url.path().to_string(),
         }
     }
 
     /// The same URL with its path ending in `/exec` (a base URL gets `/exec` appended).
     pub fn with_exec_path(mut self) -> Endpoint {
-        let trimmed = self.path.trim_end_matches('/');
-        self.path = if trimmed.ends_with("/exec") {
+        let trimmed = self.url.path().trim_end_matches('/');
+        let path = if trimmed.ends_with("/exec") {
             trimmed.to_string()
         } else {
             format!("{trimmed}/exec")
         };
+        self.url.set_path(&path);
         self
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.https { "https" } else { "http" };
-        write!(
-            f,
-            "{scheme}://{}{}",
-            self.authority(),
-            self.path_with_query()
-        )
+        fmt::Display::fmt(&self.url, f)
     }
 }
 
@@ -179,6 +129,78 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_hosts_are_bracketed_and_canonical() {
+        assert_eq!(
+            norm("https://[2001:DB8::1]:8443/api").as_deref(),
+            Some("https://[2001:db8::1]:8443/api/exec")
+        );
+        assert_eq!(
+            norm("http://[0:0:0:0:0:0:0:1]:80/").as_deref(),
+            Some("http://[::1]/exec")
+        );
+        let e = Endpoint::parse("https://[::ffff:127.0.0.1]:9443").unwrap();
+        assert_eq!(e.authority(), "[::ffff:7f00:1]:9443");
+    }
+
+    #[test]
+    fn idna_hosts_become_ascii() {
+        let e = Endpoint::parse("https://BÜCHER.example/exec").unwrap();
+        assert_eq!(e.authority(), "xn--bcher-kva.example");
+        assert_eq!(e.to_string(), "https://xn--bcher-kva.example/exec");
+        assert_eq!(
+            norm("https://xn--bcher-kva.example").as_deref(),
+            Some("https://xn--bcher-kva.example/exec")
+        );
+        // Full-width dots and letters map to ASCII (UTS 46).
+        assert_eq!(
+            norm("https://ｅｘｅ。dev").as_deref(),
+            Some("https://exe.dev/exec")
+        );
+    }
+
+    #[test]
+    fn percent_encoding_is_kept_or_applied() {
+        // Percent-encoded host bytes are decoded; path and query stay encoded, and raw
+        // non-ASCII in them is encoded.
+        assert_eq!(
+            norm("https://ex%65.dev").as_deref(),
+            Some("https://exe.dev/exec")
+        );
+        assert_eq!(
+            norm("https://exe.dev/caf%C3%A9/").as_deref(),
+            Some("https://exe.dev/caf%C3%A9/exec")
+        );
+        let e = Endpoint::parse("https://exe.dev/café?q=é").unwrap();
+        assert_eq!(e.path_with_query(), "/caf%C3%A9?q=%C3%A9");
+        assert_eq!(
+            e.with_exec_path().to_string(),
+            "https://exe.dev/caf%C3%A9/exec?q=%C3%A9"
+        );
+    }
+
+    #[test]
+    fn rejects_what_the_parser_would_have_to_repair() {
+        for bad in [
+            "https:/exe.dev",
+            "https:exe.dev",
+            "https:\\\\exe.dev",
+            "https://exe.dev\\exec",
+            "https://exe.dev/ex\tec",
+            "https://exe.dev/ex\nec",
+            "https://exe.dev/\u{a0}exec",
+            "https://exe.dev/\u{3000}exec",
+            "https://exe.dev/%zz",
+            "https://exe.dev/a|b",
+            "https://@exe.dev",
+            "https://[::1",
+            "http://exe.dev:0/",
+            "https://xn--a.example",
+        ] {
+            assert_eq!(Endpoint::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn rejects_what_is_not_a_plain_http_url() {
         for bad in [
             "not a url",
@@ -203,7 +225,7 @@ mod tests {
         let e = Endpoint::parse("https://exe.dev:8443/exec?a=b").unwrap();
         assert_eq!(e.authority(), "exe.dev:8443");
         assert_eq!(e.path_with_query(), "/exec?a=b");
-        assert!(e.https);
+        assert!(e.https());
     }
 
     proptest::proptest! {

@@ -179,7 +179,7 @@ mod wasm {
         ) -> Result<HttpResponse, HttpError> {
             let parsed = crate::endpoint::Endpoint::parse(url)
                 .ok_or_else(|| HttpError::Other("the API URL is not a valid http(s) URL".into()))?;
-            let scheme = if parsed.https {
+            let scheme = if parsed.https() {
                 Scheme::Https
             } else {
                 Scheme::Http

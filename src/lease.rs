@@ -49,7 +49,7 @@ pub const CLEANUP_TIMEOUT_MS: u64 = 20_000;
 /// Output cap for the provider's own scripts (prepare, mkdir, kill, sync commit and discard).
 const SCRIPT_OUTPUT_CAP: u64 = 1024 * 1024;
 
-/// What every runtime call carries (plain mirror of the WIT `call-context`).
+/// What every runtime call carries (the WIT `call-context`, as the logic reads it).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallContext {
     /// Driver config JSON text.
@@ -58,6 +58,33 @@ pub struct CallContext {
     pub environment_id: String,
     /// Paperclip company id.
     pub company_id: Option<String>,
+    /// How long the caller waits for the answer, in ms from the call's start (Paperclip's
+    /// timer for the method, applied by the host); 0 when none was given (native tests).
+    pub deadline_ms: u64,
+}
+
+/// Kept back from the caller's deadline to answer in: the reply still has to reach Paperclip.
+const ANSWER_MARGIN_MS: u64 = 2_000;
+
+/// The budget a call works to: the config's `timeoutMs`, but never past the caller's deadline
+/// (less the time to answer), so a call Paperclip stops waiting for has already answered with
+/// a timeout error, and not left a VM behind that nobody owns.
+fn call_budget_ms(config_timeout_ms: u64, deadline_ms: u64) -> u64 {
+    if deadline_ms == 0 {
+        return config_timeout_ms;
+    }
+    let margin = ANSWER_MARGIN_MS.min(deadline_ms / 2);
+    config_timeout_ms.min(deadline_ms - margin).max(1)
+}
+
+#[cfg(test)]
+#[test]
+fn call_budget_keeps_the_margin_and_never_reaches_zero() {
+    assert_eq!(call_budget_ms(300_000, 0), 300_000);
+    assert_eq!(call_budget_ms(300_000, 30_000), 28_000);
+    assert_eq!(call_budget_ms(300_000, 330_000), 300_000);
+    assert_eq!(call_budget_ms(300_000, 3_000), 1_500);
+    assert_eq!(call_budget_ms(300_000, 1), 1);
 }
 
 /// A lease (plain mirror of the WIT `lease`).
@@ -207,7 +234,11 @@ pub struct PrepareFailure {
 /// The provider bound to one call: host, parsed config and ids.
 pub struct Provider<'h> {
     host: &'h dyn Host,
+    /// The parsed config, its `timeout_ms` bounded by the caller's deadline: the budget this
+    /// call works to.
     config: Config,
+    /// The config's own `timeoutMs` (normalised), as lease and probe metadata record it.
+    configured_timeout_ms: u64,
     environment_id: String,
 }
 
@@ -243,9 +274,15 @@ fn ssh_error(e: SshError, what: &str) -> ProviderError {
 impl<'h> Provider<'h> {
     /// Parse the context's config.
     pub fn new(host: &'h dyn Host, ctx: &CallContext) -> Result<Provider<'h>, ProviderError> {
+        let mut config = Config::from_json(&ctx.config)?;
+        let configured_timeout_ms = config.timeout_ms;
+        // Every budget below derives from `config.timeout_ms`; metadata records what the
+        // operator configured.
+        config.timeout_ms = call_budget_ms(config.timeout_ms, ctx.deadline_ms);
         Ok(Provider {
             host,
-            config: Config::from_json(&ctx.config)?,
+            config,
+            configured_timeout_ms,
             environment_id: ctx.environment_id.clone(),
         })
     }

@@ -536,17 +536,12 @@ mod shell_tests {
     use super::*;
     use std::process::{Command, Stdio};
 
-    fn temp_home(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "paperclip-guest-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A private `$HOME`, removed when dropped (also when the test fails).
+    fn temp_home(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("paperclip-guest-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// Run a remote command line the way sshd does: `$SHELL -c '<command line>'`.
@@ -570,9 +565,10 @@ mod shell_tests {
 
     #[test]
     fn prepare_script_creates_the_workspace() {
-        let home = temp_home("prepare");
+        let dir = temp_home("prepare");
+        let home = dir.path();
         std::fs::write(home.join(".profile"), "echo noisy profile\n").unwrap();
-        let out = run(&home, &prepare_command(None), b"");
+        let out = run(home, &prepare_command(None), b"");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let p = parse_prepared(&String::from_utf8(out.stdout).unwrap()).unwrap();
         assert_eq!(p.home, home.to_str().unwrap());
@@ -581,19 +577,18 @@ mod shell_tests {
         assert!(home.join("paperclip-workspace").is_dir());
 
         let odd = home.join("it's a dir");
-        let out = run(&home, &prepare_command(Some(odd.to_str().unwrap())), b"");
+        let out = run(home, &prepare_command(Some(odd.to_str().unwrap())), b"");
         let p = parse_prepared(&String::from_utf8(out.stdout).unwrap()).unwrap();
         assert_eq!(p.cwd, odd.to_str().unwrap());
         assert!(odd.is_dir());
 
         std::fs::write(home.join("file"), "").unwrap();
         let out = run(
-            &home,
+            home,
             &prepare_command(Some(home.join("file/sub").to_str().unwrap())),
             b"",
         );
         assert_eq!(out.status.code(), Some(PREPARE_MKDIR_FAILED));
-        let _ = std::fs::remove_dir_all(&home);
     }
 
     /// A command killed by a signal is reported by the wrapper shell as `128 + n`, whichever
@@ -603,7 +598,8 @@ mod shell_tests {
     #[test]
     fn signalled_commands_exit_128_plus_n_under_every_login_shell() {
         use std::os::unix::process::ExitStatusExt;
-        let home = temp_home("signals");
+        let dir = temp_home("signals");
+        let home = dir.path();
         for login_shell in ["/bin/sh", "/bin/bash", "/bin/dash"] {
             if !std::path::Path::new(login_shell).exists() {
                 continue;
@@ -619,7 +615,7 @@ mod shell_tests {
                     .arg("-c")
                     .arg(sh_c(&wrapper))
                     .env_clear()
-                    .env("HOME", &home)
+                    .env("HOME", home)
                     .env("PATH", "/usr/local/bin:/usr/bin:/bin")
                     .stdin(Stdio::null())
                     .output()
@@ -631,12 +627,12 @@ mod shell_tests {
                 assert_eq!(out.stdout, b"", "{login_shell}: {script}");
             }
         }
-        let _ = std::fs::remove_dir_all(&home);
     }
 
     #[test]
     fn exec_wrapper_runs_the_command_verbatim() {
-        let home = temp_home("exec");
+        let dir = temp_home("exec");
+        let home = dir.path();
         std::fs::write(
             home.join(".profile"),
             "echo profile noise; export FROM_PROFILE=yes\n",
@@ -653,7 +649,7 @@ mod shell_tests {
                 "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
             ],
         );
-        let out = run(&home, &sh_c(&script), &[b'a', 0, 0xff, b'\n']);
+        let out = run(home, &sh_c(&script), &[b'a', 0, 0xff, b'\n']);
         assert_eq!(out.status.code(), Some(7));
         let mut expected = format!(
             "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
@@ -663,12 +659,12 @@ mod shell_tests {
         expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
         assert_eq!(out.stdout, expected);
         assert_eq!(out.stderr, b"err\n");
-        let _ = std::fs::remove_dir_all(&home);
     }
 
     #[test]
     fn kill_script_ends_only_the_marked_tree() {
-        let home = temp_home("kill");
+        let dir = temp_home("kill");
+        let home = dir.path();
         let spawn = |id: &str| {
             Command::new("/bin/sh")
                 .arg("-c")
@@ -680,7 +676,7 @@ mod shell_tests {
                     &["-c".into(), "sleep 30 & sleep 30; wait".into()],
                 )))
                 .env_clear()
-                .env("HOME", &home)
+                .env("HOME", home)
                 .env("PATH", "/usr/bin:/bin")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -689,7 +685,6 @@ mod shell_tests {
         };
         let mut victim = spawn("0000aaaa");
         let mut bystander = spawn("0000bbbb");
-        std::thread::sleep(std::time::Duration::from_millis(300));
         let marked = |id: &str| -> usize {
             std::fs::read_dir("/proc")
                 .unwrap()
@@ -700,30 +695,36 @@ mod shell_tests {
                 })
                 .count()
         };
+        // Poll every 20 ms for up to 10 s.
+        let soon = |holds: &dyn Fn() -> bool| {
+            (0..500).any(|_| {
+                holds() || {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    false
+                }
+            })
+        };
         assert!(
-            marked("0000aaaa") >= 2,
+            soon(&|| marked("0000aaaa") >= 2 && marked("0000bbbb") >= 2),
             "the command and its children carry the marker"
         );
-        let out = run(&home, &sh_c(&kill_script(Some("0000aaaa"))), b"");
+        let out = run(home, &sh_c(&kill_script(Some("0000aaaa"))), b"");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let status = victim.wait().unwrap();
         assert!(!status.success());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(marked("0000aaaa"), 0);
+        assert!(soon(&|| marked("0000aaaa") == 0), "the marked tree is gone");
         assert!(marked("0000bbbb") >= 2, "other executions survive");
         // (`kill_script(None)` would also end other test suites' executions on this machine.)
-        let out = run(&home, &sh_c(&kill_script(Some("0000bbbb"))), b"");
+        let out = run(home, &sh_c(&kill_script(Some("0000bbbb"))), b"");
         assert_eq!(out.status.code(), Some(0));
         let _ = bystander.wait();
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(marked("0000bbbb"), 0);
+        assert!(soon(&|| marked("0000bbbb") == 0), "the second tree is gone");
         // Nothing to kill is still success.
         assert_eq!(
-            run(&home, &sh_c(&kill_script(Some("ffff"))), b"")
+            run(home, &sh_c(&kill_script(Some("ffff"))), b"")
                 .status
                 .code(),
             Some(0)
         );
-        let _ = std::fs::remove_dir_all(&home);
     }
 }

@@ -2,7 +2,7 @@
 //! exe.dev API on the create command it produces ([`crate::api`]). No network.
 
 use crate::api;
-use crate::config::{normalized_json, parse_text, MISSING_API_KEY};
+use crate::config::{normalized_json, parse_text, ConfigError};
 use crate::host::Host;
 
 /// Result of `validate-config` (mirror of the WIT `validation` record).
@@ -25,26 +25,32 @@ pub fn validate(text: &str, host: &dyn Host) -> Validation {
         return Validation {
             ok: false,
             warnings: Vec::new(),
-            errors: parsed.errors,
+            errors: texts(&parsed.errors),
             normalized_config: None,
         };
     }
     if parsed.config.resolve_api_key(host).is_none() {
         // Reported after the field errors of the seed's order would place it: keep it first
         // among "usable" problems, as the seed checks the key before env keys.
-        parsed.errors.push(MISSING_API_KEY.to_string());
+        parsed.errors.push(ConfigError::MissingApiKey);
     }
-    if parsed.errors.is_empty() {
+    let mut errors = texts(&parsed.errors);
+    if errors.is_empty() {
         if let Err(e) = api::check_create_size(&parsed.config) {
-            parsed.errors.push(e);
+            errors.push(e);
         }
     }
-    let ok = parsed.errors.is_empty();
+    let ok = errors.is_empty();
     let normalized_config = ok.then(|| normalized_json(&parsed).to_string());
     Validation {
         ok,
         warnings: parsed.warnings,
-        errors: parsed.errors,
+        errors,
         normalized_config,
     }
+}
+
+/// The operator-facing texts of the config's errors, as the validation record carries them.
+fn texts(errors: &[ConfigError]) -> Vec<String> {
+    errors.iter().map(ToString::to_string).collect()
 }

@@ -105,6 +105,20 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The bytes that have arrived so far in the temporary copy of `name` that a transfer writes
+/// in `dir` (`.<name>.paperclip-sync.*`, on the VM and on the host alike).
+fn staged_bytes(dir: &Path, name: &str) -> u64 {
+    let prefix = format!(".{name}.paperclip-sync.");
+    names(dir)
+        .iter()
+        .filter(|n| n.starts_with(&prefix))
+        .flat_map(|n| e2e_support::files_below(&dir.join(n)))
+        // A file may be renamed into place between the listing and this look.
+        .filter_map(|f| std::fs::symlink_metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_round_trips_byte_exactly() {
     round_trip(None).await;
@@ -394,14 +408,17 @@ async fn a_connection_cut_mid_stream_is_retried_after_reconnecting() {
     std::fs::write(remote.join("old"), b"old").unwrap();
     let back = host.path().join("back");
 
-    for (method, files) in [
+    // Each direction with where its copy arrives: beside the target, on the receiving side.
+    for (method, files, receiving) in [
         (
             "environmentSyncIn",
             vec![mapping(&source, &remote, "directory", json!({}))],
+            (home.as_path(), "target"),
         ),
         (
             "environmentSyncOut",
             vec![mapping(&remote, &back, "directory", json!({}))],
+            (host.path(), "back"),
         ),
     ] {
         let params = sync_params(&env, &lease, files, json!([]));
@@ -411,7 +428,13 @@ async fn a_connection_cut_mid_stream_is_retried_after_reconnecting() {
             .to_string();
         let call = env.call(method, params);
         let cutter = async {
-            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            // Cut once the stream is well under way: 4 of its 40 MiB have arrived.
+            let (dir, name) = receiving;
+            let under_way = e2e_support::eventually(std::time::Duration::from_secs(60), || {
+                staged_bytes(dir, name) >= 4 << 20
+            })
+            .await;
+            assert!(under_way, "{method}: the copy never got under way");
             env.sim.reset_ssh_connections()
         };
         let (answer, reset) = tokio::join!(call, cutter);

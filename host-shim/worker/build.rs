@@ -35,6 +35,9 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("host-shim/vm-agent").display()
     );
+    if env::var_os("PAPERCLIP_VM_AGENT").is_none() {
+        require_target(VM_AGENT_TARGET);
+    }
     built(
         "PAPERCLIP_VM_AGENT",
         &root,
@@ -49,7 +52,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
     if env::var_os("PAPERCLIP_EXE_DEV_WASM").is_none() {
-        ensure_wasm_target();
+        require_target("wasm32-wasip2");
     }
     built(
         "PAPERCLIP_EXE_DEV_WASM",
@@ -102,9 +105,11 @@ fn built(var: &str, root: &Path, target_dir: &Path, how: &[&str], what: &[&str],
     );
 }
 
-/// A fresh rustup install has no wasm32-wasip2 standard library; add it so `cargo build` of the
-/// workspace works as the first command on a new machine.
-fn ensure_wasm_target() {
+/// Fail the build, saying how to fix it, when the standard library of `target` is missing. A
+/// build script does not manage the toolchain: `rust-toolchain.toml` names both targets, so
+/// rustup installs them with the toolchain, and on a toolchain installed before they were named
+/// (or without rustup) whoever builds adds them.
+fn require_target(target: &str) {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
@@ -112,20 +117,16 @@ fn ensure_wasm_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let installed = sysroot
-        .as_ref()
-        .is_some_and(|s| s.join("lib/rustlib/wasm32-wasip2").is_dir());
-    if installed {
-        return;
-    }
-    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (needed to build the component)");
-    let ok = Command::new("rustup")
-        .args(["target", "add", "wasm32-wasip2"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        println!(
-            "cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand"
+    // No sysroot to look in: leave the verdict to the nested build, whose failure names the
+    // target too.
+    let Some(sysroot) = sysroot else { return };
+    if !sysroot.join("lib/rustlib").join(target).is_dir() {
+        panic!(
+            "the Rust standard library for {target} is not installed (looked in {}). It is \
+             needed to build the component (wasm32-wasip2) and the VM agent \
+             (x86_64-unknown-linux-musl); rust-toolchain.toml lists both targets. Install them \
+             with `rustup target add wasm32-wasip2 x86_64-unknown-linux-musl`",
+            sysroot.display()
         );
     }
 }

@@ -354,3 +354,87 @@ proptest! {
         prop_assert_eq!(effective_timeout_ms(&v), parsed.config.timeout_ms);
     }
 }
+
+/// Each config error prints exactly the text validation reported before the errors were typed
+/// (the seed plugin's where it had one): operators and Paperclip's form show these.
+#[test]
+fn every_config_error_keeps_its_text() {
+    let cases = [
+        (ConfigError::NotAnObject, "config must be a JSON object."),
+        (ConfigError::NotAString("sshUser"), "sshUser must be a string."),
+        (
+            ConfigError::NotAStringList("tags"),
+            "tags must be an array of strings or a comma-separated string.",
+        ),
+        (ConfigError::ApiUrl, "apiUrl must be a valid URL."),
+        (
+            ConfigError::NamePrefixStart("9lives".into()),
+            "namePrefix must start with a letter: exe.dev VM names begin with a-z, and \"9lives\" does not.",
+        ),
+        (ConfigError::Cpu, "cpu must be greater than 0 when provided."),
+        (
+            ConfigError::EnvValue("FOO".into()),
+            "env value for FOO must be a string.",
+        ),
+        (
+            ConfigError::EnvKey("1BAD".into()),
+            "env contains an invalid key: 1BAD",
+        ),
+        (
+            ConfigError::EnvNotAnObject,
+            "env must be an object of string values.",
+        ),
+        (
+            ConfigError::Timeout,
+            "timeoutMs must be between 1 and 86400000.",
+        ),
+        (
+            ConfigError::PrivateKey(crate::pem::ENCRYPTED_KEY.into()),
+            crate::pem::ENCRYPTED_KEY,
+        ),
+        (
+            ConfigError::IdentityFileRelative,
+            "sshIdentityFile must be an absolute path on the Paperclip host.",
+        ),
+        (ConfigError::SshPort, "sshPort must be between 1 and 65535."),
+        (
+            ConfigError::HostKeyPolicyEmpty,
+            "strictHostKeyChecking cannot be empty.",
+        ),
+        (
+            ConfigError::HostKeyPolicy,
+            "strictHostKeyChecking must be one of yes, accept-new or no.",
+        ),
+        (
+            ConfigError::MissingApiKey,
+            "exe.dev environments require an API key in config or EXE_API_KEY.",
+        ),
+    ];
+    for (error, text) in cases {
+        assert_eq!(error.to_string(), text, "{error:?}");
+    }
+}
+
+/// Parsing reports typed errors, in field order; `from_json` hands the first one's text on.
+#[test]
+fn parsing_reports_typed_errors() {
+    let parsed = parse_value(
+        &json!({"cpu": 0, "env": {"1BAD": "x"}, "sshPort": 0, "tags": 3}),
+        false,
+    );
+    assert_eq!(
+        parsed.errors,
+        [
+            ConfigError::Cpu,
+            ConfigError::EnvKey("1BAD".into()),
+            ConfigError::NotAStringList("tags"),
+            ConfigError::SshPort,
+        ]
+    );
+    assert_eq!(
+        Config::from_json(r#"{"timeoutMs": 0}"#),
+        Err(ProviderError::InvalidConfig(
+            "timeoutMs must be between 1 and 86400000.".into()
+        ))
+    );
+}

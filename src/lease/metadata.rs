@@ -149,7 +149,7 @@ impl Provider<'_> {
             ssh_user: target.user.clone(),
             shell_command: Some(prepared.shell.clone()),
             remote_cwd: Some(prepared.cwd.clone()),
-            timeout_ms: Some(self.config.timeout_ms),
+            timeout_ms: Some(self.configured_timeout_ms),
             reuse_lease: Some(self.config.reuse_lease),
             resumed_lease: Some(resumed),
             ssh_host: Some(target.host.clone()),

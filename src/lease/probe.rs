@@ -143,7 +143,7 @@ impl Provider<'_> {
             Ok((vm, _, prepared)) => {
                 metadata.insert("vmName".into(), json!(vm.name));
                 metadata.insert("sshDest".into(), json!(vm.dest()));
-                metadata.insert("timeoutMs".into(), json!(self.config.timeout_ms));
+                metadata.insert("timeoutMs".into(), json!(self.configured_timeout_ms));
                 metadata.insert("reuseLease".into(), json!(self.config.reuse_lease));
                 metadata.insert("remoteCwd".into(), json!(prepared.cwd));
                 metadata.insert("shellCommand".into(), json!(prepared.shell));
@@ -155,7 +155,7 @@ impl Provider<'_> {
                 }
             }
             Err(e) => {
-                metadata.insert("timeoutMs".into(), json!(self.config.timeout_ms));
+                metadata.insert("timeoutMs".into(), json!(self.configured_timeout_ms));
                 metadata.insert("reuseLease".into(), json!(self.config.reuse_lease));
                 metadata.insert("error".into(), json!(e.to_string()));
                 ProbeResult {

@@ -70,6 +70,7 @@ impl<'h> Provider<'h> {
         }
         Ok(Provider {
             host,
+            configured_timeout_ms: config.timeout_ms,
             config,
             environment_id: "reconciler".to_string(),
         })

@@ -14,6 +14,7 @@ fn ctx(config: Value) -> CallContext {
         config: config.to_string(),
         environment_id: "env-1".into(),
         company_id: Some("co".into()),
+        deadline_ms: 0,
     }
 }
 
@@ -412,6 +413,7 @@ fn fatal_ssh_failure_deletes_the_vm() {
             config: default_cfg().to_string(),
             environment_id: "env".into(),
             company_id: None,
+            deadline_ms: 0,
         },
     )
     .unwrap();
@@ -910,6 +912,36 @@ fn execute_cwd_and_timeout_precedence() {
     let host = FakeHost::new();
     host.ssh(Some(0), b"", b"");
     provider(&host, json!({"timeoutMs": 9999}))
+        .execute(exec_req(json!({})))
+        .unwrap();
+    assert_eq!(host.ssh_calls.borrow()[0].timeout_ms, 9999);
+}
+
+#[test]
+fn the_callers_deadline_bounds_the_budget_the_config_sets() {
+    // Paperclip waits 30 s for an execute with no timeoutMs anywhere; the config's default
+    // (300 s) would outlive the caller, so the command gets what is left less the margin.
+    let host = FakeHost::new();
+    host.ssh(Some(0), b"", b"");
+    let call = CallContext {
+        deadline_ms: 30_000,
+        ..ctx(json!({"apiKey": "tok"}))
+    };
+    Provider::new(&host, &call)
+        .unwrap()
+        .execute(exec_req(json!({})))
+        .unwrap();
+    assert_eq!(host.ssh_calls.borrow()[0].timeout_ms, 28_000);
+
+    // A deadline past the config's own changes nothing.
+    let host = FakeHost::new();
+    host.ssh(Some(0), b"", b"");
+    let call = CallContext {
+        deadline_ms: 39_999,
+        ..ctx(json!({"apiKey": "tok", "timeoutMs": 9999}))
+    };
+    Provider::new(&host, &call)
+        .unwrap()
         .execute(exec_req(json!({})))
         .unwrap();
     assert_eq!(host.ssh_calls.borrow()[0].timeout_ms, 9999);

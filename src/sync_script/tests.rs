@@ -57,17 +57,12 @@ fn tar_of(dir: &Path) -> Vec<u8> {
     out.stdout
 }
 
-fn scratch() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sync-script-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory, removed when dropped (also when the test fails).
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sync-script-")
+        .tempdir()
+        .unwrap()
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -91,7 +86,8 @@ fn paths_are_absolute_and_normal() {
 #[test]
 fn file_upload_replaces_the_target_and_applies_the_mode() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         let target = dir.join("sub/f.tar");
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(&target, b"old").unwrap();
@@ -109,14 +105,15 @@ fn file_upload_replaces_the_target_and_applies_the_mode() {
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o640);
         assert_eq!(names(target.parent().unwrap()), ["f.tar"]);
-        std::fs::remove_dir_all(dir).unwrap();
+        scratch_dir.close().unwrap();
     }
 }
 
 #[test]
 fn a_cut_stream_leaves_the_old_target_and_no_temp() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         // File target.
         let target = dir.join("f");
         std::fs::write(&target, b"old").unwrap();
@@ -135,7 +132,7 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
         assert_eq!(code, STREAM_CUT, "{shell}: {err}");
         assert!(err.contains("paperclip-sync: the stream to"), "{err}");
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
-        assert_eq!(names(&dir), ["f"]);
+        assert_eq!(names(dir), ["f"]);
 
         // Directory target.
         let src = dir.join("src");
@@ -159,9 +156,9 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
             let (code, _, err) = run(shell, &script, &framed("gzip", cut));
             assert_eq!(code, STREAM_CUT, "{shell} cut at {}: {err}", cut.len());
             assert_eq!(names(&old), ["keep"]);
-            assert_eq!(names(&dir), ["f", "src", "w"]);
+            assert_eq!(names(dir), ["f", "src", "w"]);
         }
-        std::fs::remove_dir_all(dir).unwrap();
+        scratch_dir.close().unwrap();
     }
 }
 
@@ -170,7 +167,8 @@ fn a_cut_stream_leaves_the_old_target_and_no_temp() {
 #[test]
 fn a_cut_stream_with_stderr_gone_still_cleans_up() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         let src = dir.join("src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
@@ -198,15 +196,16 @@ fn a_cut_stream_with_stderr_gone_still_cleans_up() {
         drop(pipe);
         let status = child.wait().unwrap();
         assert!(!status.success(), "{shell}");
-        assert_eq!(names(&dir), ["src"], "{shell}: a temporary was left");
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(names(dir), ["src"], "{shell}: a temporary was left");
+        scratch_dir.close().unwrap();
     }
 }
 
 #[test]
 fn directory_upload_replaces_the_tree() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         let src = dir.join("src");
         std::fs::create_dir_all(src.join("d/é")).unwrap();
         std::fs::write(src.join("d/é/x"), b"x").unwrap();
@@ -233,14 +232,15 @@ fn directory_upload_replaces_the_tree() {
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o750);
         assert_eq!(names(&dir.join("deep")), ["w"]);
-        std::fs::remove_dir_all(dir).unwrap();
+        scratch_dir.close().unwrap();
     }
 }
 
 #[test]
 fn download_writes_raw_or_gzip_and_reports_a_missing_source() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         let file = dir.join("f");
         std::fs::write(&file, b"hello").unwrap();
         let script = download_script(file.to_str().unwrap(), EntryKind::File, &[], false);
@@ -282,14 +282,15 @@ fn download_writes_raw_or_gzip_and_reports_a_missing_source() {
             assert!(out.is_empty());
             assert!(err.starts_with(MESSAGE_PREFIX), "{err}");
         }
-        std::fs::remove_dir_all(dir).unwrap();
+        scratch_dir.close().unwrap();
     }
 }
 
 #[test]
 fn a_failing_tar_fails_the_download_even_through_gzip() {
     for shell in SHELLS {
-        let dir = scratch();
+        let scratch_dir = scratch();
+        let dir = scratch_dir.path();
         let tree = dir.join("t");
         std::fs::create_dir_all(&tree).unwrap();
         // tar fails (exit 2) on an unreadable option value; gzip alone would hide it.
@@ -297,7 +298,7 @@ fn a_failing_tar_fails_the_download_even_through_gzip() {
             .replace("tar -cf -", "tar --no-such-option -cf -");
         let (code, _, err) = run(shell, &script, b"gzip\n");
         assert_eq!(code, PACK_FAILED, "{shell}: {err}");
-        std::fs::remove_dir_all(dir).unwrap();
+        scratch_dir.close().unwrap();
     }
 }
 
@@ -307,7 +308,8 @@ fn a_failing_tar_fails_the_download_even_through_gzip() {
 fn an_uncompressed_upload_waits_for_its_commit() {
     for shell in SHELLS {
         for kind in [EntryKind::File, EntryKind::Directory] {
-            let dir = scratch();
+            let scratch_dir = scratch();
+            let dir = scratch_dir.path();
             let src = dir.join("src");
             std::fs::create_dir_all(&src).unwrap();
             std::fs::write(src.join("a"), b"new").unwrap();
@@ -354,8 +356,8 @@ fn an_uncompressed_upload_waits_for_its_commit() {
                     assert_eq!(mode, 0o700);
                 }
             }
-            assert_eq!(names(&dir), ["src", "t"]);
-            std::fs::remove_dir_all(dir).unwrap();
+            assert_eq!(names(dir), ["src", "t"]);
+            scratch_dir.close().unwrap();
         }
     }
 }

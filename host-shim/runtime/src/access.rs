@@ -11,10 +11,67 @@
 //! - after a call during which the hooks refused a request, so the runtime error names the
 //!   remedy too.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::policy::{is_loopback_host, HttpScheme, Policy};
+
+/// Why the host would refuse the component's requests to a URL. The text is what the operator
+/// sees (in `validate`'s errors), with the remedy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    /// The URL has no `http://` or `https://` authority to check.
+    #[error("{what} {url} has no http:// or https:// authority this host can check.")]
+    NoAuthority {
+        /// The URL's role in the config, e.g. `apiUrl`.
+        what: String,
+        /// The URL as given.
+        url: String,
+    },
+    /// The policy does not grant the URL's authority.
+    #[error("{what} {url} is not allowed by the worker's HTTP policy. {remedy}")]
+    NotAllowed {
+        /// The URL's role in the config, e.g. `apiUrl`.
+        what: String,
+        /// The URL as given.
+        url: String,
+        /// What the operator can do about it.
+        remedy: Remedy,
+    },
+}
+
+/// What the operator must do to allow an HTTP authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remedy {
+    /// Cleartext to a host that is not loopback: never allowed, so use `https://`.
+    UseHttps,
+    /// Add `--allow-http <entry>` to the worker's arguments in `file` and restart the plugin.
+    AllowHttp {
+        /// `host:port`, an IPv6 host in brackets.
+        entry: String,
+        /// The `worker-args.json` to edit: its absolute path when known, otherwise a
+        /// description.
+        file: String,
+    },
+}
+
+impl fmt::Display for Remedy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UseHttps => f.write_str(
+                "Plain http:// is only ever allowed to loopback hosts (127.0.0.0/8, ::1, \
+                 localhost); use an https:// URL.",
+            ),
+            Self::AllowHttp { entry, file } => write!(
+                f,
+                "To allow it, add \"--allow-http\", \"{entry}\" to the JSON array in {file} \
+                 (create the file as [\"--allow-http\", \"{entry}\"] if it does not exist), \
+                 then restart the plugin (disable and enable it in Paperclip)."
+            ),
+        }
+    }
+}
 
 /// The HTTP policy plus where its operator flags live.
 #[derive(Debug, Clone)]
@@ -35,33 +92,33 @@ impl HttpAccess {
 
     /// `Ok` when the policy lets the component call `url`; otherwise the message an operator
     /// sees, naming the remedy. `what` names the URL's role (e.g. "apiUrl").
-    pub fn check_url(&self, what: &str, url: &str) -> Result<(), String> {
+    pub fn check_url(&self, what: &str, url: &str) -> Result<(), UrlRefused> {
         let Some((scheme, host, port)) = authority_of(url) else {
-            return Err(format!(
-                "{what} {url} has no http:// or https:// authority this host can check."
-            ));
+            return Err(UrlRefused::NoAuthority {
+                what: what.to_owned(),
+                url: url.to_owned(),
+            });
         };
         if self.policy.allows_http(scheme_name(scheme), &host, port) {
             return Ok(());
         }
-        Err(format!(
-            "{what} {url} is not allowed by the worker's HTTP policy. {}",
-            self.remedy(scheme, &host, port)
-        ))
+        Err(UrlRefused::NotAllowed {
+            what: what.to_owned(),
+            url: url.to_owned(),
+            remedy: self.remedy(scheme, &host, port),
+        })
     }
 
     /// The remedy for a refused request to `url` (a `scheme://host[:port]…` URL).
-    pub fn remedy_for_url(&self, url: &str) -> Option<String> {
+    pub fn remedy_for_url(&self, url: &str) -> Option<Remedy> {
         let (scheme, host, port) = authority_of(url)?;
         Some(self.remedy(scheme, &host, port))
     }
 
     /// What the operator must do to allow `scheme://host:port`.
-    fn remedy(&self, scheme: HttpScheme, host: &str, port: u16) -> String {
+    fn remedy(&self, scheme: HttpScheme, host: &str, port: u16) -> Remedy {
         if scheme == HttpScheme::Http && !is_loopback_host(host) {
-            return "Plain http:// is only ever allowed to loopback hosts (127.0.0.0/8, ::1, \
-                    localhost); use an https:// URL."
-                .to_string();
+            return Remedy::UseHttps;
         }
         let entry = if host.contains(':') {
             format!("[{host}]:{port}")
@@ -72,11 +129,7 @@ impl HttpAccess {
             Some(path) => path.display().to_string(),
             None => "bin/worker-args.json of the installed plugin package".to_string(),
         };
-        format!(
-            "To allow it, add \"--allow-http\", \"{entry}\" to the JSON array in {file} (create \
-             the file as [\"--allow-http\", \"{entry}\"] if it does not exist), then restart \
-             the plugin (disable and enable it in Paperclip)."
-        )
+        Remedy::AllowHttp { entry, file }
     }
 }
 
@@ -130,7 +183,8 @@ mod tests {
         let a = access(&[], Some("/srv/pkg/bin/worker-args.json"));
         let e = a
             .check_url("apiUrl", "https://api.example.com:8443/exec")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "apiUrl https://api.example.com:8443/exec is not allowed by the worker's HTTP \
@@ -141,7 +195,8 @@ mod tests {
         );
         let e = access(&[], None)
             .check_url("apiUrl", "http://[::1]:9/exec")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"[::1]:9\""), "{e}");
         assert!(
             e.contains("bin/worker-args.json of the installed plugin package"),
@@ -149,15 +204,64 @@ mod tests {
         );
         let e = a
             .check_url("apiUrl", "https://exe.dev:444/exec")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"exe.dev:444\""), "{e}");
+    }
+
+    /// The typed refusals print what the string errors printed before them.
+    #[test]
+    fn refusals_are_typed_and_keep_their_texts() {
+        let a = access(&[], Some("/srv/pkg/bin/worker-args.json"));
+        assert_eq!(
+            a.check_url("apiUrl", "ftp://exe.dev/exec"),
+            Err(UrlRefused::NoAuthority {
+                what: "apiUrl".into(),
+                url: "ftp://exe.dev/exec".into()
+            })
+        );
+        assert_eq!(
+            a.check_url("apiUrl", "ftp://exe.dev/exec")
+                .unwrap_err()
+                .to_string(),
+            "apiUrl ftp://exe.dev/exec has no http:// or https:// authority this host can check."
+        );
+        let allow = Remedy::AllowHttp {
+            entry: "api.example.com:8443".into(),
+            file: "/srv/pkg/bin/worker-args.json".into(),
+        };
+        assert_eq!(
+            a.check_url("apiUrl", "https://api.example.com:8443/exec"),
+            Err(UrlRefused::NotAllowed {
+                what: "apiUrl".into(),
+                url: "https://api.example.com:8443/exec".into(),
+                remedy: allow.clone(),
+            })
+        );
+        assert_eq!(
+            allow.to_string(),
+            "To allow it, add \"--allow-http\", \"api.example.com:8443\" to the JSON array in \
+             /srv/pkg/bin/worker-args.json (create the file as [\"--allow-http\", \
+             \"api.example.com:8443\"] if it does not exist), then restart the plugin (disable \
+             and enable it in Paperclip)."
+        );
+        assert_eq!(
+            a.remedy_for_url("http://exe.dev/exec"),
+            Some(Remedy::UseHttps)
+        );
+        assert_eq!(
+            Remedy::UseHttps.to_string(),
+            "Plain http:// is only ever allowed to loopback hosts (127.0.0.0/8, ::1, localhost); \
+             use an https:// URL."
+        );
     }
 
     #[test]
     fn cleartext_to_a_remote_host_gets_the_https_remedy() {
         let e = access(&[], None)
             .check_url("apiUrl", "http://exe.dev/exec")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("use an https:// URL"), "{e}");
         assert!(!e.contains("--allow-http"), "{e}");
     }

@@ -1,6 +1,7 @@
-//! The wasmtime engine: compiles (or loads from the on-disk cache) the component once, links only
-//! the granted capabilities into an `InstancePre`, and runs every call in a fresh `Store` with a
-//! memory limit and an epoch deadline.
+//! The wasmtime engine: compiles (or loads from the on-disk cache) the component once, links the
+//! world's imports (never `wasi:sockets` or `wasi:filesystem`) into an `InstancePre`, and runs
+//! every call in a fresh `Store` with a memory limit and an epoch deadline. What each import may
+//! reach is the [`Grants`]' decision, made per request (a capability not granted refuses).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -24,13 +25,27 @@ use crate::state::{HooksFactory, HostState, SshBackend, TransferBackend};
 /// How often the epoch advances. Deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// The contract this host speaks, `paperclip:sandbox-provider@<version>`: the `package` line of
+/// `wit/world.wit`, compiled in from the directory the bindings are generated from, so the two
+/// cannot disagree.
+pub fn contract_package() -> &'static str {
+    include_str!("../../../wit/world.wit")
+        .lines()
+        .find_map(|line| line.strip_prefix("package "))
+        .and_then(|rest| rest.split_once(';'))
+        .map(|(name, _)| name.trim())
+        .expect("wit/world.wit declares its package")
+}
+
 /// Tunables of the sandbox every call runs in.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Linear-memory cap per call. Execute results of two 32 MiB streams pass through guest
     /// memory a few times, so the default leaves room for that and no more.
     pub max_memory_bytes: usize,
-    /// Added to a call's own timeout to form its hard wall-clock deadline.
+    /// Added to a call's deadline (Paperclip's timer for the method, which the component is
+    /// told) to form its hard wall-clock deadline: the component answers before the deadline,
+    /// so this only stops one that does not.
     pub call_grace: Duration,
 }
 
@@ -82,6 +97,7 @@ impl ProviderHost {
     ) -> anyhow::Result<Self> {
         let engine = new_engine()?;
         let component = load_component(&engine, wasm, cache_dir)?;
+        check_contract(&engine, &component)?;
         let linker = granted_linker(&engine)?;
         let pre = linker
             .instantiate_pre(&component)
@@ -89,7 +105,7 @@ impl ProviderHost {
             .context("the component needs a capability this host does not grant")?;
         let pre = ExeDevProviderPre::new(pre)
             .map_err(anyhow::Error::from)
-            .context("the component does not export paperclip:sandbox-provider/provider@0.3.0")?;
+            .with_context(|| format!("the component does not export {}", provider_interface()))?;
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
@@ -171,6 +187,47 @@ impl ProviderHost {
     }
 }
 
+/// `paperclip:sandbox-provider/provider@<version>`, the interface a component must export.
+fn provider_interface() -> String {
+    let (name, version) = split_version(contract_package());
+    format!("{name}/provider@{version}")
+}
+
+fn split_version(package: &str) -> (&str, &str) {
+    package.rsplit_once('@').unwrap_or((package, ""))
+}
+
+/// Refuse a component built for another version of the contract, by name. Without this the
+/// linker would only report the first import it lacks (`paperclip:sandbox-provider/ssh@0.2.0`),
+/// which reads like a missing capability. The versions are read from the component's own
+/// export and import names; the exported provider's comes first, being what the component
+/// implements.
+fn check_contract(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    let contract = contract_package();
+    let (ours, version) = split_version(contract);
+    let prefix = format!("{ours}/");
+    let ty = component.component_type();
+    let names = ty
+        .exports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.imports(engine).map(|(name, _)| name));
+    let other = names
+        .filter_map(|name| name.strip_prefix(&prefix))
+        .map(|interface| interface.split_once('@').map_or("", |(_, v)| v))
+        .find(|v| *v != version);
+    match other {
+        None => Ok(()),
+        Some("") => anyhow::bail!(
+            "the component implements an unversioned {ours}, this host speaks \
+             {contract}; use a component and host from the same release"
+        ),
+        Some(theirs) => anyhow::bail!(
+            "the component implements {ours}@{theirs}, this host speaks {contract}; use \
+             a component and host from the same release"
+        ),
+    }
+}
+
 fn new_engine() -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
@@ -178,10 +235,11 @@ fn new_engine() -> anyhow::Result<Engine> {
     Ok(Engine::new(&config)?)
 }
 
-/// Link exactly what the component is granted: wasi:http (through the policy hooks), the
-/// I/O, clock and random interfaces it depends on, the inert `wasi:cli` pieces and hash seed
-/// Rust's std references (environment holds only `EXE_API_KEY`), and our `ssh`, `log` and
-/// `vm-ledger`. No sockets, no filesystem: a component importing them fails to instantiate.
+/// Link the world's imports and nothing more: wasi:http (through the policy hooks), the I/O,
+/// clock and random interfaces it depends on, the inert `wasi:cli` pieces and hash seed Rust's
+/// std references (environment holds only `EXE_API_KEY`), and our `ssh`, `transfer`, `log` and
+/// `vm-ledger` (each refuses what the grants do not allow). No sockets, no filesystem: a
+/// component importing them fails to instantiate.
 fn granted_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     use wasmtime_wasi::p2::bindings::{cli, random};
     use wasmtime_wasi::random::WasiRandom;

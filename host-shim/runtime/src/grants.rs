@@ -241,7 +241,7 @@ impl LiveOutput {
             let (i, name) = stream_index(kind);
             let pieces = this.chunkers.lock().unwrap()[i].push(bytes);
             for piece in pieces {
-                this.sink.execute_chunk(name, &piece);
+                this.sink.output_text(name, &piece);
             }
         })
     }
@@ -254,7 +254,7 @@ impl LiveOutput {
             let (i, name) = stream_index(kind);
             let pieces = self.chunkers.lock().unwrap()[i].finish();
             for piece in pieces {
-                self.sink.execute_chunk(name, &piece);
+                self.sink.output_text(name, &piece);
             }
         }
     }

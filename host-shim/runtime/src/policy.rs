@@ -15,11 +15,105 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use anyhow::{bail, Context};
-
 /// The manifest key under which the host reads its grants. Host-only: packaging strips it from
 /// `dist/manifest.js` because Paperclip's strict validator does not know it.
 pub const MANIFEST_GRANTS_KEY: &str = "x-wasm-host";
+
+/// A grant the policy cannot take: the manifest's `x-wasm-host` or an operator flag is
+/// malformed. Printed with its causes (`{:#}`), it names the entry and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// `x-wasm-host` is not an object.
+    #[error("manifest `{MANIFEST_GRANTS_KEY}` must be an object")]
+    GrantsNotAnObject,
+    /// `x-wasm-host.<key>` is not an array.
+    #[error("manifest `{MANIFEST_GRANTS_KEY}.{0}` must be an array of strings")]
+    GrantsNotAnArray(String),
+    /// `x-wasm-host.<key>` holds something other than strings.
+    #[error("manifest `{MANIFEST_GRANTS_KEY}.{0}` must hold strings")]
+    GrantNotAString(String),
+    /// `x-wasm-host` names a capability the host does not know.
+    #[error("manifest `{MANIFEST_GRANTS_KEY}` has unknown capability {0:?} (known: http, ssh)")]
+    UnknownCapability(String),
+    /// A manifest HTTP grant is not `https://…`: the manifest never opens cleartext.
+    #[error("manifest HTTP grant {0:?} must be https://HOST[:PORT]")]
+    ManifestHttpNotHttps(String),
+    /// A manifest HTTP grant's authority is malformed.
+    #[error("manifest HTTP grant {entry:?}")]
+    ManifestHttp {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with its authority.
+        #[source]
+        source: AuthorityError,
+    },
+    /// A manifest SSH pattern is malformed.
+    #[error(transparent)]
+    ManifestSsh(HostPatternError),
+    /// An `--allow-http` flag is malformed.
+    #[error("--allow-http {flag:?}")]
+    AllowHttp {
+        /// The flag's value as given.
+        flag: String,
+        /// What is wrong with it.
+        #[source]
+        source: HttpFlagError,
+    },
+    /// An `--allow-ssh` flag is malformed.
+    #[error("--allow-ssh {flag:?}")]
+    AllowSsh {
+        /// The flag's value as given.
+        flag: String,
+        /// What is wrong with it.
+        #[source]
+        source: HostPatternError,
+    },
+}
+
+/// A malformed `--allow-http` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpFlagError {
+    /// A scheme other than `http://` or `https://`.
+    #[error("only http:// and https:// are supported")]
+    Scheme,
+    /// `http://` to a host that is not loopback.
+    #[error("plain http:// is only allowed to loopback hosts (127.0.0.0/8, ::1, localhost)")]
+    CleartextToRemote,
+    /// The `HOST[:PORT]` part is malformed.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+}
+
+/// A malformed `HOST[:PORT]`; each names the text it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// `[` without its `]`.
+    #[error("unterminated `[` in {0:?}")]
+    UnterminatedBracket(String),
+    /// Something other than `:PORT` after `]`.
+    #[error("expected `:PORT` after `]` in {0:?}")]
+    AfterBracket(String),
+    /// Not a host name or IP literal.
+    #[error("invalid host in {0:?}")]
+    Host(String),
+    /// Not a port from 1 to 65535.
+    #[error("invalid port in {0:?}")]
+    Port(String),
+}
+
+/// A malformed SSH host pattern; each names the pattern as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPatternError {
+    /// Empty, or longer than a host name can be.
+    #[error("SSH host pattern {0:?} must be 1 to 253 characters")]
+    Length(String),
+    /// A label that is empty, too long, starts with `-` or holds other characters.
+    #[error(
+        "SSH host pattern {0:?} is invalid: labels are letters, digits, `-` and `*`, non-empty, \
+         not starting with `-`"
+    )]
+    Label(String),
+}
 
 /// URL scheme of an HTTP grant or request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,10 +191,10 @@ pub struct HostPattern {
 
 impl HostPattern {
     /// Parse a pattern such as `*.exe.xyz`, `exe.dev` or `vm-*.example.com`.
-    pub fn parse(pattern: &str) -> anyhow::Result<Self> {
+    pub fn parse(pattern: &str) -> Result<Self, HostPatternError> {
         let lower = pattern.trim().to_ascii_lowercase();
         if lower.is_empty() || lower.len() > 253 {
-            bail!("SSH host pattern {pattern:?} must be 1 to 253 characters");
+            return Err(HostPatternError::Length(pattern.to_owned()));
         }
         let labels: Vec<String> = lower.split('.').map(str::to_owned).collect();
         for label in &labels {
@@ -111,10 +205,7 @@ impl HostPattern {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*');
             if !ok {
-                bail!(
-                    "SSH host pattern {pattern:?} is invalid: labels are letters, digits, `-` and \
-                     `*`, non-empty, not starting with `-`"
-                );
+                return Err(HostPatternError::Label(pattern.to_owned()));
             }
         }
         Ok(Self { labels })
@@ -199,16 +290,16 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Split `HOST[:PORT]` (HOST may be `[v6]`) into a normalised host and an optional port.
-fn split_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), AuthorityError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (inside, after) = rest
             .split_once(']')
-            .with_context(|| format!("unterminated `[` in {s:?}"))?;
+            .ok_or_else(|| AuthorityError::UnterminatedBracket(s.to_owned()))?;
         let port = match after {
             "" => None,
             p => Some(
                 p.strip_prefix(':')
-                    .with_context(|| format!("expected `:PORT` after `]` in {s:?}"))?,
+                    .ok_or_else(|| AuthorityError::AfterBracket(s.to_owned()))?,
             ),
         };
         (format!("[{inside}]"), port)
@@ -221,7 +312,7 @@ fn split_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
             None => (s.to_owned(), None),
         }
     };
-    let host = normalize_http_host(&host).with_context(|| format!("invalid host in {s:?}"))?;
+    let host = normalize_http_host(&host).ok_or_else(|| AuthorityError::Host(s.to_owned()))?;
     let port = match port {
         None => None,
         Some(p) => {
@@ -229,7 +320,7 @@ fn split_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
                 .parse()
                 .ok()
                 .filter(|n| *n != 0)
-                .with_context(|| format!("invalid port in {s:?}"))?;
+                .ok_or_else(|| AuthorityError::Port(s.to_owned()))?;
             Some(n)
         }
     };
@@ -254,27 +345,24 @@ impl Policy {
         manifest: &serde_json::Value,
         http_flags: &[String],
         ssh_flags: &[String],
-    ) -> anyhow::Result<Policy> {
+    ) -> Result<Policy, PolicyError> {
         let mut policy = Policy::default();
         if let Some(grants) = manifest.get(MANIFEST_GRANTS_KEY) {
-            let grants = grants
-                .as_object()
-                .with_context(|| format!("manifest `{MANIFEST_GRANTS_KEY}` must be an object"))?;
+            let grants = grants.as_object().ok_or(PolicyError::GrantsNotAnObject)?;
             for (key, value) in grants {
-                let entries = value.as_array().with_context(|| {
-                    format!("manifest `{MANIFEST_GRANTS_KEY}.{key}` must be an array of strings")
-                })?;
+                let entries = value
+                    .as_array()
+                    .ok_or_else(|| PolicyError::GrantsNotAnArray(key.clone()))?;
                 for entry in entries {
-                    let entry = entry.as_str().with_context(|| {
-                        format!("manifest `{MANIFEST_GRANTS_KEY}.{key}` must hold strings")
-                    })?;
+                    let entry = entry
+                        .as_str()
+                        .ok_or_else(|| PolicyError::GrantNotAString(key.clone()))?;
                     match key.as_str() {
                         "http" => policy.allow_manifest_http(entry)?,
-                        "ssh" => policy.allow_ssh_pattern(entry)?,
-                        other => bail!(
-                            "manifest `{MANIFEST_GRANTS_KEY}` has unknown capability {other:?} \
-                             (known: http, ssh)"
-                        ),
+                        "ssh" => policy
+                            .allow_ssh_pattern(entry)
+                            .map_err(PolicyError::ManifestSsh)?,
+                        other => return Err(PolicyError::UnknownCapability(other.to_owned())),
                     }
                 }
             }
@@ -282,23 +370,33 @@ impl Policy {
         for flag in http_flags {
             policy
                 .allow_http_flag(flag)
-                .with_context(|| format!("--allow-http {flag:?}"))?;
+                .map_err(|source| PolicyError::AllowHttp {
+                    flag: flag.clone(),
+                    source,
+                })?;
         }
         for flag in ssh_flags {
             policy
                 .allow_ssh_pattern(flag)
-                .with_context(|| format!("--allow-ssh {flag:?}"))?;
+                .map_err(|source| PolicyError::AllowSsh {
+                    flag: flag.clone(),
+                    source,
+                })?;
         }
         Ok(policy)
     }
 
     /// Add a manifest HTTP grant: `https://HOST[:PORT]` only.
-    fn allow_manifest_http(&mut self, entry: &str) -> anyhow::Result<()> {
-        let rest = entry.strip_prefix("https://").with_context(|| {
-            format!("manifest HTTP grant {entry:?} must be https://HOST[:PORT]")
+    fn allow_manifest_http(&mut self, entry: &str) -> Result<(), PolicyError> {
+        let rest = entry
+            .strip_prefix("https://")
+            .ok_or_else(|| PolicyError::ManifestHttpNotHttps(entry.to_owned()))?;
+        let (host, port) = split_host_port(rest.trim_end_matches('/')).map_err(|source| {
+            PolicyError::ManifestHttp {
+                entry: entry.to_owned(),
+                source,
+            }
         })?;
-        let (host, port) = split_host_port(rest.trim_end_matches('/'))
-            .with_context(|| format!("manifest HTTP grant {entry:?}"))?;
         self.push_http(HttpScheme::Https, host, port.unwrap_or(443));
         Ok(())
     }
@@ -309,7 +407,7 @@ impl Policy {
     /// - `http://HOST[:PORT]` allows cleartext HTTP only, and HOST must be loopback (default 80);
     /// - bare `HOST[:PORT]` allows HTTPS, plus cleartext HTTP when HOST is loopback; the port
     ///   defaults to each scheme's default port.
-    pub fn allow_http_flag(&mut self, flag: &str) -> anyhow::Result<()> {
+    pub fn allow_http_flag(&mut self, flag: &str) -> Result<(), HttpFlagError> {
         let flag = flag.trim();
         let (schemes, rest): (&[HttpScheme], &str) = if let Some(r) = flag.strip_prefix("https://")
         {
@@ -317,14 +415,14 @@ impl Policy {
         } else if let Some(r) = flag.strip_prefix("http://") {
             (&[HttpScheme::Http], r)
         } else if flag.contains("://") {
-            bail!("only http:// and https:// are supported");
+            return Err(HttpFlagError::Scheme);
         } else {
             (&[HttpScheme::Https, HttpScheme::Http], flag)
         };
         let (host, port) = split_host_port(rest.trim_end_matches('/'))?;
         let loopback = is_loopback_host(&host);
         if schemes == [HttpScheme::Http] && !loopback {
-            bail!("plain http:// is only allowed to loopback hosts (127.0.0.0/8, ::1, localhost)");
+            return Err(HttpFlagError::CleartextToRemote);
         }
         for &scheme in schemes {
             if scheme == HttpScheme::Http && !loopback {
@@ -336,7 +434,7 @@ impl Policy {
     }
 
     /// Add an SSH host pattern (manifest entry or `--allow-ssh`).
-    pub fn allow_ssh_pattern(&mut self, pattern: &str) -> anyhow::Result<()> {
+    pub fn allow_ssh_pattern(&mut self, pattern: &str) -> Result<(), HostPatternError> {
         let pattern = HostPattern::parse(pattern)?;
         if !self.ssh.contains(&pattern) {
             self.ssh.push(pattern);
@@ -624,5 +722,116 @@ mod tests {
             ]
         );
         assert_eq!(p.ssh_patterns()[0].to_string(), "*.exe.xyz");
+    }
+
+    /// What an operator reads (`{:#}`, cause after cause) for each malformed grant: the texts
+    /// from before the errors were typed.
+    #[test]
+    fn malformed_grants_keep_their_texts() {
+        fn text<E: Into<anyhow::Error>>(r: Result<Policy, E>) -> String {
+            format!("{:#}", r.map(drop).unwrap_err().into())
+        }
+        let http = |flag: &str| text(Policy::from_manifest(&manifest(), &[flag.into()], &[]));
+        let ssh = |flag: &str| text(Policy::from_manifest(&manifest(), &[], &[flag.into()]));
+        let grants = |m: serde_json::Value| text(Policy::from_manifest(&m, &[], &[]));
+        let cases = [
+            (
+                http("ftp://host"),
+                r#"--allow-http "ftp://host": only http:// and https:// are supported"#,
+            ),
+            (
+                http("http://example.com:80"),
+                r#"--allow-http "http://example.com:80": plain http:// is only allowed to loopback hosts (127.0.0.0/8, ::1, localhost)"#,
+            ),
+            (
+                http("[::1"),
+                r#"--allow-http "[::1": unterminated `[` in "[::1""#,
+            ),
+            (
+                http("[::1]8080"),
+                r#"--allow-http "[::1]8080": expected `:PORT` after `]` in "[::1]8080""#,
+            ),
+            (
+                http("ho st"),
+                r#"--allow-http "ho st": invalid host in "ho st""#,
+            ),
+            (
+                http("host:0"),
+                r#"--allow-http "host:0": invalid port in "host:0""#,
+            ),
+            (
+                ssh(""),
+                r#"--allow-ssh "": SSH host pattern "" must be 1 to 253 characters"#,
+            ),
+            (
+                ssh("a..b"),
+                r#"--allow-ssh "a..b": SSH host pattern "a..b" is invalid: labels are letters, digits, `-` and `*`, non-empty, not starting with `-`"#,
+            ),
+            (
+                grants(json!({"x-wasm-host": []})),
+                "manifest `x-wasm-host` must be an object",
+            ),
+            (
+                grants(json!({"x-wasm-host": {"http": "https://exe.dev"}})),
+                "manifest `x-wasm-host.http` must be an array of strings",
+            ),
+            (
+                grants(json!({"x-wasm-host": {"ssh": [1]}})),
+                "manifest `x-wasm-host.ssh` must hold strings",
+            ),
+            (
+                grants(json!({"x-wasm-host": {"sockets": ["*"]}})),
+                r#"manifest `x-wasm-host` has unknown capability "sockets" (known: http, ssh)"#,
+            ),
+            (
+                grants(json!({"x-wasm-host": {"http": ["http://127.0.0.1:80"]}})),
+                r#"manifest HTTP grant "http://127.0.0.1:80" must be https://HOST[:PORT]"#,
+            ),
+            (
+                grants(json!({"x-wasm-host": {"http": ["https://exe.dev:x"]}})),
+                r#"manifest HTTP grant "https://exe.dev:x": invalid port in "exe.dev:x""#,
+            ),
+            (
+                grants(json!({"x-wasm-host": {"ssh": ["-evil.com"]}})),
+                r#"SSH host pattern "-evil.com" is invalid: labels are letters, digits, `-` and `*`, non-empty, not starting with `-`"#,
+            ),
+        ];
+        for (actual, expected) in cases {
+            assert_eq!(actual, expected);
+        }
+    }
+
+    #[test]
+    fn malformed_grants_are_typed() {
+        let http = |flag: &str| Policy::from_manifest(&manifest(), &[flag.into()], &[]).err();
+        assert_eq!(
+            http("host:0"),
+            Some(PolicyError::AllowHttp {
+                flag: "host:0".into(),
+                source: HttpFlagError::Authority(AuthorityError::Port("host:0".into())),
+            })
+        );
+        assert_eq!(
+            http("http://10.0.0.1"),
+            Some(PolicyError::AllowHttp {
+                flag: "http://10.0.0.1".into(),
+                source: HttpFlagError::CleartextToRemote,
+            })
+        );
+        assert_eq!(
+            Policy::from_manifest(&manifest(), &[], &["*.exe.xyz:22".into()]).err(),
+            Some(PolicyError::AllowSsh {
+                flag: "*.exe.xyz:22".into(),
+                source: HostPatternError::Label("*.exe.xyz:22".into()),
+            })
+        );
+        let m = json!({"x-wasm-host": {"http": ["https://[::1"]}});
+        assert_eq!(
+            Policy::from_manifest(&m, &[], &[]).err(),
+            Some(PolicyError::ManifestHttp {
+                entry: "https://[::1".into(),
+                source: AuthorityError::UnterminatedBracket("[::1".into()),
+            })
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The `/exec` HTTP API (reference/exe-dev.md §1): request checks in exe.dev's order (method,
-//! auth, body), the command line split shell-style, token permissions, fault injection, the
-//! 30-second execution limit, and the commands `new`, `cp`, `ls`, `rm`, `whoami`, `help`.
+//! The `/exec` HTTP API (the team's notes: `shared/reference/exe-dev.md` §1, beside this
+//! repository): request checks in exe.dev's order (method, auth, body), the command line split
+//! shell-style, token permissions, fault injection, the 30-second execution limit, and the
+//! commands `new`, `cp`, `ls`, `rm`, `whoami`, `help`.
 
 use std::sync::Arc;
 

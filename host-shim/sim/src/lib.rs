@@ -1,6 +1,7 @@
 //! An embedded exe.dev simulator: the `/exec` HTTP API on loopback and SSH-reachable VMs, so the
 //! provider can be exercised end to end (real HTTP client, real OpenSSH client) with no account
-//! and no network. Behaviour follows `reference/exe-dev.md` §1–§2.
+//! and no network. Behaviour follows exe.dev's API and SSH facts as the team's notes record them
+//! (`shared/reference/exe-dev.md` §1–§2, beside this repository).
 //!
 //! * **API**: a hyper server on `127.0.0.1:<ephemeral>`; see [`Simulator::api_url`].
 //! * **VMs**: each VM has its own directory `<state>/vms/<name>/` with `home/` (the session cwd

@@ -1,4 +1,4 @@
-//! exe.dev VM-name rules (`boxname` package, reference/exe-dev.md §1) and name generation.
+//! exe.dev VM-name rules (`boxname` package; the team's notes, `shared/reference/exe-dev.md` §1) and name generation.
 
 use rand::RngExt;
 

@@ -205,14 +205,6 @@ impl HostArgs {
     }
 }
 
-/// The WIT package the embedded component was built against (from `wit/world.wit`).
-fn wit_package() -> &'static str {
-    include_str!("../../../wit/world.wit")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("package "))
-        .map_or("unknown", |p| p.trim_end_matches(';'))
-}
-
 /// `--version`: this binary's version, the embedded component's SHA-256 and the WIT package, so
 /// an operator can tell exactly what a package runs. Computed only when asked for.
 fn long_version() -> String {
@@ -222,7 +214,7 @@ fn long_version() -> String {
         "{}\ncomponent sha256:{digest} ({} bytes)\nwit {}",
         env!("CARGO_PKG_VERSION"),
         crate::EMBEDDED_COMPONENT.len(),
-        wit_package()
+        paperclip_wasm_runtime::engine::contract_package()
     )
 }
 

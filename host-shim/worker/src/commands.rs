@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde_json::json;
 
+use crate::dispatch::dispatch;
 use paperclip_wasm_runtime::caps::log::CallSink;
-use paperclip_wasm_runtime::dispatch::dispatch;
 use paperclip_wasm_runtime::engine::ProviderHost;
 
 use crate::cli::{Command, HostArgs};

@@ -1,16 +1,21 @@
 //! `paperclip-wasm-host`: runs the exe.dev provider WebAssembly component as a Paperclip plugin
 //! worker, granting it outbound HTTP and SSH under an allow-list policy.
 //!
-//! The component runtime is `paperclip-wasm-runtime`; this crate adds the Paperclip worker
-//! protocol ([`worker`]), the command line ([`cli`], [`commands`]), the plugin package
-//! ([`package`]), the background VM reconciler ([`reconciler`]) and the operator's orphan listing
-//! ([`orphans`]), and embeds the component and the manifest.
+//! The component runtime is `paperclip-wasm-runtime`; this crate adds Paperclip's JSON-RPC: the
+//! protocol loop ([`worker`]), routing by the method table ([`dispatch`]), error codes and
+//! objects ([`rpc`]), the stdout writer and notifications ([`notify`]); the command line
+//! ([`cli`], [`commands`]), the plugin package ([`package`]), the background VM reconciler
+//! ([`reconciler`]) and the operator's orphan listing ([`orphans`]); and it embeds the
+//! component, the VM agent and the manifest.
 
 pub mod cli;
 pub mod commands;
+pub mod dispatch;
+pub mod notify;
 pub mod orphans;
 pub mod package;
 pub mod reconciler;
+pub mod rpc;
 pub mod worker;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.

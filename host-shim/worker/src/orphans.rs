@@ -47,9 +47,15 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
         config: config.to_string(),
         environment_id: "cli-orphans".to_string(),
         company_id: None,
+        deadline_ms: 0,
     };
-    let timeout =
-        paperclip_wasm_runtime::convert::call_timeout("listVms", &json!({ "config": config }));
+    // Not a Paperclip method: the operator's listing takes the timer of the lease methods.
+    let inputs = paperclip_wasm_runtime::convert::timer_inputs(&json!({ "config": config }));
+    let timeout = paperclip_provider_types::method::sandbox_rpc_timeout(&inputs);
+    let ctx = CallContext {
+        deadline_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        ..ctx
+    };
     let result = host
         .call(CallSink::stderr_only(), timeout, async |s, g| {
             g.call_list_vms(s, &ctx).await
@@ -58,7 +64,7 @@ pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Lis
         .map_err(anyhow::Error::from)
         .context("listing VMs: the provider component failed")?;
     let vms = result.map_err(|e| {
-        let e = paperclip_wasm_runtime::convert::provider_error("listVms", e);
+        let e = crate::rpc::provider_error("list-vms", e.into());
         anyhow::anyhow!("{}", e.message)
     })?;
     Ok(vms

@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::notify::Outbox;
 use paperclip_wasm_runtime::bindings::ledger::Account;
 use paperclip_wasm_runtime::bindings::provider::ReconcileRequest;
 use paperclip_wasm_runtime::caps::ledger::{account_key, token_fingerprint, AccountEntries};
-use paperclip_wasm_runtime::caps::log::{CallSink, Outbox};
 use paperclip_wasm_runtime::engine::ProviderHost;
 
 /// How long one reconcile call may spend (its API calls included).
@@ -191,7 +191,7 @@ impl Reconciler {
             account: Account { api_url, token },
             budget_ms: CALL_BUDGET.as_millis() as u64,
         };
-        let sink = CallSink::new(None, Some(self.outbox.clone()));
+        let sink = self.outbox.sink(None);
         let result = self
             .host
             .call(sink, CALL_BUDGET, async |s, g| {
@@ -200,9 +200,7 @@ impl Reconciler {
             .await;
         let outcome = match result {
             Ok(Ok(report)) => Ok(report),
-            Ok(Err(e)) => {
-                Err(paperclip_wasm_runtime::convert::provider_error("reconcile", e).message)
-            }
+            Ok(Err(e)) => Err(crate::rpc::provider_error("reconcile", e.into()).message),
             Err(trap) => Err(format!(
                 "the provider component failed: {}",
                 trap.root_cause()

@@ -17,10 +17,12 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use paperclip_wasm_runtime::caps::log::{CallSink, Outbox, Outgoing};
-use paperclip_wasm_runtime::convert::{codes, RpcError};
-use paperclip_wasm_runtime::dispatch::dispatch;
+use paperclip_provider_types::Method;
 use paperclip_wasm_runtime::engine::ProviderHost;
+
+use crate::dispatch::dispatch;
+use crate::notify::{Outbox, Outgoing};
+use crate::rpc::{codes, RpcError};
 
 use crate::reconciler::Reconciler;
 
@@ -67,7 +69,7 @@ pub async fn serve(
             Ok(Some(Frame::TooLong { len, prefix })) => too_long(len, &prefix),
         };
         match incoming {
-            Incoming::Request { id, method, .. } if method == "shutdown" => {
+            Incoming::Request { id, method, .. } if method == Method::Shutdown.name() => {
                 // Answer what is already running first, within Paperclip's shutdown budget
                 // (10 s before it escalates to signals); longer calls are abandoned.
                 let drain = async { while in_flight.join_next().await.is_some() {} };
@@ -82,9 +84,9 @@ pub async fn serve(
                 let outbox = outbox.clone();
                 let reconciler = reconciler.clone();
                 in_flight.spawn(async move {
-                    let sink = CallSink::new(invocation_id(&params), Some(outbox.clone()));
+                    let sink = outbox.sink(invocation_id(&params));
                     let mut result = dispatch(&host, &method, params, sink).await;
-                    if method == "health" {
+                    if method == Method::Health.name() {
                         if let (Ok(report), Some(problem)) =
                             (&mut result, reconciler.health_problem())
                         {

@@ -7,22 +7,23 @@
 
 use std::sync::Arc;
 
+use paperclip_provider_types::Method;
+use paperclip_wasm_host::dispatch;
+use paperclip_wasm_host::rpc::RpcError;
 use paperclip_wasm_runtime::caps::log::CallSink;
-use paperclip_wasm_runtime::convert::RpcError;
 use paperclip_wasm_runtime::engine::{Limits, ProviderHost};
-use paperclip_wasm_runtime::{dispatch, grants};
+use paperclip_wasm_runtime::grants;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
 
-/// Every method the worker announces (so a new one is fuzzed, and must be reached, from the
-/// start), minus `shutdown`, plus `initialize`.
+/// Every method of the table (so a new one is fuzzed, and must be reached, from the start),
+/// minus `shutdown`.
 fn methods() -> Vec<&'static str> {
-    dispatch::SUPPORTED_METHODS
-        .iter()
-        .copied()
-        .filter(|m| *m != "shutdown")
-        .chain(["initialize"])
+    Method::ALL
+        .into_iter()
+        .filter(|m| *m != Method::Shutdown)
+        .map(Method::name)
         .collect()
 }
 

@@ -292,7 +292,7 @@ fn version_names_the_component_digest_and_wit_package() {
     assert_eq!(
         text,
         format!(
-            "paperclip-wasm-host {}\ncomponent sha256:{digest} ({} bytes)\nwit paperclip:sandbox-provider@0.3.0\n",
+            "paperclip-wasm-host {}\ncomponent sha256:{digest} ({} bytes)\nwit paperclip:sandbox-provider@0.4.0\n",
             env!("CARGO_PKG_VERSION"),
             wasm.len()
         )
@@ -554,4 +554,17 @@ fn which(tool: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.is_file())
+}
+
+/// The component stays within its budget: 700 KB, room for the `url` crate's IDNA tables
+/// (issue 19) and some growth. It is embedded in the host and hashed at every start (the
+/// compiled-code cache is named by its digest), so going past the budget should be a decision.
+#[test]
+fn the_component_is_within_its_size_budget() {
+    const BUDGET: usize = 700_000;
+    let size = paperclip_wasm_host::EMBEDDED_COMPONENT.len();
+    assert!(
+        size <= BUDGET,
+        "the component is {size} bytes, over its budget of {BUDGET}"
+    );
 }

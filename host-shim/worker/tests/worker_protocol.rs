@@ -1,9 +1,35 @@
 //! The Paperclip worker protocol through the real binary and the real component.
 
-mod support;
+use std::path::Path;
 
+use paperclip_test_support::client::WorkerClient;
+use paperclip_test_support::components::{fixture_wasm, product_wasm};
 use serde_json::{json, Value};
-use support::*;
+use tempfile::TempDir;
+
+/// `paperclip-wasm-host worker <args>` (the binary under test) with a private state dir, which
+/// lives as long as the returned `TempDir`.
+async fn spawn(args: &[&str]) -> (WorkerClient, TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["--state-dir", state.path().to_str().unwrap()]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+    let host = Path::new(env!("CARGO_BIN_EXE_paperclip-wasm-host"));
+    (WorkerClient::spawn(host, &args, &[]).await.unwrap(), state)
+}
+
+/// `initialize` params as Paperclip sends them.
+fn initialize_params() -> Value {
+    json!({
+        "manifest": {"id": "paperclip.exe-dev-sandbox-provider"},
+        "config": {},
+        "instanceInfo": {"instanceId": "test", "hostVersion": "2026.916.1"},
+        "apiVersion": 1,
+        "databaseNamespace": null
+    })
+}
 
 fn error_code(v: &Value) -> i64 {
     v["error"]["code"]
@@ -11,10 +37,10 @@ fn error_code(v: &Value) -> i64 {
         .unwrap_or_else(|| panic!("no error in {v}"))
 }
 
-#[test]
-fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
+#[tokio::test]
+async fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
     // Exactly the acceptance script: everything written at once, as `printf … | worker` does.
-    let mut w = Worker::spawn(&["--component", product_wasm()]);
+    let (w, _state) = spawn(&["--component", product_wasm()]).await;
     let lines = [
         json!({"jsonrpc":"2.0","id":1,"method":"initialize","params": initialize_params()}),
         json!({"jsonrpc":"2.0","id":2,"method":"environmentValidateConfig",
@@ -25,9 +51,9 @@ fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
         json!({"jsonrpc":"2.0","id":5,"method":"noSuchMethod","params":{}}),
     ];
     for l in &lines {
-        w.send_raw(&l.to_string());
+        w.send_raw(l.to_string().as_bytes()).await.unwrap();
     }
-    let (init, _) = w.response(1);
+    let (init, _) = w.response(1).await.unwrap();
     assert_eq!(init["result"]["ok"], true);
     let supported: Vec<&str> = init["result"]["supportedMethods"]
         .as_array()
@@ -53,7 +79,7 @@ fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
     // Responses to concurrent requests may come in any order: collect them by id.
     let mut by_id = std::collections::HashMap::new();
     while by_id.len() < 4 {
-        let msg = w.recv();
+        let msg = w.recv().await.unwrap();
         if let Some(id) = msg.get("id").and_then(Value::as_u64) {
             by_id.insert(id, msg);
         }
@@ -73,136 +99,166 @@ fn answers_the_skeleton_conversation_and_exits_zero_on_shutdown() {
     assert_eq!(by_id[&4]["result"]["status"], "ok");
     assert_eq!(error_code(&by_id[&5]), -32601);
 
-    w.send_raw(r#"{"jsonrpc":"2.0","id":6,"method":"shutdown","params":{}}"#);
-    let (bye, _) = w.response(6);
+    w.send_raw(r#"{"jsonrpc":"2.0","id":6,"method":"shutdown","params":{}}"#.as_bytes())
+        .await
+        .unwrap();
+    let (bye, _) = w.response(6).await.unwrap();
     assert_eq!(bye["result"], Value::Null);
     assert!(
-        w.drain().is_empty(),
+        w.drain().await.unwrap().is_empty(),
         "nothing may follow the shutdown reply"
     );
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn exits_zero_on_stdin_eof() {
-    let mut w = Worker::spawn(&[]);
-    let r = w.call(1, "initialize", initialize_params());
+#[tokio::test]
+async fn exits_zero_on_stdin_eof() {
+    let (w, _state) = spawn(&[]).await;
+    let r = w.call("initialize", initialize_params()).await.unwrap();
     assert_eq!(r["result"]["ok"], true);
-    w.close_stdin();
-    assert!(w.drain().is_empty());
-    assert_eq!(w.wait(), 0);
+    w.close_stdin().await;
+    assert!(w.drain().await.unwrap().is_empty());
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn known_but_unimplemented_methods_are_32004_and_garbage_is_32700() {
-    let mut w = Worker::spawn(&[]);
-    let r = w.call(1, "onEvent", json!({}));
+#[tokio::test]
+async fn known_but_unimplemented_methods_are_32004_and_garbage_is_32700() {
+    let (w, _state) = spawn(&[]).await;
+    let r = w.call("onEvent", json!({})).await.unwrap();
     assert_eq!(error_code(&r), -32004);
     assert_eq!(
         r["error"]["message"],
         "onEvent is not implemented by this plugin"
     );
     // Native sync is implemented: params without `operations` are invalid, not unknown.
-    let r = w.call(11, "environmentSyncIn", json!({}));
+    let r = w.call("environmentSyncIn", json!({})).await.unwrap();
     assert_eq!(error_code(&r), -32602);
-    w.send_raw("this is not json");
-    let r = w.recv();
+    w.send_raw("this is not json".as_bytes()).await.unwrap();
+    let r = w.recv().await.unwrap();
     assert_eq!(error_code(&r), -32700);
     assert_eq!(r["id"], Value::Null);
     // Notifications get no answer; the next request still works.
-    w.send_raw(r#"{"jsonrpc":"2.0","method":"onEvent","params":{}}"#);
-    let r = w.call(2, "health", json!({}));
+    w.send_raw(r#"{"jsonrpc":"2.0","method":"onEvent","params":{}}"#.as_bytes())
+        .await
+        .unwrap();
+    let r = w.call("health", json!({})).await.unwrap();
     assert_eq!(r["result"]["status"], "ok");
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn malformed_params_are_32602_not_a_crash() {
-    let mut w = Worker::spawn(&[]);
-    let r = w.call(1, "environmentExecute", json!({"command": 42}));
+#[tokio::test]
+async fn malformed_params_are_32602_not_a_crash() {
+    let (w, _state) = spawn(&[]).await;
+    let r = w
+        .call("environmentExecute", json!({"command": 42}))
+        .await
+        .unwrap();
     assert_eq!(error_code(&r), -32602);
-    let r = w.call(2, "environmentValidateConfig", json!({"config": [1, 2, 3]}));
+    let r = w
+        .call("environmentValidateConfig", json!({"config": [1, 2, 3]}))
+        .await
+        .unwrap();
     assert_eq!(r["result"]["ok"], false, "{r}");
-    let r = w.call(3, "environmentValidateConfig", json!({}));
+    let r = w
+        .call("environmentValidateConfig", json!({}))
+        .await
+        .unwrap();
     assert_eq!(r["result"]["ok"], false, "{r}");
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn a_trapping_guest_becomes_an_error_and_the_worker_keeps_serving() {
+#[tokio::test]
+async fn a_trapping_guest_becomes_an_error_and_the_worker_keeps_serving() {
     let fixture = fixture_wasm().to_str().unwrap().to_owned();
-    let mut w = Worker::spawn(&["--component", &fixture]);
-    let r = w.call(
-        1,
-        "environmentValidateConfig",
-        json!({"config": {"x": "trap"}}),
-    );
+    let (w, _state) = spawn(&["--component", &fixture]).await;
+    let r = w
+        .call(
+            "environmentValidateConfig",
+            json!({"config": {"x": "trap"}}),
+        )
+        .await
+        .unwrap();
     assert_eq!(error_code(&r), -32002, "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("trapped"), "{msg}");
-    let r = w.call(
-        2,
-        "environmentValidateConfig",
-        json!({"config": {"x": "fine"}}),
-    );
+    let r = w
+        .call(
+            "environmentValidateConfig",
+            json!({"config": {"x": "fine"}}),
+        )
+        .await
+        .unwrap();
     assert_eq!(r["result"]["ok"], true, "{r}");
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn a_runaway_guest_is_stopped_at_its_deadline_and_the_worker_keeps_serving() {
+#[tokio::test]
+async fn a_runaway_guest_is_stopped_at_its_deadline_and_the_worker_keeps_serving() {
+    // validate has Paperclip's default timer (30 s), whatever the config says; the host stops
+    // the component once it has passed (plus the grace).
     let fixture = fixture_wasm().to_str().unwrap().to_owned();
-    let mut w = Worker::spawn(&["--component", &fixture, "--call-grace-ms", "200"]);
+    let (w, _state) = spawn(&["--component", &fixture, "--call-grace-ms", "200"]).await;
     let started = std::time::Instant::now();
-    let r = w.call(
-        1,
-        "environmentValidateConfig",
-        json!({"config": {"x": "loop", "timeoutMs": 300}}),
-    );
+    let r = w
+        .call(
+            "environmentValidateConfig",
+            json!({"config": {"x": "loop", "timeoutMs": 300}}),
+        )
+        .await
+        .unwrap();
     assert_eq!(error_code(&r), -32002, "{r}");
     assert!(
         r["error"]["message"].as_str().unwrap().contains("deadline"),
         "{r}"
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(20));
-    let r = w.call(2, "health", json!({}));
-    assert_eq!(r["result"]["message"], "fixture");
-    assert_eq!(w.wait(), 0);
-}
-
-#[test]
-fn a_string_timeout_ms_sets_the_same_deadline_as_the_guest_reads() {
-    // The guest reads `"timeoutMs": "400"` as 400 ms. Were the host to read only unsigned
-    // integers, this runaway call would run to the 300 s default deadline instead: the test
-    // then hangs rather than answering.
-    let fixture = fixture_wasm().to_str().unwrap().to_owned();
-    let mut w = Worker::spawn(&["--component", &fixture, "--call-grace-ms", "100"]);
-    for (id, timeout) in [(1, json!("400")), (2, json!(" 400.9 "))] {
-        let r = w.call(
-            id,
-            "environmentValidateConfig",
-            json!({"config": {"x": "loop", "timeoutMs": timeout}}),
-        );
-        assert_eq!(error_code(&r), -32002, "{r}");
-        assert!(
-            r["error"]["message"].as_str().unwrap().contains("deadline"),
-            "{r}"
-        );
-    }
-    let r = w.call(3, "health", json!({}));
-    assert_eq!(r["result"]["message"], "fixture");
-    assert_eq!(w.wait(), 0);
-}
-
-#[test]
-fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
-    let fixture = fixture_wasm().to_str().unwrap().to_owned();
-    let mut w = Worker::spawn(&["--component", &fixture, "--max-memory-mb", "64"]);
-    let r = w.call(
-        1,
-        "environmentValidateConfig",
-        json!({"config": {"x": "oom"}}),
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(30) && took < std::time::Duration::from_secs(60),
+        "{took:?}"
     );
+    let r = w.call("health", json!({})).await.unwrap();
+    assert_eq!(r["result"]["message"], "fixture");
+    assert_eq!(w.wait().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_component_is_given_paperclips_timer_as_its_deadline() {
+    // The fixture's execute echoes the deadline it was given. Paperclip's rule: the request's
+    // timeoutMs + 30 s, else the config's + 30 s, else 30 s; only numbers count, as Paperclip
+    // reads them.
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let (w, _state) = spawn(&["--component", &fixture]).await;
+    let cases = [
+        (json!({"command": "x", "timeoutMs": 5000}), "35000"),
+        (
+            json!({"command": "x", "config": {"timeoutMs": 60000}}),
+            "90000",
+        ),
+        (
+            json!({"command": "x", "timeoutMs": 1, "config": {"timeoutMs": 60000}}),
+            "30001",
+        ),
+        (json!({"command": "x"}), "30000"),
+        (
+            json!({"command": "x", "config": {"timeoutMs": "600000"}}),
+            "30000",
+        ),
+    ];
+    for (params, deadline) in cases {
+        let r = w.call("environmentExecute", params.clone()).await.unwrap();
+        assert_eq!(r["result"]["stdout"], deadline, "{params} {r}");
+    }
+    assert_eq!(w.wait().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
+    let fixture = fixture_wasm().to_str().unwrap().to_owned();
+    let (w, _state) = spawn(&["--component", &fixture, "--max-memory-mb", "64"]).await;
+    let r = w
+        .call("environmentValidateConfig", json!({"config": {"x": "oom"}}))
+        .await
+        .unwrap();
     assert_eq!(error_code(&r), -32002, "{r}");
     // The cause, not a backtrace: the limit, and how to raise it.
     let message = r["error"]["message"].as_str().unwrap();
@@ -210,18 +266,17 @@ fn an_allocating_guest_hits_the_memory_limit_and_the_worker_keeps_serving() {
         message.contains("past its limit of 64 MiB (raise --max-memory-mb)"),
         "{r}"
     );
-    let r = w.call(
-        2,
-        "environmentValidateConfig",
-        json!({"config": {"x": "ok"}}),
-    );
+    let r = w
+        .call("environmentValidateConfig", json!({"config": {"x": "ok"}}))
+        .await
+        .unwrap();
     assert_eq!(r["result"]["ok"], true, "{r}");
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }
 
-#[test]
-fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
-    let mut w = Worker::spawn(&[]);
+#[tokio::test]
+async fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
+    let (w, _state) = spawn(&[]).await;
     let validate = |n: u64| {
         json!({"jsonrpc":"2.0","id":n,"method":"environmentValidateConfig",
                "params":{"driverKey":"exe-dev","config":{"apiKey":"tok","namePrefix":format!("p{n}")}}})
@@ -247,26 +302,26 @@ fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
     let mut expected_errors = Vec::new();
     for (i, (line, id, code)) in bad.into_iter().enumerate() {
         let n = i as u64 + 1;
-        w.send_bytes(&validate(n));
+        w.send_raw(&validate(n)).await.unwrap();
         real.push(n);
-        w.send_bytes(&line);
+        w.send_raw(&line).await.unwrap();
         expected_errors.push((id, code));
     }
-    w.send_bytes(long_ok.to_string().as_bytes());
+    w.send_raw(long_ok.to_string().as_bytes()).await.unwrap();
     real.push(90);
     // Over Paperclip's frame limit: discarded as it streams in, answered under its id.
     let mut huge = br#"{"jsonrpc":"2.0","id":91,"method":"environmentValidateConfig","params":{"config":{"pad":""#.to_vec();
     huge.resize(huge.len() + (128 << 20), b'a');
     huge.extend_from_slice(b"\"}}}");
-    w.send_bytes(&huge);
+    w.send_raw(&huge).await.unwrap();
     drop(huge);
     expected_errors.push((json!(91), -32600));
-    w.send_bytes(&validate(92));
+    w.send_raw(&validate(92)).await.unwrap();
     real.push(92);
 
     let mut answers = Vec::new();
     while answers.len() < real.len() + expected_errors.len() {
-        answers.push(w.recv());
+        answers.push(w.recv().await.unwrap());
     }
     for n in &real {
         let r = answers
@@ -293,7 +348,7 @@ fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
         "{too_long}"
     );
 
-    let r = w.call(100, "health", json!({}));
+    let r = w.call("health", json!({})).await.unwrap();
     assert_eq!(r["result"]["status"], "ok");
-    assert_eq!(w.wait(), 0);
+    assert_eq!(w.wait().await.unwrap(), 0);
 }

@@ -239,6 +239,7 @@ fn acquire_ctx() -> CallContext {
         config: json!({"apiKey": "tok"}).to_string(),
         environment_id: "env-1".into(),
         company_id: None,
+        deadline_ms: 0,
     }
 }
 

@@ -11,6 +11,7 @@ fn provider(host: &FakeHost) -> Provider<'_> {
             config: json!({"apiKey": "tok", "timeoutMs": 60_000}).to_string(),
             environment_id: "env-1".into(),
             company_id: None,
+            deadline_ms: 0,
         },
     )
     .unwrap()

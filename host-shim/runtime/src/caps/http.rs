@@ -56,6 +56,37 @@ impl Default for HttpLimits {
     }
 }
 
+/// Why the policy refused a request. Each prints the `scheme://authority` that was asked for
+/// (what the log line and the operator's remedy name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpDenial {
+    /// The URI has no authority at all.
+    #[error("{scheme}://(no authority)")]
+    NoAuthority {
+        /// The URI's scheme, empty when it has none.
+        scheme: String,
+    },
+    /// The authority carries userinfo (`user@host`), which has no business in an API request
+    /// and would confuse the authority check.
+    #[error("{shown}")]
+    Userinfo {
+        /// `scheme://authority` as requested.
+        shown: String,
+    },
+    /// The scheme is neither `http` nor `https`.
+    #[error("{shown}")]
+    Scheme {
+        /// `scheme://authority` as requested.
+        shown: String,
+    },
+    /// The policy grants no such scheme, host and port.
+    #[error("{shown}")]
+    NotGranted {
+        /// `scheme://authority` as requested.
+        shown: String,
+    },
+}
+
 /// The host's `wasi:http` hooks: policy check, limits and request logging.
 ///
 /// One instance per `Store` (the trait takes `&mut self`); construction is cheap.
@@ -83,26 +114,26 @@ impl PolicyHttpHooks {
         self
     }
 
-    /// The policy decision for a request URI, as `Ok(authority-for-logs)` or
-    /// `Err(what-was-denied)`.
-    fn decide(&self, uri: &http::Uri) -> Result<String, String> {
+    /// The policy decision for a request URI: the authority (for logs), or why it is denied.
+    fn decide(&self, uri: &http::Uri) -> Result<String, HttpDenial> {
         let scheme = uri.scheme_str().unwrap_or("");
         let Some(authority) = uri.authority() else {
-            return Err(format!("{scheme}://(no authority)"));
+            return Err(HttpDenial::NoAuthority {
+                scheme: scheme.to_owned(),
+            });
         };
         let shown = format!("{scheme}://{}", authority.as_str());
-        // Userinfo has no business in an API request and would confuse the authority check.
         if authority.as_str().contains('@') {
-            return Err(shown);
+            return Err(HttpDenial::Userinfo { shown });
         }
         let Some(parsed) = HttpScheme::parse(scheme) else {
-            return Err(shown);
+            return Err(HttpDenial::Scheme { shown });
         };
         let port = authority.port_u16().unwrap_or(parsed.default_port());
         if self.policy.allows_http(scheme, authority.host(), port) {
             Ok(authority.as_str().to_owned())
         } else {
-            Err(shown)
+            Err(HttpDenial::NotGranted { shown })
         }
     }
 
@@ -146,7 +177,7 @@ impl WasiHttpHooks for PolicyHttpHooks {
                 Err(denied) => {
                     tracing::warn!(%method, authority = %denied, "HTTP request denied by host policy");
                     if let Some(sink) = sink {
-                        sink.note_denied_http(&denied);
+                        sink.note_denied_http(&denied.to_string());
                     }
                     return Err(Error::HttpRequestDenied);
                 }
@@ -257,7 +288,7 @@ mod tests {
     #[test]
     fn decisions() {
         let h = hooks(&["127.0.0.1:8080"]);
-        let ok = |u: &str| h.decide(&u.parse().unwrap());
+        let ok = |u: &str| h.decide(&u.parse().unwrap()).map_err(|e| e.to_string());
         assert_eq!(ok("https://exe.dev/exec"), Ok("exe.dev".into()));
         assert_eq!(ok("https://exe.dev:443/exec"), Ok("exe.dev:443".into()));
         assert!(ok("http://exe.dev/exec").is_err());
@@ -269,6 +300,45 @@ mod tests {
             ok("https://evil.example/x"),
             Err("https://evil.example".into())
         );
+    }
+
+    #[test]
+    fn denials_are_typed_and_print_the_requested_authority() {
+        let h = hooks(&[]);
+        let decide = |u: &str| h.decide(&u.parse().unwrap()).unwrap_err();
+        let shown = |s: &str| s.to_string();
+        let cases = [
+            (
+                decide("/exec"),
+                HttpDenial::NoAuthority { scheme: shown("") },
+                "://(no authority)",
+            ),
+            (
+                decide("https://user@exe.dev/exec"),
+                HttpDenial::Userinfo {
+                    shown: shown("https://user@exe.dev"),
+                },
+                "https://user@exe.dev",
+            ),
+            (
+                decide("ftp://exe.dev/exec"),
+                HttpDenial::Scheme {
+                    shown: shown("ftp://exe.dev"),
+                },
+                "ftp://exe.dev",
+            ),
+            (
+                decide("https://exe.dev:8443/exec"),
+                HttpDenial::NotGranted {
+                    shown: shown("https://exe.dev:8443"),
+                },
+                "https://exe.dev:8443",
+            ),
+        ];
+        for (denial, expected, text) in cases {
+            assert_eq!(denial, expected);
+            assert_eq!(denial.to_string(), text);
+        }
     }
 
     #[test]

@@ -1,85 +1,46 @@
-//! The `log` capability and live output: guest log lines and `execute` output chunks become
-//! Paperclip notifications tagged with the invocation id of the call they belong to, and
-//! tracing lines on stderr. stdout is reserved for protocol lines, so nothing here prints.
+//! The `log` capability and live output: guest log lines and a command's live output go to
+//! the call's observer ([`CallEvents`], which the embedder supplies: the Paperclip worker turns
+//! them into notifications), or to tracing on stderr when the call has none. Nothing here
+//! prints to stdout.
 
 use std::sync::{Arc, Mutex};
 
 use paperclip_provider_types::LogLevel;
-use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
 
-/// An item for the worker's single stdout writer.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// One serialized JSON object, written as one line.
-    Line(String),
-    /// Flush everything queued before this item, then acknowledge.
-    Flush(oneshot::Sender<()>),
-}
-
-/// The handle every part of the worker uses to write protocol lines; all lines go through
-/// one writer task so they never interleave.
-#[derive(Clone, Debug)]
-pub struct Outbox(mpsc::UnboundedSender<Outgoing>);
-
-impl Outbox {
-    /// A new outbox and the receiving end its writer task drains.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(tx), rx)
-    }
-
-    /// Queue one line. A closed outbox means the worker is exiting; the line has nowhere to go.
-    pub fn send_line(&self, line: String) {
-        let _ = self.0.send(Outgoing::Line(line));
-    }
-
-    /// Wait until every line queued so far has been written and flushed.
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.0.send(Outgoing::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-/// Paperclip drops `execute.log` chunks above 1e6 characters; stay well under it.
+/// Live output text goes out in pieces of at most this many bytes (Paperclip drops
+/// `execute.log` chunks above 1e6 characters; stay well under it).
 const MAX_LIVE_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Where one call's log lines and live output go.
-#[derive(Clone, Default)]
-pub struct CallSink {
-    invocation_id: Option<String>,
-    outbox: Option<Outbox>,
-    /// `scheme://authority` of each HTTP request the host's policy refused during the call.
-    denied_http: Arc<Mutex<Vec<String>>>,
+/// Who hears about a call while it runs.
+pub trait CallEvents: Send + Sync {
+    /// One guest log line (never with secrets: the guest scrubs its fields).
+    fn log(&self, level: LogLevel, message: &str, fields: &[(String, String)]);
+    /// A piece of a command's live output on `stream` (`stdout` or `stderr`): whole UTF-8
+    /// characters, at most 256 KiB.
+    fn output(&self, stream: &str, chunk: &str);
 }
 
-/// Paperclip's `log` notification levels (it has no `trace`).
-fn paperclip_level(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Trace | LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
-    }
+/// Where one call's log lines and live output go, and what the host's policy refused during it.
+#[derive(Clone, Default)]
+pub struct CallSink {
+    events: Option<Arc<dyn CallEvents>>,
+    /// `scheme://authority` of each HTTP request the host's policy refused during the call.
+    denied_http: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for CallSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallSink")
-            .field("invocation_id", &self.invocation_id)
-            .field("to_worker", &self.outbox.is_some())
+            .field("observed", &self.events.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl CallSink {
-    /// A sink that forwards to the worker's outbox, tagged with `invocation_id` when known.
-    pub fn new(invocation_id: Option<String>, outbox: Option<Outbox>) -> Self {
+    /// A sink that tells `events`.
+    pub fn new(events: Arc<dyn CallEvents>) -> Self {
         Self {
-            invocation_id,
-            outbox,
+            events: Some(events),
             denied_http: Arc::default(),
         }
     }
@@ -89,28 +50,14 @@ impl CallSink {
         Self::default()
     }
 
-    /// The Paperclip invocation id this sink tags lines with.
-    pub fn invocation_id(&self) -> Option<&str> {
-        self.invocation_id.as_deref()
-    }
-
-    /// Emit one guest log line: a Paperclip `log` notification when the sink has an outbox (the
-    /// worker), else a tracing event on stderr (operator commands). Never both: Paperclip logs a
-    /// worker's stderr at WARN, so a copy there would turn every info line into a warning.
+    /// Emit one guest log line: to the observer when the call has one (the worker), else as a
+    /// tracing event on stderr (operator commands). Never both: Paperclip logs a worker's stderr
+    /// at WARN, so a copy there would turn every info line into a warning.
     pub fn log(&self, level: LogLevel, message: &str, fields: &[(String, String)]) {
-        if self.outbox.is_none() {
-            trace_guest_line(level, message, fields);
-            return;
+        match &self.events {
+            Some(events) => events.log(level, message, fields),
+            None => trace_guest_line(level, message, fields),
         }
-        let mut params = json!({ "level": paperclip_level(level), "message": message });
-        if !fields.is_empty() {
-            let meta: Map<String, Value> = fields
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            params["meta"] = Value::Object(meta);
-        }
-        self.notify("log", params);
     }
 
     /// Record that the host's policy refused an HTTP request to `url` (`scheme://authority`)
@@ -130,22 +77,12 @@ impl CallSink {
             .clone()
     }
 
-    /// Send one `execute.log` chunk of text for `stream` (`stdout` or `stderr`).
-    pub fn execute_chunk(&self, stream: &str, chunk: &str) {
-        if chunk.is_empty() || self.invocation_id.is_none() {
-            // Paperclip drops execute.log without an invocation id; don't spend the bytes.
-            return;
+    /// Hand one piece of live output text for `stream` (`stdout` or `stderr`) to the observer;
+    /// without one it goes nowhere (the final result carries the output).
+    pub fn output_text(&self, stream: &str, chunk: &str) {
+        if let (Some(events), false) = (&self.events, chunk.is_empty()) {
+            events.output(stream, chunk);
         }
-        self.notify("execute.log", json!({ "stream": stream, "chunk": chunk }));
-    }
-
-    fn notify(&self, method: &str, params: Value) {
-        let Some(outbox) = &self.outbox else { return };
-        let mut envelope = json!({ "jsonrpc": "2.0", "method": method, "params": params });
-        if let Some(id) = &self.invocation_id {
-            envelope["paperclipInvocationId"] = Value::String(id.clone());
-        }
-        outbox.send_line(envelope.to_string());
     }
 }
 
@@ -229,29 +166,25 @@ mod tests {
         assert_eq!(out, text);
     }
 
-    #[test]
-    fn log_notifications_carry_the_invocation_id() {
-        let (tx, mut rx) = Outbox::new();
-        let sink = CallSink::new(Some("inv-1".into()), Some(tx));
-        sink.log(LogLevel::Info, "hello", &[("vm".into(), "a".into())]);
-        sink.execute_chunk("stdout", "out");
-        let next = |rx: &mut mpsc::UnboundedReceiver<Outgoing>| match rx.try_recv().unwrap() {
-            Outgoing::Line(l) => l,
-            other => panic!("unexpected {other:?}"),
-        };
-        let line: Value = serde_json::from_str(&next(&mut rx)).unwrap();
-        assert_eq!(line["method"], "log");
-        assert_eq!(line["paperclipInvocationId"], "inv-1");
-        assert_eq!(line["params"]["meta"]["vm"], "a");
-        let line: Value = serde_json::from_str(&next(&mut rx)).unwrap();
-        assert_eq!(line["method"], "execute.log");
-        assert_eq!(line["params"], json!({"stream": "stdout", "chunk": "out"}));
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl CallEvents for Heard {
+        fn log(&self, level: LogLevel, message: &str, _: &[(String, String)]) {
+            self.0.lock().unwrap().push(format!("{level:?} {message}"));
+        }
+        fn output(&self, stream: &str, chunk: &str) {
+            self.0.lock().unwrap().push(format!("{stream} {chunk}"));
+        }
     }
 
     #[test]
-    fn execute_chunks_without_invocation_id_are_not_sent() {
-        let (tx, mut rx) = Outbox::new();
-        CallSink::new(None, Some(tx)).execute_chunk("stdout", "x");
-        assert!(rx.try_recv().is_err());
+    fn the_observer_hears_log_lines_and_output_but_not_empty_chunks() {
+        let heard = Arc::new(Heard::default());
+        let sink = CallSink::new(heard.clone());
+        sink.log(LogLevel::Info, "hello", &[]);
+        sink.output_text("stdout", "");
+        sink.output_text("stderr", "err");
+        assert_eq!(*heard.0.lock().unwrap(), ["Info hello", "stderr err"]);
     }
 }

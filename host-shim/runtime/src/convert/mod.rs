@@ -1,5 +1,8 @@
-//! Conversions between Paperclip's JSON params/results and the WIT records. No logic beyond
-//! shape: defaults, renames, and turning malformed params into `-32602` errors.
+//! The host's one module of WIT conversions: Paperclip's JSON params and results to and from the
+//! provider's WIT records (here), the capabilities' records to and from the shared boundary
+//! types (`caps`), and the WIT provider error to the shared one. Shape only: defaults, renames,
+//! and malformed params as a typed [`ParamsError`]; what to answer Paperclip (codes) is the
+//! worker's.
 
 use std::time::Duration;
 
@@ -7,64 +10,23 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::bindings::provider as wit;
-use crate::bindings::types::ProviderError;
+use paperclip_provider_types::{ApiError, ProviderError, TimerInputs};
 
 mod caps;
 
-/// JSON-RPC error codes this worker produces (Paperclip SDK conventions).
-pub mod codes {
-    /// The line was not JSON.
-    pub const PARSE_ERROR: i64 = -32700;
-    /// The message is not a valid request.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No such method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// The params do not have the expected shape.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// The plugin failed while handling the call.
-    pub const WORKER_ERROR: i64 = -32002;
-    /// A known optional method this plugin does not implement.
-    pub const METHOD_NOT_IMPLEMENTED: i64 = -32004;
-}
+/// Params that do not have the shape a method needs (Paperclip gets `-32602`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamsError(pub String);
 
-/// A JSON-RPC error object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RpcError {
-    /// The error code.
-    pub code: i64,
-    /// The message Paperclip shows to users.
-    pub message: String,
-    /// Structured details (error kind, HTTP status…).
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    /// An error with no data.
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    /// Malformed params.
-    pub fn invalid_params(detail: impl std::fmt::Display) -> Self {
-        Self::new(codes::INVALID_PARAMS, format!("Invalid params: {detail}"))
-    }
-
-    /// The JSON-RPC `error` member.
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({ "code": self.code, "message": self.message });
-        if let Some(data) = &self.data {
-            v["data"] = data.clone();
-        }
-        v
+impl ParamsError {
+    fn new(detail: impl std::fmt::Display) -> Self {
+        ParamsError(detail.to_string())
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(params: &Value) -> Result<T, RpcError> {
-    T::deserialize(params).map_err(RpcError::invalid_params)
+fn parse<T: for<'de> Deserialize<'de>>(params: &Value) -> Result<T, ParamsError> {
+    T::deserialize(params).map_err(ParamsError::new)
 }
 
 fn object_text(v: Option<&Value>) -> String {
@@ -88,21 +50,23 @@ fn parse_object(text: &str) -> Value {
     }
 }
 
-/// The hard-deadline base for a call (the engine adds its grace period on top): the deadline
-/// the provider itself works to, computed by the guest crate's own normalisation, so a
-/// `timeoutMs` of `"600000"` or `1500.5` means the same on both sides. `execute` takes its
-/// request's `timeoutMs` (an unsigned integer, or the call is refused as invalid params before
-/// it starts), else the config's; every other method takes the config's.
-pub fn call_timeout(method: &str, params: &Value) -> Duration {
-    use paperclip_exe_dev::config;
-    let config_ms = config::effective_timeout_ms(params.get("config").unwrap_or(&Value::Null));
-    let ms = if method == "environmentExecute" {
-        let requested = params.get("timeoutMs").and_then(Value::as_u64);
-        u64::from(config::execute_timeout_ms(requested, config_ms))
-    } else {
-        config_ms
+/// What Paperclip's timer for a call reads from its params: the config's `timeoutMs` and
+/// `bridgeRequestTimeoutMs` and the request's own `timeoutMs`, each when it is a positive number
+/// (Paperclip reads numbers; a string there is as good as absent to it).
+pub fn timer_inputs(params: &Value) -> TimerInputs {
+    let positive = |v: Option<&Value>| {
+        v.and_then(Value::as_f64)
+            .filter(|n| n.is_finite() && *n >= 1.0)
+            .map(|n| n.min(u64::MAX as f64) as u64)
     };
-    Duration::from_millis(ms)
+    let config = params.get("config");
+    TimerInputs {
+        config_timeout_ms: positive(config.and_then(|c| c.get("timeoutMs"))),
+        config_bridge_request_timeout_ms: positive(
+            config.and_then(|c| c.get("bridgeRequestTimeoutMs")),
+        ),
+        request_timeout_ms: positive(params.get("timeoutMs")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,18 +89,23 @@ pub fn validate_params(params: &Value) -> String {
         .to_string()
 }
 
-/// The call context every runtime call carries.
-pub fn call_context(params: &Value) -> Result<wit::CallContext, RpcError> {
+/// The call context every runtime call carries, with the call's `deadline` (Paperclip's timer
+/// for it, from [`timer_inputs`]).
+pub fn call_context(params: &Value, deadline: Duration) -> Result<wit::CallContext, ParamsError> {
     let base: BaseParams = parse(params)?;
     Ok(wit::CallContext {
         config: object_text(base.config.as_ref()),
         environment_id: base.environment_id.unwrap_or_default(),
         company_id: base.company_id,
+        deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
     })
 }
 
 /// `environmentAcquireLease` params.
-pub fn acquire_params(params: &Value) -> Result<wit::AcquireRequest, RpcError> {
+pub fn acquire_params(
+    params: &Value,
+    deadline: Duration,
+) -> Result<wit::AcquireRequest, ParamsError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct P {
@@ -147,7 +116,7 @@ pub fn acquire_params(params: &Value) -> Result<wit::AcquireRequest, RpcError> {
     }
     let p: P = parse(params)?;
     Ok(wit::AcquireRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         run_id: p.run_id.unwrap_or_default(),
         requested_cwd: p.requested_cwd,
         workspace_mode: p.workspace_mode,
@@ -156,7 +125,10 @@ pub fn acquire_params(params: &Value) -> Result<wit::AcquireRequest, RpcError> {
 }
 
 /// `environmentResumeLease` params.
-pub fn resume_params(params: &Value) -> Result<wit::ResumeRequest, RpcError> {
+pub fn resume_params(
+    params: &Value,
+    deadline: Duration,
+) -> Result<wit::ResumeRequest, ParamsError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct P {
@@ -165,14 +137,17 @@ pub fn resume_params(params: &Value) -> Result<wit::ResumeRequest, RpcError> {
     }
     let p: P = parse(params)?;
     Ok(wit::ResumeRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         provider_lease_id: p.provider_lease_id,
         lease_metadata: optional_object_text(&p.lease_metadata),
     })
 }
 
 /// `environmentReleaseLease` / `environmentDestroyLease` params.
-pub fn release_params(params: &Value) -> Result<wit::ReleaseRequest, RpcError> {
+pub fn release_params(
+    params: &Value,
+    deadline: Duration,
+) -> Result<wit::ReleaseRequest, ParamsError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct P {
@@ -183,7 +158,7 @@ pub fn release_params(params: &Value) -> Result<wit::ReleaseRequest, RpcError> {
     }
     let p: P = parse(params)?;
     Ok(wit::ReleaseRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         provider_lease_id: p.provider_lease_id,
         lease_metadata: optional_object_text(&p.lease_metadata),
         cancel_active_work: p.cancel_active_work.unwrap_or(false),
@@ -208,7 +183,10 @@ fn lease_record(lease: Option<LeaseJson>) -> wit::Lease {
 }
 
 /// `environmentRealizeWorkspace` params.
-pub fn realize_params(params: &Value) -> Result<wit::RealizeRequest, RpcError> {
+pub fn realize_params(
+    params: &Value,
+    deadline: Duration,
+) -> Result<wit::RealizeRequest, ParamsError> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Ws {
@@ -224,7 +202,7 @@ pub fn realize_params(params: &Value) -> Result<wit::RealizeRequest, RpcError> {
     let p: P = parse(params)?;
     let ws = p.workspace.unwrap_or_default();
     Ok(wit::RealizeRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         lease: lease_record(p.lease),
         workspace: wit::Workspace {
             local_path: ws.local_path,
@@ -236,7 +214,10 @@ pub fn realize_params(params: &Value) -> Result<wit::RealizeRequest, RpcError> {
 
 /// `environmentExecute` params. `env` must map strings to strings; `stdin` is passed as its
 /// exact UTF-8 bytes.
-pub fn execute_params(params: &Value) -> Result<wit::ExecuteRequest, RpcError> {
+pub fn execute_params(
+    params: &Value,
+    deadline: Duration,
+) -> Result<wit::ExecuteRequest, ParamsError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct P {
@@ -257,13 +238,13 @@ pub fn execute_params(params: &Value) -> Result<wit::ExecuteRequest, RpcError> {
         .into_iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k, s)),
-            _ => Err(RpcError::invalid_params(format!(
+            _ => Err(ParamsError::new(format!(
                 "env value for {k} must be a string"
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(wit::ExecuteRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         lease: lease_record(p.lease),
         command: p.command,
         args: p.args.unwrap_or_default(),
@@ -278,7 +259,7 @@ pub fn execute_params(params: &Value) -> Result<wit::ExecuteRequest, RpcError> {
 /// files: [{sourcePath, targetPath, kind, mode?, exclude?, followSymlinks?, …}],
 /// postUploadCommands?: [{command, cwd?, timeoutMs?}]}]}`. `access` and `writablePath` are
 /// advisory in Paperclip and ignored.
-pub fn sync_params(params: &Value) -> Result<wit::SyncRequest, RpcError> {
+pub fn sync_params(params: &Value, deadline: Duration) -> Result<wit::SyncRequest, ParamsError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Mapping {
@@ -325,7 +306,7 @@ pub fn sync_params(params: &Value) -> Result<wit::SyncRequest, RpcError> {
                         "file" => wit::SyncKind::File,
                         "directory" => wit::SyncKind::Directory,
                         other => {
-                            return Err(RpcError::invalid_params(format!(
+                            return Err(ParamsError::new(format!(
                                 "kind must be \"file\" or \"directory\", not {other:?}"
                             )))
                         }
@@ -355,9 +336,9 @@ pub fn sync_params(params: &Value) -> Result<wit::SyncRequest, RpcError> {
                     .collect(),
             })
         })
-        .collect::<Result<Vec<_>, RpcError>>()?;
+        .collect::<Result<Vec<_>, ParamsError>>()?;
     Ok(wit::SyncRequest {
-        context: call_context(params)?,
+        context: call_context(params, deadline)?,
         lease: lease_record(p.lease),
         operations,
     })
@@ -471,59 +452,36 @@ pub fn execute_json(r: wit::ExecuteResult) -> Value {
     })
 }
 
-/// A typed provider error → JSON-RPC error. Not-implemented is `-32004`; everything else is a
-/// worker error whose message is shown to users, with the kind in `data`.
-pub fn provider_error(method: &str, e: ProviderError) -> RpcError {
-    let (kind, message, extra) = match e {
-        ProviderError::NotImplemented(m) => {
-            let mut err = RpcError::new(
-                codes::METHOD_NOT_IMPLEMENTED,
-                format!("{method} is not implemented by this plugin"),
-            );
-            if !m.is_empty() {
-                err.data = Some(json!({ "kind": "not-implemented", "detail": m }));
-            }
-            return err;
+impl From<crate::bindings::types::ProviderError> for ProviderError {
+    fn from(e: crate::bindings::types::ProviderError) -> Self {
+        use crate::bindings::types::ProviderError as W;
+        match e {
+            W::InvalidConfig(m) => ProviderError::InvalidConfig(m),
+            W::Api(a) => ProviderError::Api(ApiError {
+                status: a.status,
+                command: a.command,
+                message: a.message,
+                hint: a.hint,
+                // Not part of the WIT record: the guest's own scheduling input.
+                retry_after_ms: None,
+            }),
+            W::Ssh(m) => ProviderError::Ssh(m),
+            W::NotFound(m) => ProviderError::NotFound(m),
+            W::Denied(m) => ProviderError::Denied(m),
+            W::Timeout(m) => ProviderError::Timeout(m),
+            W::Transfer(m) => ProviderError::Transfer(m),
+            W::InvalidRequest(m) => ProviderError::InvalidRequest(m),
+            W::NotImplemented(m) => ProviderError::NotImplemented(m),
+            W::Internal(m) => ProviderError::Internal(m),
         }
-        ProviderError::InvalidConfig(m) => ("invalid-config", m, None),
-        ProviderError::Api(a) => {
-            let mut msg = format!(
-                "exe.dev API command failed ({}) for: {}: {}",
-                a.status, a.command, a.message
-            );
-            if let Some(h) = &a.hint {
-                msg.push_str(&format!(" ({h})"));
-            }
-            (
-                "api",
-                msg,
-                Some(json!({ "status": a.status, "command": a.command })),
-            )
-        }
-        ProviderError::Ssh(m) => ("ssh", m, None),
-        ProviderError::NotFound(m) => ("not-found", m, None),
-        ProviderError::Denied(m) => ("denied", m, None),
-        ProviderError::Timeout(m) => ("timeout", m, None),
-        ProviderError::Transfer(m) => ("transfer", m, None),
-        ProviderError::InvalidRequest(m) => ("invalid-request", m, None),
-        ProviderError::Internal(m) => ("internal", m, None),
-    };
-    let mut data = json!({ "kind": kind });
-    if let Some(Value::Object(extra)) = extra {
-        for (k, v) in extra {
-            data[k] = v;
-        }
-    }
-    RpcError {
-        code: codes::WORKER_ERROR,
-        message,
-        data: Some(data),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const D: Duration = Duration::from_secs(30);
 
     #[test]
     fn execute_params_keep_stdin_bytes_and_env_order() {
@@ -532,69 +490,57 @@ mod tests {
             "command": "sh", "args": ["-c", "cat"], "env": {"B": "2", "A": "1"},
             "stdin": "héllo\n", "timeoutMs": 5
         });
-        let r = execute_params(&p).unwrap();
+        let r = execute_params(&p, D).unwrap();
         assert_eq!(r.stdin.as_deref(), Some("héllo\n".as_bytes()));
         assert_eq!(r.args, vec!["-c", "cat"]);
         assert_eq!(r.lease.provider_lease_id.as_deref(), Some("vm"));
         assert_eq!(r.timeout_ms, Some(5));
         assert_eq!(r.env.len(), 2);
+        assert_eq!(r.context.deadline_ms, 30_000);
     }
 
     #[test]
     fn non_string_env_values_are_invalid_params() {
         let p = json!({"command": "true", "env": {"A": 1}});
-        assert_eq!(execute_params(&p).unwrap_err().code, codes::INVALID_PARAMS);
+        assert_eq!(
+            execute_params(&p, D).unwrap_err(),
+            ParamsError("env value for A must be a string".into())
+        );
     }
 
     #[test]
     fn missing_command_is_invalid_params() {
-        let err = execute_params(&json!({})).unwrap_err();
-        assert_eq!(err.code, codes::INVALID_PARAMS);
+        let err = execute_params(&json!({}), D).unwrap_err();
+        assert!(err.0.contains("command"), "{err}");
     }
 
     #[test]
-    fn call_timeout_is_the_guests_own_deadline() {
-        use paperclip_exe_dev::config::{Config, DEFAULT_TIMEOUT_MS};
-        let ms = Duration::from_millis;
-        // The incident: a string timeoutMs was read as absent (300 s) by the host only.
-        for config in [
-            json!({"timeoutMs": "600000"}),
-            json!({"timeoutMs": 600000}),
-            json!({"timeoutMs": 600000.75}),
-            json!({"timeoutMs": " 600000 "}),
-        ] {
-            let guest = Config::from_json(&config.to_string()).unwrap().timeout_ms;
-            assert_eq!(guest, 600_000);
-            for method in [
-                "environmentAcquireLease",
-                "environmentExecute",
-                "environmentProbe",
-            ] {
-                let params = json!({ "config": config });
-                assert_eq!(
-                    call_timeout(method, &params),
-                    ms(guest),
-                    "{method} {config}"
-                );
+    fn the_timer_reads_positive_numbers_as_paperclip_does() {
+        let t = timer_inputs(&json!({
+            "timeoutMs": 7.9,
+            "config": {"timeoutMs": 600000, "bridgeRequestTimeoutMs": "9"}
+        }));
+        assert_eq!(
+            t,
+            TimerInputs {
+                config_timeout_ms: Some(600_000),
+                config_bridge_request_timeout_ms: None,
+                request_timeout_ms: Some(7),
             }
-        }
-        let default = ms(DEFAULT_TIMEOUT_MS);
-        assert_eq!(call_timeout("environmentProbe", &json!({})), default);
-        assert_eq!(
-            call_timeout(
-                "environmentProbe",
-                &json!({"config": {"timeoutMs": "nope"}})
-            ),
-            default
         );
-        // Only execute has a timeoutMs of its own; it wins over the config's.
-        let p = json!({"timeoutMs": 7, "config": {"timeoutMs": "9"}});
-        assert_eq!(call_timeout("environmentExecute", &p), ms(7));
-        assert_eq!(call_timeout("environmentAcquireLease", &p), ms(9));
-        let p = json!({"timeoutMs": u64::MAX});
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!("600000"),
+            json!(null),
+            json!(0.5),
+        ] {
+            let t = timer_inputs(&json!({"config": {"timeoutMs": bad}, "timeoutMs": bad}));
+            assert_eq!(t, TimerInputs::default(), "{bad}");
+        }
         assert_eq!(
-            call_timeout("environmentExecute", &p),
-            ms(u64::from(u32::MAX))
+            timer_inputs(&json!({"config": "x"})),
+            TimerInputs::default()
         );
     }
 }

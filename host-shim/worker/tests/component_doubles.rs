@@ -1,5 +1,5 @@
 //! Component-level tests: every provider function is called through the real `.wasm` under
-//! wasmtime (via `dispatch::dispatch`, as the worker does), with scripted HTTP and SSH doubles in
+//! wasmtime (via the worker's `dispatch`, as the protocol loop does), with scripted HTTP and SSH doubles in
 //! place of exe.dev. The exact `/exec` bodies, headers and remote commands are asserted.
 
 use std::collections::VecDeque;
@@ -11,9 +11,9 @@ use http_body_util::{BodyExt, Full};
 use paperclip_provider_types::{
     HostKeyPolicy, Identity, SshError, SshOutput, SshRequest, SshTarget,
 };
+use paperclip_wasm_host::dispatch::dispatch;
+use paperclip_wasm_host::rpc::RpcError;
 use paperclip_wasm_runtime::caps::log::CallSink;
-use paperclip_wasm_runtime::convert::RpcError;
-use paperclip_wasm_runtime::dispatch::dispatch;
 use paperclip_wasm_runtime::engine::{Grants, Limits, ProviderHost};
 use paperclip_wasm_runtime::state::{BoxFuture, SshBackend};
 use serde_json::{json, Value};

@@ -1,69 +1,66 @@
-//! Answering one Paperclip environment call with the component: the method name picks the
-//! provider export, the JSON params become its WIT arguments (see [`crate::convert`]), and the
-//! result or failure comes back as JSON-RPC's `result` or `error`.
-//!
-//! The worker's JSON-RPC loop calls [`dispatch`] once per request; the operator commands call it
-//! directly with the same params.
+//! Calling the component for one Paperclip method: the [`Method`] picks the provider export, the
+//! JSON params become its WIT arguments (see [`crate::convert`]), the call gets Paperclip's own
+//! deadline for the method, and the result comes back as Paperclip's JSON or a typed
+//! [`CallError`]. The worker wraps this in JSON-RPC; operator commands call it directly.
 
-use serde_json::{json, Value};
+use std::time::Duration;
+
+use paperclip_provider_types::{Method, ProviderError};
+use serde_json::Value;
 use wasmtime::Store;
 
 use crate::bindings::provider::Guest;
-use crate::bindings::types::ProviderError;
+use crate::bindings::types::ProviderError as WitProviderError;
 use crate::caps::log::CallSink;
-use crate::convert::{self, codes, RpcError};
+use crate::convert;
 use crate::engine::ProviderHost;
 use crate::state::HostState;
 
-/// Every method this worker answers, as announced in `initialize`.
-pub const SUPPORTED_METHODS: &[&str] = &[
-    "environmentValidateConfig",
-    "environmentProbe",
-    "environmentAcquireLease",
-    "environmentResumeLease",
-    "environmentReleaseLease",
-    "environmentDestroyLease",
-    "environmentRealizeWorkspace",
-    "environmentExecute",
-    "environmentSyncIn",
-    "environmentSyncOut",
-    "health",
-    "shutdown",
-];
+/// Why a call produced no result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// The params do not have the shape the method needs (nothing ran).
+    InvalidParams(String),
+    /// The provider answered with an error. `remedies` say what the operator can do about the
+    /// HTTP requests the host's policy refused during the call.
+    Provider {
+        /// The provider's error.
+        error: ProviderError,
+        /// One sentence per refused authority.
+        remedies: Vec<String>,
+    },
+    /// The component trapped, ran past its deadline or hit its memory limit; the detail says
+    /// which. The worker carries on (the store is gone).
+    ComponentFailed(String),
+}
 
-/// Plugin methods Paperclip knows that this plugin does not implement: they get `-32004`
-/// rather than `-32601`, as the SDK does.
-const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "configChanged",
-    "validateConfig",
-    "onEvent",
-    "runJob",
-    "handleWebhook",
-    "getData",
-    "performAction",
-    "executeTool",
-];
-
-/// Answer one request. Also used by the operator CLI, which builds the same params.
-pub async fn dispatch(
+/// Answer one call of `method`. `Initialize` and `Shutdown` are the worker's own and never reach
+/// the component: they are answered here as `InvalidParams` only if a caller routes them here by
+/// mistake.
+pub async fn invoke(
     host: &ProviderHost,
-    method: &str,
+    method: Method,
     params: Value,
     sink: CallSink,
-) -> Result<Value, RpcError> {
+) -> Result<Value, CallError> {
+    let deadline = method.paperclip_timeout(&convert::timer_inputs(&params));
     let call = Call {
         host,
         method,
         sink,
-        timeout: convert::call_timeout(method, &params),
+        deadline,
     };
+    let params_error = |e: convert::ParamsError| CallError::InvalidParams(e.to_string());
     match method {
-        "initialize" => Ok(json!({ "ok": true, "supportedMethods": SUPPORTED_METHODS })),
-        "health" => {
+        Method::Initialize | Method::Shutdown => Err(CallError::InvalidParams(format!(
+            "{} is answered by the worker, not the provider",
+            method.name()
+        ))),
+        Method::Health => {
             let h = call.infallible(async |s, g| g.call_health(s).await).await?;
             Ok(convert::health_json(h))
         }
-        "environmentValidateConfig" => {
+        Method::EnvironmentValidateConfig => {
             let config = convert::validate_params(&params);
             let v = call
                 .infallible(async |s, g| g.call_validate_config(s, &config).await)
@@ -72,98 +69,88 @@ pub async fn dispatch(
             check_api_url_access(host, &mut out);
             Ok(out)
         }
-        "environmentProbe" => {
-            let ctx = convert::call_context(&params)?;
+        Method::EnvironmentProbe => {
+            let ctx = convert::call_context(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_probe(s, &ctx).await,
                 convert::probe_json,
             )
             .await
         }
-        "environmentAcquireLease" => {
-            let req = convert::acquire_params(&params)?;
+        Method::EnvironmentAcquireLease => {
+            let req = convert::acquire_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_acquire_lease(s, &req).await,
                 convert::lease_json,
             )
             .await
         }
-        "environmentResumeLease" => {
-            let req = convert::resume_params(&params)?;
+        Method::EnvironmentResumeLease => {
+            let req = convert::resume_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_resume_lease(s, &req).await,
                 convert::lease_json,
             )
             .await
         }
-        "environmentReleaseLease" => {
-            let req = convert::release_params(&params)?;
+        Method::EnvironmentReleaseLease => {
+            let req = convert::release_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_release_lease(s, &req).await,
                 convert::receipt_json,
             )
             .await
         }
-        "environmentDestroyLease" => {
-            let req = convert::release_params(&params)?;
+        Method::EnvironmentDestroyLease => {
+            let req = convert::release_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_destroy_lease(s, &req).await,
                 convert::receipt_json,
             )
             .await
         }
-        "environmentRealizeWorkspace" => {
-            let req = convert::realize_params(&params)?;
+        Method::EnvironmentRealizeWorkspace => {
+            let req = convert::realize_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_realize_workspace(s, &req).await,
                 convert::realized_json,
             )
             .await
         }
-        "environmentExecute" => {
-            let req = convert::execute_params(&params)?;
+        Method::EnvironmentExecute => {
+            let req = convert::execute_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_execute(s, &req).await,
                 convert::execute_json,
             )
             .await
         }
-        "environmentSyncIn" => {
-            let req = convert::sync_params(&params)?;
+        Method::EnvironmentSyncIn => {
+            let req = convert::sync_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_sync_in(s, &req).await,
                 convert::sync_json,
             )
             .await
         }
-        "environmentSyncOut" => {
-            let req = convert::sync_params(&params)?;
+        Method::EnvironmentSyncOut => {
+            let req = convert::sync_params(&params, deadline).map_err(params_error)?;
             call.fallible(
                 async |s, g| g.call_sync_out(s, &req).await,
                 convert::sync_json,
             )
             .await
         }
-        m if m.starts_with("environment") || KNOWN_UNIMPLEMENTED.contains(&m) => {
-            Err(RpcError::new(
-                codes::METHOD_NOT_IMPLEMENTED,
-                format!("{m} is not implemented by this plugin"),
-            ))
-        }
-        m => Err(RpcError::new(
-            codes::METHOD_NOT_FOUND,
-            format!("Method not found: {m}"),
-        )),
     }
 }
 
 /// One provider call: a fresh instance, the method's deadline, traps and typed errors mapped
-/// to JSON-RPC errors the same way for every method.
-struct Call<'a> {
-    host: &'a ProviderHost,
-    method: &'a str,
-    sink: CallSink,
-    timeout: std::time::Duration,
+/// the same way for every method.
+pub(crate) struct Call<'a> {
+    pub(crate) host: &'a ProviderHost,
+    pub(crate) method: Method,
+    pub(crate) sink: CallSink,
+    pub(crate) deadline: Duration,
 }
 
 /// The host's own say on a config the guest accepted: the `apiUrl` it will call (as the guest
@@ -182,7 +169,7 @@ fn check_api_url_access(host: &ProviderHost, validation: &mut Value) {
     if let Err(problem) = access.check_url("apiUrl", url) {
         validation["ok"] = Value::Bool(false);
         if let Some(errors) = validation["errors"].as_array_mut() {
-            errors.push(Value::String(problem));
+            errors.push(Value::String(problem.to_string()));
         }
         if let Some(obj) = validation.as_object_mut() {
             obj.remove("normalizedConfig");
@@ -204,27 +191,13 @@ fn remedies(host: &ProviderHost, sink: &CallSink) -> Vec<String> {
         .collect()
 }
 
-/// Name the remedies in a failed call's error (message and `data.remedy`).
-fn with_remedies(mut err: RpcError, remedies: &[String]) -> RpcError {
-    if remedies.is_empty() {
-        return err;
-    }
-    for r in remedies {
-        err.message.push(' ');
-        err.message.push_str(r);
-    }
-    let data = err.data.get_or_insert_with(|| json!({}));
-    if data.is_object() {
-        data["remedy"] = Value::String(remedies.join(" "));
-    }
-    err
-}
-
 /// Name the remedies in a probe result, as one more error diagnostic.
 fn probe_with_remedies(mut probe: Value, remedies: &[String]) -> Value {
     if let Some(diagnostics) = probe["diagnostics"].as_array_mut() {
         for r in remedies {
-            diagnostics.push(json!({ "severity": "error", "code": "host-policy", "message": r }));
+            diagnostics.push(
+                serde_json::json!({ "severity": "error", "code": "host-policy", "message": r }),
+            );
         }
     }
     probe
@@ -232,36 +205,44 @@ fn probe_with_remedies(mut probe: Value, remedies: &[String]) -> Value {
 
 impl Call<'_> {
     /// A provider function that cannot fail (only trap).
-    async fn infallible<T>(
+    pub(crate) async fn infallible<T>(
         self,
         f: impl AsyncFnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<T>,
-    ) -> Result<T, RpcError> {
+    ) -> Result<T, CallError> {
         let method = self.method;
         self.host
-            .call(self.sink, self.timeout, f)
+            .call(self.sink, self.deadline, f)
             .await
-            .map_err(|e| trap_error(method, e))
+            .map_err(|e| component_failed(method.name(), e))
     }
 
     /// A provider function returning `result<T, provider-error>`; `to_json` shapes the result.
-    async fn fallible<T>(
+    pub(crate) async fn fallible<T>(
         self,
-        f: impl AsyncFnOnce(&mut Store<HostState>, &Guest) -> wasmtime::Result<Result<T, ProviderError>>,
+        f: impl AsyncFnOnce(
+            &mut Store<HostState>,
+            &Guest,
+        ) -> wasmtime::Result<Result<T, WitProviderError>>,
         to_json: fn(T) -> Value,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Value, CallError> {
         let (method, host, sink) = (self.method, self.host, self.sink.clone());
         let result = self.infallible(f).await?;
         let remedies = remedies(host, &sink);
         match result {
-            Ok(v) if method == "environmentProbe" => Ok(probe_with_remedies(to_json(v), &remedies)),
+            Ok(v) if method == Method::EnvironmentProbe => {
+                Ok(probe_with_remedies(to_json(v), &remedies))
+            }
             Ok(v) => Ok(to_json(v)),
-            Err(e) => Err(with_remedies(convert::provider_error(method, e), &remedies)),
+            Err(e) => Err(CallError::Provider {
+                error: e.into(),
+                remedies,
+            }),
         }
     }
 }
 
-/// A trap or instantiation failure: the call failed, the worker carries on (the store is gone).
-fn trap_error(method: &str, e: wasmtime::Error) -> RpcError {
+/// A trap or instantiation failure, said the way an operator can act on.
+pub(crate) fn component_failed(what: &str, e: wasmtime::Error) -> CallError {
     let detail = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "it ran past its deadline and was stopped".to_string(),
         Some(trap) => format!("it trapped: {trap}"),
@@ -272,10 +253,6 @@ fn trap_error(method: &str, e: wasmtime::Error) -> RpcError {
             None => format!("it trapped: {}", e.root_cause()),
         },
     };
-    tracing::error!("{method}: the provider component failed: {detail}");
-    RpcError {
-        code: codes::WORKER_ERROR,
-        message: format!("{method} failed: the provider component failed: {detail}"),
-        data: Some(json!({ "kind": "trap" })),
-    }
+    tracing::error!("{what}: the provider component failed: {detail}");
+    CallError::ComponentFailed(detail)
 }
