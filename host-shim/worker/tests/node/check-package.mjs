@@ -2,7 +2,8 @@
 //
 //   node check-package.mjs <package-dir> [--manifest-only]
 //
-// 1. package.json: "type":"module", the package name, paperclipPlugin entrypoints that exist.
+// 1. package.json: "type":"module", the package name, paperclipPlugin entrypoints that exist;
+//    the host binary in bin/ (a folder) or in this platform's host package (an npm install).
 // 2. dist/manifest.js: imported with import() like Paperclip's loadManifestFromPath, then
 //    checked against the manifest rules of Paperclip's zod pluginManifestV1Schema that matter for
 //    an environment driver (reference/paperclip-host.md §1).
@@ -16,6 +17,7 @@
 
 import { fork } from "node:child_process";
 import { existsSync, readFileSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -44,10 +46,30 @@ check(nonEmpty(workerRel), "paperclipPlugin.worker is required");
 for (const rel of [manifestRel, workerRel]) {
   if (nonEmpty(rel)) check(existsSync(path.join(pkgDir, rel)), `${rel} does not exist`);
 }
-const hostBin = path.join(pkgDir, "bin", "paperclip-wasm-host");
-check(existsSync(hostBin), "bin/paperclip-wasm-host is missing");
+// The host: the folder's own bin/paperclip-wasm-host, or (the npm package) the binary of this
+// platform's host package, an optional dependency pinned to the same version and found by
+// Node's module resolution from the package, as the launcher finds it.
+let hostBin = path.join(pkgDir, "bin", "paperclip-wasm-host");
+if (pkg.optionalDependencies) {
+  check(!existsSync(hostBin), "the npm package must not carry a host binary of its own");
+  const hosts = Object.keys(pkg.optionalDependencies);
+  for (const host of hosts) {
+    check(pkg.optionalDependencies[host] === pkg.version, `${host} must be pinned to ${pkg.version}`);
+  }
+  const hostPkg = `${pkg.name}-${process.platform}-${process.arch}`;
+  check(hosts.includes(hostPkg), `no optional dependency on ${hostPkg}`);
+  try {
+    const resolved = createRequire(path.join(pkgDir, "package.json")).resolve(`${hostPkg}/package.json`);
+    hostBin = path.join(path.dirname(resolved), "bin", "paperclip-wasm-host");
+    const hostJson = JSON.parse(readFileSync(resolved, "utf8"));
+    check(hostJson.version === pkg.version, `${hostPkg} is ${hostJson.version}, not ${pkg.version}`);
+  } catch (e) {
+    failures.push(`${hostPkg} does not resolve from the package: ${e.message}`);
+  }
+}
+check(existsSync(hostBin), `${hostBin} is missing`);
 if (existsSync(hostBin)) {
-  check((statSync(hostBin).mode & 0o111) !== 0, "bin/paperclip-wasm-host is not executable");
+  check((statSync(hostBin).mode & 0o111) !== 0, `${hostBin} is not executable`);
 }
 check(existsSync(path.join(pkgDir, "bin", "paperclip_exe_dev.wasm")), "the .wasm is missing");
 check(existsSync(path.join(pkgDir, "bin", "manifest.json")), "bin/manifest.json is missing");
