@@ -43,18 +43,14 @@ impl Listed {
 
 /// The listing for `config` (a driver config object).
 pub async fn list(host: &ProviderHost, config: &Value) -> anyhow::Result<Vec<Listed>> {
-    let ctx = CallContext {
-        config: config.to_string(),
-        environment_id: "cli-orphans".to_string(),
-        company_id: None,
-        deadline_ms: 0,
-    };
     // Not a Paperclip method: the operator's listing takes the timer of the lease methods.
     let inputs = paperclip_wasm_runtime::convert::timer_inputs(&json!({ "config": config }));
     let timeout = paperclip_provider_types::method::sandbox_rpc_timeout(&inputs);
     let ctx = CallContext {
+        config: config.to_string(),
+        environment_id: "cli-orphans".to_string(),
+        company_id: None,
         deadline_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        ..ctx
     };
     let result = host
         .call(CallSink::stderr_only(), timeout, async |s, g| {

@@ -56,8 +56,9 @@ impl RpcError {
         v
     }
 
-    /// A failed call of `method` (its wire name) as Paperclip expects it.
-    pub fn from_call(method: &str, e: CallError) -> Self {
+    /// A failed call of `method` as Paperclip expects it.
+    pub fn from_method(method: Method, e: CallError) -> Self {
+        let method = method.name();
         match e {
             CallError::InvalidParams(detail) => RpcError::invalid_params(detail),
             CallError::Provider { error, remedies } => {
@@ -69,11 +70,6 @@ impl RpcError {
                 data: Some(json!({ "kind": "trap" })),
             },
         }
-    }
-
-    /// A failed call of `method`.
-    pub fn from_method(method: Method, e: CallError) -> Self {
-        Self::from_call(method.name(), e)
     }
 }
 
