@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use crate::bindings::exports::paperclip::sandbox_provider::provider as wit;
 use crate::bindings::paperclip::sandbox_provider::{
-    log as wit_log, ssh as wit_ssh, transfer as wit_transfer, types as wit_types,
+    log as wit_log, session as wit_session, ssh as wit_ssh, transfer as wit_transfer,
+    types as wit_types,
 };
 // Two versions of the ledger package are in `wit/deps` (0.1.0 is released and kept), so the
 // bindings name the module with its version.
@@ -441,6 +442,38 @@ impl From<lease::ReconcileReport> for wit::ReconcileReport {
             pending: r.pending,
             next_in_ms: r.next_in_ms,
             trouble: r.trouble,
+        }
+    }
+}
+
+/// A `plan-session` request: its context, the lease and what the session is for.
+pub fn session_request(
+    r: wit::SessionRequest,
+) -> Result<(lease::CallContext, lease::Lease, t::Purpose), t::ProviderError> {
+    let purpose = match r.purpose {
+        wit_session::Purpose::Duplex(argv) => t::Purpose::Duplex(argv),
+        wit_session::Purpose::Login(l) => t::Purpose::Login(t::LoginRequest {
+            cli: match l.cli {
+                wit_session::LoginCli::Claude => t::LoginCli::Claude,
+                wit_session::LoginCli::Codex => t::LoginCli::Codex,
+                wit_session::LoginCli::Grok => t::LoginCli::Grok,
+            },
+            session_home: l.session_home,
+        }),
+    };
+    Ok((context(r.context), lease_from_wit(r.lease)?, purpose))
+}
+
+impl From<t::SessionPlan> for wit_session::Plan {
+    fn from(p: t::SessionPlan) -> Self {
+        wit_session::Plan {
+            target: (&p.target).into(),
+            command: p.command,
+            terminal: p.terminal.map(|t| wit_session::TerminalSize {
+                columns: t.columns,
+                rows: t.rows,
+            }),
+            kill_command: p.kill_command,
         }
     }
 }

@@ -11,8 +11,9 @@ use std::fmt;
 // The boundary types have one home, shared with the host; the logic names them through here.
 pub use paperclip_provider_types::{
     Account, Connected, DownloadRequest, EntryKind, HostKeyPolicy, Identity, LedgerEntry,
-    LedgerError, LedgerReason, LogLevel, Recorded, SshError, SshOutput, SshRequest, SshTarget,
-    TransferError, TransferReport, UploadRequest,
+    LedgerError, LedgerReason, LogLevel, LoginCli, LoginRequest, Purpose, Recorded, SessionPlan,
+    SshError, SshOutput, SshRequest, SshTarget, TerminalSize, TransferError, TransferReport,
+    UploadRequest,
 };
 
 /// An HTTP response from the `/exec` API.

@@ -30,12 +30,14 @@ mod probe;
 mod realize;
 mod reconcile;
 mod release;
+mod session;
 mod sync;
 
 pub use metadata::{parse_metadata, LeaseMetadata};
 pub use orphans::VmListing;
 pub use probe::run_probe;
 pub use reconcile::ReconcileReport;
+pub use session::{check_session_home, LOGIN_HOME_ROOT, LOGIN_TERMINAL};
 pub use sync::{Direction, PostUploadCommand, SyncMapping, SyncOperation, SyncResult};
 
 /// The provider name in metadata.

@@ -169,6 +169,17 @@ mod component {
             })
         }
 
+        fn plan_session(
+            request: wit::SessionRequest,
+        ) -> WitResult<crate::bindings::paperclip::sandbox_provider::session::Plan> {
+            fallible(|| {
+                let host = WasiHost;
+                let (ctx, l, purpose) = crate::convert::session_request(request)?;
+                let provider = Provider::new(&host, &ctx)?;
+                provider.plan_session(&l, &purpose).map(Into::into)
+            })
+        }
+
         fn sync_in(request: wit::SyncRequest) -> WitResult<Vec<wit::SyncResult>> {
             sync(lease::Direction::In, request)
         }

@@ -94,6 +94,19 @@ const SHELL_READONLY_NAMES: [&str; 7] = [
     "BASH_ARGV0",
 ];
 
+/// The seed's login-shell environment: the profiles a login shell reads, each sourced only when
+/// present and silently (their output and failures never reach the command's streams), one
+/// `&&`-joinable step each.
+pub fn login_profile() -> Vec<String> {
+    let source = |f: &str| format!("if [ -f {f} ]; then . {f} >/dev/null 2>&1 || true; fi");
+    vec![
+        source("/etc/profile"),
+        source("\"$HOME/.profile\""),
+        "if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi".to_string(),
+        source("\"$HOME/.zprofile\""),
+    ]
+}
+
 /// The seed's login-shell wrapper, plus the execution marker:
 /// guarded, silent profile sourcing; `cd '<cwd>'`;
 /// `export PAPERCLIP_EXEC_ID=<id> K='v' … && { exec 3>&2 2>/dev/null; (exec 'cmd' 'arg'… 2>&3
@@ -118,13 +131,7 @@ pub fn exec_script(
     command: &str,
     args: &[String],
 ) -> String {
-    let source = |f: &str| format!("if [ -f {f} ]; then . {f} >/dev/null 2>&1 || true; fi");
-    let mut parts = vec![
-        source("/etc/profile"),
-        source("\"$HOME/.profile\""),
-        "if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi".to_string(),
-        source("\"$HOME/.zprofile\""),
-    ];
+    let mut parts = login_profile();
     if let Some(cwd) = cwd {
         parts.push(format!("cd {}", shell_quote(cwd)));
     }

@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::paperclip::sandbox_provider::provider;
-pub use paperclip::sandbox_provider::{log, ssh, transfer, types};
+pub use paperclip::sandbox_provider::{log, session, ssh, transfer, types};
 // Two versions of the ledger package are in `wit/deps` (0.1.0 is released and kept), so the
 // bindings name its module with the version the world imports.
 pub use paperclip::vm_ledger0_2_0::ledger;

@@ -121,6 +121,16 @@ impl ProviderHost {
         self.grants.ssh.close_all().await;
     }
 
+    /// Open the session a component planned (`plan-session`) on the SSH capability, within
+    /// `timeout`; the caller holds it from then on.
+    pub async fn open_session(
+        &self,
+        plan: paperclip_provider_types::SessionPlan,
+        timeout: Duration,
+    ) -> Result<crate::caps::session::OpenSession, paperclip_provider_types::SshError> {
+        self.grants.ssh.open_session(plan, timeout).await
+    }
+
     /// The HTTP policy and its remedy, when the grants carry one.
     pub fn http_access(&self) -> Option<&HttpAccess> {
         self.grants.http_access.as_deref()

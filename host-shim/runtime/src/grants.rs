@@ -9,9 +9,11 @@ use crate::caps::log::CallSink;
 use crate::engine::Grants;
 use crate::state::{BoxFuture, SshBackend, TransferBackend};
 use paperclip_provider_types::{
-    Connected, DownloadRequest, SshError, SshOutput, SshRequest, SshTarget, TransferError,
-    TransferReport, UploadRequest,
+    Connected, DownloadRequest, SessionPlan, SshError, SshOutput, SshRequest, SshTarget,
+    TransferError, TransferReport, UploadRequest,
 };
+
+use crate::caps::session::OpenSession;
 
 /// HTTP hooks that refuse every request: for components granted no HTTP at all.
 pub struct NoHttp;
@@ -194,6 +196,15 @@ impl SshBackend for OpenSsh {
     fn disconnect(&self, target: SshTarget) -> BoxFuture<()> {
         let runner = self.0.clone();
         Box::pin(async move { runner.disconnect(&target).await })
+    }
+
+    fn open_session(
+        &self,
+        plan: SessionPlan,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<Result<OpenSession, SshError>> {
+        let runner = self.0.clone();
+        Box::pin(crate::caps::session::open(runner, plan, timeout))
     }
 
     fn close_all(&self) -> BoxFuture<()> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use paperclip_provider_types::{Method, ProviderError};
+use paperclip_provider_types::{Method, ProviderError, Purpose, SessionPlan};
 use serde_json::Value;
 use wasmtime::Store;
 
@@ -52,10 +52,10 @@ pub async fn invoke(
     };
     let params_error = |e: convert::ParamsError| CallError::InvalidParams(e.to_string());
     match method {
-        Method::Initialize | Method::Shutdown => Err(CallError::InvalidParams(format!(
-            "{} is answered by the worker, not the provider",
-            method.name()
-        ))),
+        Method::Initialize | Method::Shutdown => Err(answered_by_worker(method)),
+        // The opens plan through `plan_session`; the rest concern what the worker holds.
+        Method::DuplexChannelOpen | Method::LoginPtyOpen => Err(answered_by_worker(method)),
+        m if m.is_session_stream() => Err(answered_by_worker(method)),
         Method::Health => {
             let h = call.infallible(async |s, g| g.call_health(s).await).await?;
             Ok(convert::health_json(h))
@@ -142,6 +142,41 @@ pub async fn invoke(
             .await
         }
     }
+}
+
+fn answered_by_worker(method: Method) -> CallError {
+    CallError::InvalidParams(format!(
+        "{} is answered by the worker, not the provider",
+        method.name()
+    ))
+}
+
+/// Ask the component what a duplex channel or login PTY runs (`plan-session`), for `method`
+/// (whose timer is the call's deadline). `params` are the lease's remembered context:
+/// `{config, environmentId, companyId, lease: {providerLeaseId, metadata}}`.
+pub async fn plan_session(
+    host: &ProviderHost,
+    method: Method,
+    params: &Value,
+    purpose: &Purpose,
+    sink: CallSink,
+) -> Result<SessionPlan, CallError> {
+    let deadline = method.paperclip_timeout(&convert::timer_inputs(params));
+    let req = convert::session_params(params, deadline, purpose)
+        .map_err(|e| CallError::InvalidParams(e.to_string()))?;
+    let call = Call {
+        host,
+        method,
+        sink: sink.clone(),
+        deadline,
+    };
+    let result = call
+        .infallible(async |s, g| g.call_plan_session(s, &req).await)
+        .await?;
+    result.map(Into::into).map_err(|e| CallError::Provider {
+        error: e.into(),
+        remedies: remedies(host, &sink),
+    })
 }
 
 /// One provider call: a fresh instance, the method's deadline, traps and typed errors mapped

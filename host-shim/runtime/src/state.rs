@@ -9,9 +9,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use paperclip_provider_types::{
-    Connected, DownloadRequest, SshError, SshOutput, SshRequest, SshTarget, TransferError,
-    TransferReport, UploadRequest,
+    Connected, DownloadRequest, SessionPlan, SshError, SshOutput, SshRequest, SshTarget,
+    TransferError, TransferReport, UploadRequest,
 };
+
+use crate::caps::session::OpenSession;
 
 use crate::caps::ledger::VmLedger;
 use crate::caps::log::CallSink;
@@ -38,6 +40,20 @@ pub trait SshBackend: Send + Sync {
 
     /// Drop any pooled connection to `target`.
     fn disconnect(&self, target: SshTarget) -> BoxFuture<()>;
+
+    /// Open a long-lived session (a duplex channel, a login PTY) as `plan` says, within
+    /// `timeout`. Backends without pooled connections cannot hold one.
+    fn open_session(
+        &self,
+        _plan: SessionPlan,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<Result<OpenSession, SshError>> {
+        Box::pin(async {
+            Err(SshError::Spawn(
+                "this host does not hold sessions (duplex channels, login PTYs)".into(),
+            ))
+        })
+    }
 
     /// Drop every pooled connection (the worker is exiting).
     fn close_all(&self) -> BoxFuture<()> {

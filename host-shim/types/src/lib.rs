@@ -11,6 +11,7 @@ pub mod error;
 pub mod ledger;
 pub mod log;
 pub mod method;
+pub mod session;
 pub mod ssh;
 pub mod transfer;
 
@@ -18,5 +19,6 @@ pub use error::{ApiError, ProviderError};
 pub use ledger::{Account, LedgerEntry, LedgerError, LedgerReason, Recorded};
 pub use log::LogLevel;
 pub use method::{Method, TimerInputs};
+pub use session::{LoginCli, LoginRequest, Purpose, SessionPlan, TerminalSize};
 pub use ssh::{Connected, HostKeyPolicy, Identity, SshError, SshOutput, SshRequest, SshTarget};
 pub use transfer::{DownloadRequest, EntryKind, TransferError, TransferReport, UploadRequest};

@@ -47,6 +47,22 @@ pub enum Method {
     EnvironmentSyncIn,
     /// `sync-out`.
     EnvironmentSyncOut,
+    /// The component's `plan-session` decides what runs; the worker opens the channel.
+    DuplexChannelOpen,
+    /// Bytes for a channel's stdin (the worker's own).
+    DuplexChannelWrite,
+    /// End a channel's stdin, then its command (the worker's own).
+    DuplexChannelStop,
+    /// Close a channel, killing what still runs (the worker's own).
+    DuplexChannelClose,
+    /// The component's `plan-session` decides what runs; the worker opens the PTY.
+    LoginPtyOpen,
+    /// Text typed into a login PTY (the worker's own).
+    LoginPtyInput,
+    /// End a login PTY's CLI (the worker's own).
+    LoginPtyStop,
+    /// Close a login PTY, killing what still runs (the worker's own).
+    LoginPtyClose,
 }
 
 /// What Paperclip's timer for a call depends on, read from its params.
@@ -62,7 +78,7 @@ pub struct TimerInputs {
 
 impl Method {
     /// Every method, in the order `supportedMethods` lists them.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 21] = [
         Method::EnvironmentValidateConfig,
         Method::EnvironmentProbe,
         Method::EnvironmentAcquireLease,
@@ -73,6 +89,14 @@ impl Method {
         Method::EnvironmentExecute,
         Method::EnvironmentSyncIn,
         Method::EnvironmentSyncOut,
+        Method::DuplexChannelOpen,
+        Method::DuplexChannelWrite,
+        Method::DuplexChannelStop,
+        Method::DuplexChannelClose,
+        Method::LoginPtyOpen,
+        Method::LoginPtyInput,
+        Method::LoginPtyStop,
+        Method::LoginPtyClose,
         Method::Health,
         Method::Shutdown,
         Method::Initialize,
@@ -94,6 +118,14 @@ impl Method {
             Method::EnvironmentExecute => "environmentExecute",
             Method::EnvironmentSyncIn => "environmentSyncIn",
             Method::EnvironmentSyncOut => "environmentSyncOut",
+            Method::DuplexChannelOpen => "duplexChannelOpen",
+            Method::DuplexChannelWrite => "duplexChannelWrite",
+            Method::DuplexChannelStop => "duplexChannelStop",
+            Method::DuplexChannelClose => "duplexChannelClose",
+            Method::LoginPtyOpen => "loginPtyOpen",
+            Method::LoginPtyInput => "loginPtyInput",
+            Method::LoginPtyStop => "loginPtyStop",
+            Method::LoginPtyClose => "loginPtyClose",
         }
     }
 
@@ -107,12 +139,36 @@ impl Method {
         self != Method::Initialize
     }
 
+    /// Methods on an open channel or PTY: the worker answers them from what it holds, without
+    /// calling the component.
+    pub fn is_session_stream(self) -> bool {
+        matches!(
+            self,
+            Method::DuplexChannelWrite
+                | Method::DuplexChannelStop
+                | Method::DuplexChannelClose
+                | Method::LoginPtyInput
+                | Method::LoginPtyStop
+                | Method::LoginPtyClose
+        )
+    }
+
     /// How long Paperclip waits for this call's answer (see the module docs).
     pub fn paperclip_timeout(self, inputs: &TimerInputs) -> Duration {
         match self {
             Method::Initialize => Duration::from_secs(15),
             Method::Shutdown => Duration::from_secs(10),
             Method::Health | Method::EnvironmentValidateConfig => DEFAULT_RPC_TIMEOUT,
+            // Paperclip's channel and PTY timers (`plugin-worker-manager.js`): 30 s for an
+            // open, a write, an input or a stop; 10 s for the close acknowledgement, after
+            // which it kills the worker.
+            Method::DuplexChannelOpen
+            | Method::DuplexChannelWrite
+            | Method::DuplexChannelStop
+            | Method::LoginPtyOpen
+            | Method::LoginPtyInput
+            | Method::LoginPtyStop => DEFAULT_RPC_TIMEOUT,
+            Method::DuplexChannelClose | Method::LoginPtyClose => Duration::from_secs(10),
             Method::EnvironmentProbe => Duration::from_secs(120),
             Method::EnvironmentResumeLease => sandbox_rpc_timeout(inputs).min(RESUME_CAP),
             Method::EnvironmentAcquireLease

@@ -4,6 +4,7 @@ pub mod http;
 pub mod ledger;
 pub mod log;
 mod process_group;
+pub mod session;
 pub mod ssh;
 pub mod ssh_durable;
 mod ssh_mux;

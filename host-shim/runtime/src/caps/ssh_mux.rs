@@ -94,6 +94,19 @@ pub(super) async fn open(
     stdin: StdinEnd,
     stdout: Option<OwnedFd>,
 ) -> Result<MuxSession, MuxUnavailable> {
+    open_with(control, command, false, stdin, stdout).await
+}
+
+/// [`open`], with a pseudo-terminal on the remote side when `tty` is set. The master takes the
+/// terminal's size and modes from the stdin it is handed, a pipe here, so the remote terminal
+/// starts 0×0 with modes cleared: the remote command sets both itself (`stty`).
+pub(super) async fn open_with(
+    control: &Path,
+    command: &str,
+    tty: bool,
+    stdin: StdinEnd,
+    stdout: Option<OwnedFd>,
+) -> Result<MuxSession, MuxUnavailable> {
     let not_started = |e: &dyn std::fmt::Display| MuxUnavailable::NotStarted(e.to_string());
     let conn = Connection::connect(control)
         .await
@@ -101,6 +114,7 @@ pub(super) async fn open(
     let cmd = openssh_mux_client::NonZeroByteSlice::new(command.as_bytes())
         .ok_or_else(|| not_started(&"the command contains a NUL byte"))?;
     let session_req = openssh_mux_client::Session::builder()
+        .tty(tty)
         .cmd(std::borrow::Cow::Borrowed(cmd))
         .build();
 

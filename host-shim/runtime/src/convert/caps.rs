@@ -4,7 +4,7 @@
 
 use paperclip_provider_types as t;
 
-use crate::bindings::{ledger, log, ssh, transfer};
+use crate::bindings::{ledger, log, session, ssh, transfer};
 
 impl From<ssh::Target> for t::SshTarget {
     fn from(w: ssh::Target) -> Self {
@@ -222,6 +222,36 @@ impl From<t::LedgerError> for ledger::LedgerError {
             t::LedgerError::Unavailable(m) => ledger::LedgerError::Unavailable(m),
             t::LedgerError::InvalidRequest(m) => ledger::LedgerError::InvalidRequest(m),
             t::LedgerError::Io(m) => ledger::LedgerError::Io(m),
+        }
+    }
+}
+
+impl From<&t::Purpose> for session::Purpose {
+    fn from(p: &t::Purpose) -> Self {
+        match p {
+            t::Purpose::Duplex(argv) => session::Purpose::Duplex(argv.clone()),
+            t::Purpose::Login(l) => session::Purpose::Login(session::LoginRequest {
+                cli: match l.cli {
+                    t::LoginCli::Claude => session::LoginCli::Claude,
+                    t::LoginCli::Codex => session::LoginCli::Codex,
+                    t::LoginCli::Grok => session::LoginCli::Grok,
+                },
+                session_home: l.session_home.clone(),
+            }),
+        }
+    }
+}
+
+impl From<session::Plan> for t::SessionPlan {
+    fn from(p: session::Plan) -> Self {
+        t::SessionPlan {
+            target: p.target.into(),
+            command: p.command,
+            terminal: p.terminal.map(|s| t::TerminalSize {
+                columns: s.columns,
+                rows: s.rows,
+            }),
+            kill_command: p.kill_command,
         }
     }
 }

@@ -344,6 +344,26 @@ pub fn sync_params(params: &Value, deadline: Duration) -> Result<wit::SyncReques
     })
 }
 
+/// A `plan-session` request: the call context and lease the worker remembered for the lease
+/// (`{config, environmentId, companyId, lease: {providerLeaseId, metadata}}`), and what the
+/// session is for.
+pub fn session_params(
+    params: &Value,
+    deadline: Duration,
+    purpose: &paperclip_provider_types::Purpose,
+) -> Result<wit::SessionRequest, ParamsError> {
+    #[derive(Deserialize)]
+    struct P {
+        lease: Option<LeaseJson>,
+    }
+    let p: P = parse(params)?;
+    Ok(wit::SessionRequest {
+        context: call_context(params, deadline)?,
+        lease: lease_record(p.lease),
+        purpose: purpose.into(),
+    })
+}
+
 /// Sync results → `{operations: [{operationId, filesTransferred, bytesTransferred}]}`.
 pub fn sync_json(results: Vec<wit::SyncResult>) -> Value {
     json!({
