@@ -8,7 +8,7 @@
 
 use super::{Lease, Provider};
 use crate::error::ProviderError;
-use crate::host::{LoginCli, LoginRequest, LogLevel, Purpose, SessionPlan, TerminalSize};
+use crate::host::{LogLevel, LoginCli, LoginRequest, Purpose, SessionPlan, TerminalSize};
 use crate::remote::{self, EXEC_ID_VAR};
 use crate::shell::shell_quote;
 
@@ -78,7 +78,11 @@ impl Provider<'_> {
 
 /// The remote command line of a duplex channel: `argv` exactly, each element one word.
 fn duplex_command(exec_id: &str, argv: &[String]) -> Result<String, ProviderError> {
-    let invalid = |m: &str| Err(ProviderError::InvalidRequest(format!("duplex command: {m}")));
+    let invalid = |m: &str| {
+        Err(ProviderError::InvalidRequest(format!(
+            "duplex command: {m}"
+        )))
+    };
     let Some((program, args)) = argv.split_first() else {
         return invalid("the argv is empty");
     };
@@ -114,9 +118,10 @@ pub fn check_session_home(home: &str) -> Result<(), ProviderError> {
     let groups: Vec<&str> = uuid.split('-').collect();
     let shape_ok = groups.len() == 5
         && groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
     if shape_ok {
         Ok(())
     } else {

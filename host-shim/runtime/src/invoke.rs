@@ -54,8 +54,14 @@ pub async fn invoke(
     match method {
         Method::Initialize | Method::Shutdown => Err(answered_by_worker(method)),
         // The opens plan through `plan_session`; the rest concern what the worker holds.
-        Method::DuplexChannelOpen | Method::LoginPtyOpen => Err(answered_by_worker(method)),
-        m if m.is_session_stream() => Err(answered_by_worker(method)),
+        Method::DuplexChannelOpen
+        | Method::DuplexChannelWrite
+        | Method::DuplexChannelStop
+        | Method::DuplexChannelClose
+        | Method::LoginPtyOpen
+        | Method::LoginPtyInput
+        | Method::LoginPtyStop
+        | Method::LoginPtyClose => Err(answered_by_worker(method)),
         Method::Health => {
             let h = call.infallible(async |s, g| g.call_health(s).await).await?;
             Ok(convert::health_json(h))

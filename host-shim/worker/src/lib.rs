@@ -11,11 +11,13 @@
 pub mod cli;
 pub mod commands;
 pub mod dispatch;
+pub mod leases;
 pub mod notify;
 pub mod orphans;
 pub mod package;
 pub mod reconciler;
 pub mod rpc;
+pub mod sessions;
 pub mod worker;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.

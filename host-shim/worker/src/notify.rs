@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Outgoing {
     /// One serialized JSON object, written as one line.
     Line(String),
+    /// One line, acknowledged once written (a channel's pump waits on it, which bounds what
+    /// it queues).
+    Tracked(String, oneshot::Sender<()>),
     /// Flush everything queued before this item, then acknowledge.
     Flush(oneshot::Sender<()>),
 }
@@ -33,6 +36,13 @@ impl Outbox {
     /// Queue one line. A closed outbox means the worker is exiting; the line has nowhere to go.
     pub fn send_line(&self, line: String) {
         let _ = self.0.send(Outgoing::Line(line));
+    }
+
+    /// Queue one line; the receiver fires once it is written (or the worker is exiting).
+    pub fn send_line_tracked(&self, line: String) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.0.send(Outgoing::Tracked(line, tx));
+        rx
     }
 
     /// Wait until every line queued so far has been written and flushed.
@@ -107,7 +117,7 @@ mod tests {
     fn next_line(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Value {
         match rx.try_recv().expect("a line") {
             Outgoing::Line(l) => serde_json::from_str(&l).unwrap(),
-            Outgoing::Flush(_) => panic!("a flush"),
+            Outgoing::Flush(_) | Outgoing::Tracked(..) => panic!("not a plain line"),
         }
     }
 

@@ -24,7 +24,14 @@ use crate::dispatch::dispatch;
 use crate::notify::{Outbox, Outgoing};
 use crate::rpc::{codes, RpcError};
 
+use crate::leases::LeaseMemory;
 use crate::reconciler::Reconciler;
+use crate::sessions::{Flavor, Sessions};
+
+/// The methods on channels and PTYs: the worker's sessions answer them.
+fn session_method(m: Method) -> bool {
+    m.is_session_stream() || matches!(m, Method::DuplexChannelOpen | Method::LoginPtyOpen)
+}
 
 /// How long `shutdown` waits for in-flight calls before answering (Paperclip allows 10 s).
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(8);
@@ -55,6 +62,8 @@ pub async fn serve(
     let writer = tokio::spawn(write_lines(rx, output));
     let reconciler = Reconciler::new(host.clone(), outbox.clone());
     let background = tokio::spawn(reconciler.clone().run());
+    let leases = Arc::new(LeaseMemory::default());
+    let sessions = Sessions::new(host.clone(), leases.clone(), outbox.clone());
     let mut in_flight = JoinSet::new();
     let mut lines = LineReader::new(BufReader::with_capacity(64 << 10, input), MAX_LINE_BYTES);
     let exit = loop {
@@ -79,13 +88,64 @@ pub async fn serve(
                 outbox.send_line(response(&id, Ok(Value::Null)));
                 break Ok(Exit::Shutdown);
             }
+            Incoming::Request { id, method, params }
+                if Method::from_name(&method).is_some_and(session_method) =>
+            {
+                let m = Method::from_name(&method).expect("checked");
+                let sessions = sessions.clone();
+                let outbox = outbox.clone();
+                // Writes and stops are queued on their route here, in input order; the rest
+                // runs in its own task.
+                let queued = matches!(
+                    m,
+                    Method::DuplexChannelWrite
+                        | Method::DuplexChannelStop
+                        | Method::LoginPtyInput
+                        | Method::LoginPtyStop
+                )
+                .then(|| sessions.enqueue(m, &params));
+                in_flight.spawn(async move {
+                    let flavor = if m.name().starts_with("duplex") {
+                        Flavor::Duplex
+                    } else {
+                        Flavor::Login
+                    };
+                    let sink = outbox.sink(invocation_id(&params));
+                    let (result, go) = match (m, queued) {
+                        (_, Some(Err(e))) => (Err(e), None),
+                        (_, Some(Ok(done))) => (
+                            match done.await {
+                                Ok(Ok(())) => Ok(Value::Null),
+                                Ok(Err(e)) => Err(RpcError::new(codes::WORKER_ERROR, e)),
+                                Err(_) => Err(RpcError::new(
+                                    codes::WORKER_ERROR,
+                                    format!("{}: the session closed first", m.name()),
+                                )),
+                            },
+                            None,
+                        ),
+                        (Method::DuplexChannelOpen | Method::LoginPtyOpen, None) => {
+                            sessions.open(flavor, &params, sink).await
+                        }
+                        (_, None) => (sessions.close(flavor, &params).await, None),
+                    };
+                    outbox.send_line(response(&id, result));
+                    if let Some(go) = go {
+                        let _ = go.send(());
+                    }
+                });
+            }
             Incoming::Request { id, method, params } => {
                 let host = host.clone();
+                let leases = leases.clone();
                 let outbox = outbox.clone();
                 let reconciler = reconciler.clone();
                 in_flight.spawn(async move {
                     let sink = outbox.sink(invocation_id(&params));
-                    let mut result = dispatch(&host, &method, params, sink).await;
+                    let mut result = dispatch(&host, &method, params.clone(), sink).await;
+                    if let Some(m) = Method::from_name(&method) {
+                        leases.learn(m, &params, result.as_ref().ok());
+                    }
                     if method == Method::Health.name() {
                         if let (Ok(report), Some(problem)) =
                             (&mut result, reconciler.health_problem())
@@ -108,6 +168,8 @@ pub async fn serve(
     }
     // On EOF, calls already accepted still get their answers (each is bounded by its deadline).
     while in_flight.join_next().await.is_some() {}
+    // No channel or PTY outlives the worker.
+    sessions.close_all().await;
     // Whatever the reconciler was doing stays in the ledger for the next worker.
     background.abort();
     let _ = background.await;
@@ -186,14 +248,10 @@ async fn write_lines(
 ) -> std::io::Result<()> {
     while let Some(item) = rx.recv().await {
         match item {
-            Outgoing::Line(mut line) => {
-                line.push('\n');
-                output.write_all(line.as_bytes()).await?;
-                // Flush per line unless more is queued: Paperclip reads line by line and a
-                // response must not sit in a buffer.
-                if rx.is_empty() {
-                    output.flush().await?;
-                }
+            Outgoing::Line(line) => write_line(&mut output, line, rx.is_empty()).await?,
+            Outgoing::Tracked(line, written) => {
+                write_line(&mut output, line, rx.is_empty()).await?;
+                let _ = written.send(());
             }
             Outgoing::Flush(ack) => {
                 output.flush().await?;
@@ -202,6 +260,21 @@ async fn write_lines(
         }
     }
     output.flush().await
+}
+
+/// One protocol line. Flushed unless more is queued (`last`): Paperclip reads line by line and
+/// a response must not sit in a buffer.
+async fn write_line(
+    output: &mut (impl AsyncWrite + Unpin),
+    mut line: String,
+    last: bool,
+) -> std::io::Result<()> {
+    line.push('\n');
+    output.write_all(line.as_bytes()).await?;
+    if last {
+        output.flush().await?;
+    }
+    Ok(())
 }
 
 enum Incoming {

@@ -54,7 +54,9 @@ pub async fn open(
     plan: SessionPlan,
     timeout: Duration,
 ) -> Result<OpenSession, SshError> {
-    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+    let timeout_ms = u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
     match runner.connect(&plan.target, timeout_ms).await? {
         Connected::Ready => {}
         Connected::Unpooled => {

@@ -1,0 +1,370 @@
+//! Duplex channels and login PTYs through the real worker against the simulator: exact bytes
+//! both ways, the exit status or the transport's loss, Stop and Close, unknown ids and bad
+//! frames, on loopback and over the 30 ms / 100 Mbit/s link model.
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use e2e_support::{eventually, run_id, unique, Env, EnvOptions, LINK_30MS_100MBIT};
+use exe_dev_sim::LinkModel;
+use serde_json::{json, Value};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Local processes (the simulator's VMs run here) whose environment holds `entry`.
+fn processes_with(entry: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let env = std::fs::read(e.path().join("environ")).ok()?;
+                    env.split(|b| *b == 0)
+                        .any(|v| v == entry.as_bytes())
+                        .then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn open(env: &Env, lease: &Value, route: &str, argv: &[&str]) -> Value {
+    env.ok(
+        "duplexChannelOpen",
+        json!({
+            "hostRouteId": route,
+            "driverKey": "exe-dev",
+            "companyId": "c",
+            "environmentId": "e",
+            "providerLeaseId": lease["providerLeaseId"],
+            "command": argv,
+        }),
+    )
+    .await
+}
+
+/// What a route received: its data, decoded, and its exit params.
+#[derive(Default)]
+struct Received {
+    data: Vec<u8>,
+    chunks: Vec<usize>,
+    exit: Option<Value>,
+}
+
+/// Take the notifications so far into `got`; panics on a frame for another pair of ours.
+fn collect(env: &Env, route: &str, session: &str, got: &mut Received) {
+    for n in env.take_notifications() {
+        let p = &n["params"];
+        match n["method"].as_str() {
+            Some("duplexChannel.data") | Some("duplexChannel.exit") => {}
+            _ => continue,
+        }
+        if p["hostRouteId"] != route {
+            continue;
+        }
+        assert_eq!(p["workerSessionId"], session, "{n}");
+        assert!(got.exit.is_none(), "a frame after the exit: {n}");
+        if n["method"] == "duplexChannel.data" {
+            let chunk = p["chunk"].as_str().unwrap();
+            let bytes = B64.decode(chunk).expect("standard padded base64");
+            assert_eq!(
+                B64.encode(&bytes),
+                chunk,
+                "the chunk must round-trip exactly"
+            );
+            assert!(
+                !bytes.is_empty() && bytes.len() <= 262_144,
+                "{}",
+                bytes.len()
+            );
+            got.chunks.push(bytes.len());
+            got.data.extend_from_slice(&bytes);
+        } else {
+            got.exit = Some(p.clone());
+        }
+    }
+}
+
+async fn until_exit(env: &Env, route: &str, session: &str, within: Duration) -> Received {
+    let mut got = Received::default();
+    let end = Instant::now() + within;
+    while got.exit.is_none() && Instant::now() < end {
+        collect(env, route, session, &mut got);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got
+}
+
+async fn write(env: &Env, route: &str, session: &str, bytes: &[u8]) -> Value {
+    env.call(
+        "duplexChannelWrite",
+        json!({"hostRouteId": route, "workerSessionId": session, "data": B64.encode(bytes)}),
+    )
+    .await
+}
+
+async fn round_trip(link: Option<LinkModel>, size: usize) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("duplex")).await;
+    let route = format!("duplex-route-{}", unique());
+    let opened = open(
+        &env,
+        &lease,
+        &route,
+        &["sh", "-c", "cat; echo done >&2; exit 3"],
+    )
+    .await;
+    assert_eq!(opened["hostRouteId"], route);
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    let mut sent = vec![0u8; size];
+    rand::fill(&mut sent[..]);
+    // Writes go out as fast as Paperclip would send them, unanswered ones overlapping: their
+    // order on the wire is the order of the input lines.
+    let w = env.worker();
+    let mut pending = Vec::new();
+    for piece in sent.chunks(262_144) {
+        let params = json!({"hostRouteId": route, "workerSessionId": session,
+            "data": B64.encode(piece)});
+        pending.push(w.call("duplexChannelWrite", params));
+    }
+    let mut got = Received::default();
+    // Collect while the writes go, so the child's stdout never backs up into a stall.
+    let writes = async {
+        let mut answers = Vec::new();
+        for p in pending {
+            answers.push(p.await.unwrap());
+        }
+        answers
+    };
+    let (answers, ()) = tokio::join!(writes, async {
+        let end = Instant::now() + Duration::from_secs(120);
+        while got.data.len() < size && Instant::now() < end {
+            collect(&env, &route, &session, &mut got);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    for a in &answers {
+        assert!(a.get("error").is_none(), "{a}");
+    }
+    env.ok(
+        "duplexChannelStop",
+        json!({"hostRouteId": route, "workerSessionId": session}),
+    )
+    .await;
+    let rest = until_exit(&env, &route, &session, Duration::from_secs(30)).await;
+    got.data.extend_from_slice(&rest.data);
+    got.chunks.extend(rest.chunks);
+    assert_eq!(
+        got.data.len(),
+        sent.len(),
+        "chunks: {:?}, exit: {:?}",
+        &got.chunks[..got.chunks.len().min(8)],
+        rest.exit
+    );
+    assert!(got.data == sent, "the bytes differ");
+    assert_eq!(
+        rest.exit,
+        Some(json!({"hostRouteId": route, "workerSessionId": session, "exitCode": 3}))
+    );
+    let closed = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert_eq!(
+        closed,
+        json!({"hostRouteId": route, "workerSessionId": session})
+    );
+    // Once closed, the pair takes nothing more.
+    let late = write(&env, &route, &session, b"x").await;
+    assert!(late.get("error").is_some(), "{late}");
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_exactly_on_loopback() {
+    round_trip(None, 16 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_exactly_over_the_link() {
+    round_trip(LINK_30MS_100MBIT, 4 << 20).await;
+}
+
+async fn close_kills(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("dclose")).await;
+    let route = format!("duplex-route-{}", unique());
+    let mark = format!("DUPLEX_MARK={}", unique());
+    let opened = open(
+        &env,
+        &lease,
+        &route,
+        &["env", &mark, "sh", "-c", "sleep 1000"],
+    )
+    .await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || !processes_with(&mark)
+            .is_empty())
+        .await,
+        "the command never started"
+    );
+    let started = Instant::now();
+    let closed = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        closed,
+        json!({"hostRouteId": route, "workerSessionId": session})
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || processes_with(&mark).is_empty()).await,
+        "processes left: {:?}",
+        processes_with(&mark)
+    );
+    // Nothing is sent for the closed pair, and a second close is acknowledged the same way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Received::default();
+    collect(&env, &route, &session, &mut got);
+    assert!(got.exit.is_none() && got.data.is_empty());
+    let again = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert_eq!(again, closed);
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_kills_a_running_command_on_loopback() {
+    close_kills(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_kills_a_running_command_over_the_link() {
+    close_kills(LINK_30MS_100MBIT).await;
+}
+
+async fn reset_ends_the_channel(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("dreset")).await;
+    let route = format!("duplex-route-{}", unique());
+    let opened = open(
+        &env,
+        &lease,
+        &route,
+        &["sh", "-c", "while :; do echo tick; sleep 0.1; done"],
+    )
+    .await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.sim.reset_ssh_connections() >= 1, "nothing to reset");
+    let started = Instant::now();
+    let got = until_exit(&env, &route, &session, Duration::from_secs(15)).await;
+    assert!(
+        got.data.starts_with(b"tick\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got.data)
+    );
+    assert_eq!(
+        got.exit,
+        Some(json!({"hostRouteId": route, "workerSessionId": session,
+            "exitCode": null, "transportClosed": true}))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    env.ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_ends_the_channel_with_transport_closed_on_loopback() {
+    reset_ends_the_channel(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_ends_the_channel_with_transport_closed_over_the_link() {
+    reset_ends_the_channel(LINK_30MS_100MBIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_bad_frames_and_unknown_leases_get_clear_errors() {
+    let env = Env::start().await;
+    let lease = env.acquire(&run_id("dbad")).await;
+    let route = format!("duplex-route-{}", unique());
+    let opened = open(&env, &lease, &route, &["cat"]).await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    for data in ["", "AAEC/w", "not base64!"] {
+        let r = env
+            .call(
+                "duplexChannelWrite",
+                json!({"hostRouteId": route, "workerSessionId": session, "data": data}),
+            )
+            .await;
+        assert_eq!(r["error"]["code"], -32602, "{data:?}: {r}");
+    }
+    let r = write(&env, &route, "no-such-session", b"x").await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no open session"),
+        "{r}"
+    );
+    let r = write(&env, "duplex-route-0", &session, b"x").await;
+    assert!(r.get("error").is_some(), "{r}");
+    // The same route again, or a lease this worker never saw.
+    let again = env
+        .err(
+            "duplexChannelOpen",
+            json!({"hostRouteId": route, "providerLeaseId": lease["providerLeaseId"], "command": ["cat"]}),
+        )
+        .await;
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already in use"),
+        "{again}"
+    );
+    let unknown = env
+        .err(
+            "duplexChannelOpen",
+            json!({"hostRouteId": "duplex-route-x", "providerLeaseId": "vm-nobody", "command": ["cat"]}),
+        )
+        .await;
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("lease vm-nobody is not known"),
+        "{unknown}"
+    );
+    // The worker still serves: the channel works.
+    let ok = write(&env, &route, &session, b"still here\n").await;
+    assert!(ok.get("error").is_none(), "{ok}");
+    let mut got = Received::default();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            collect(&env, &route, &session, &mut got);
+            got.data == b"still here\n"
+        })
+        .await
+    );
+    env.ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    env.destroy(&lease).await;
+    env.finish().await;
+}
