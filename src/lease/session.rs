@@ -204,7 +204,7 @@ mod tests {
         assert!(duplex_command("1", &["sh".into(), "a\0b".into()]).is_err());
         assert!(duplex_command("1", &["x".repeat(MAX_ARGV_BYTES + 1)]).is_err());
         let c = duplex_command("1", &["sh".into(), "-c".into(), "echo 'hi' $X".into()]).unwrap();
-        assert!(c.contains("'sh' '-c' 'echo '\\''hi'\\'' $X'"), "{c}");
+        assert!(c.contains(r#"'sh' '-c' 'echo '"'"'hi'"'"' $X'"#), "{c}");
     }
 
     #[test]

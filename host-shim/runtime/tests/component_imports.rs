@@ -9,6 +9,8 @@ use paperclip_wasm_runtime::grants;
 /// and `std::env`, and the HashMap seed.
 const ALLOWED: &[&str] = &[
     "paperclip:sandbox-provider/types",
+    // Types only (the session plan's records): the component calls nothing there.
+    "paperclip:sandbox-provider/session",
     "paperclip:sandbox-provider/ssh",
     "paperclip:sandbox-provider/transfer",
     "paperclip:sandbox-provider/log",

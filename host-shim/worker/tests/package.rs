@@ -292,7 +292,7 @@ fn version_names_the_component_digest_and_wit_package() {
     assert_eq!(
         text,
         format!(
-            "paperclip-wasm-host {}\ncomponent sha256:{digest} ({} bytes)\nwit paperclip:sandbox-provider@0.4.0\n",
+            "paperclip-wasm-host {}\ncomponent sha256:{digest} ({} bytes)\nwit paperclip:sandbox-provider@0.5.0\n",
             env!("CARGO_PKG_VERSION"),
             wasm.len()
         )

@@ -118,6 +118,7 @@ const DRIVER_KEYS = new Set([
   "description",
   "configSchema",
   "supportsReusableLeases",
+  "supportsLoginPty",
   "sandboxCapabilities",
 ]);
 const drivers = manifest.environmentDrivers;
@@ -132,6 +133,10 @@ for (const driver of drivers ?? []) {
     nonEmpty(driver.displayName) && driver.displayName.length <= 100,
     "driver displayName must be 1..100 characters",
   );
+  if ("supportsLoginPty" in driver) {
+    check(typeof driver.supportsLoginPty === "boolean", "supportsLoginPty: boolean");
+    check(!("supportsSetupTokenLogin" in driver), "only one of supportsLoginPty and its alias");
+  }
   if ("supportsReusableLeases" in driver) {
     check(typeof driver.supportsReusableLeases === "boolean", "supportsReusableLeases: boolean");
   }
