@@ -255,7 +255,8 @@ struct ChanState {
     /// Process group of the running command (0 before it starts), for `signal` requests.
     pgid: Arc<AtomicI32>,
     /// Dropped when the client closes the channel or the connection ends: the exec task then
-    /// stops forwarding output and closes the child's pipes, as sshd does.
+    /// stops forwarding output and closes the child's pipes (or its pty's master, which hangs
+    /// the session up), as sshd does.
     _cancel: Option<oneshot::Sender<()>>,
 }
 
