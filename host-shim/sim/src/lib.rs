@@ -32,6 +32,7 @@ mod flags;
 mod gateway;
 mod link;
 mod names;
+mod pty;
 mod ssh;
 mod tap;
 
