@@ -163,6 +163,7 @@ healthy() {
   curl -sf http://127.0.0.1:3100/api/health 2>/dev/null |
     jq -e '.status == "ok" and .deploymentMode == "local_trusted" and .startupRecovery.phase == "ready"' >/dev/null 2>&1
 }
+# shellcheck disable=SC2120 # the arguments are optional
 smoke_start_server() { # [VAR=value...]: the server's extra environment
   local i envs=(HOME="$W/home" "$@")
   log "paperclipai run"
@@ -245,7 +246,7 @@ smoke_check_no_vms() {
 }
 
 smoke_leak_check() { # [extra secret...]: none of the secrets in server.log or any r_*.json
-  local s f line jwt leaks=0
+  local s f line jwt leaks=0 extra=()
   grep -a '\[plugin stderr\]' "$W/server.log" >"$W/worker-stderr.log" || true
   [[ -s $W/worker-stderr.log ]] || die "no worker stderr in the server log (check is vacuous)"
   # Guest logs reach Paperclip once, as `log` notifications; never repeated on stderr (which
@@ -259,7 +260,7 @@ smoke_leak_check() { # [extra secret...]: none of the secrets in server.log or a
   # (the key-specific part), each at least 20 characters.
   while IFS= read -r line; do [[ ${#line} -ge 20 ]] && secrets+=("$line"); done < <(sed '1,2d;$d' "$SSH_KEY")
   local files=("$W/server.log" "$W"/r_*.json)
-  [[ -n ${SMOKE_LEAK_FILES:-} ]] && read -r -a extra <<<"$SMOKE_LEAK_FILES" && files+=("${extra[@]}")
+  if [[ -n ${SMOKE_LEAK_FILES:-} ]]; then read -r -a extra <<<"$SMOKE_LEAK_FILES" && files+=("${extra[@]}"); fi
   for s in "${secrets[@]}"; do
     [[ -n $s ]] || continue
     for f in "${files[@]}"; do
