@@ -125,6 +125,10 @@ log "fake CLIs: $(grep -c '^ok' "$W/check-fake-clis.log") checks passed"
 mkdir -p "$W/vm-home/.local/bin" "$W/vm-home/.config/fake-clis"
 cp "$FAKES"/{agent,claude,codex,grok} "$W/vm-home/.local/bin/"
 chmod 0755 "$W/vm-home/.local/bin/"*
+# Paperclip's bridge (and the fake agent) run `node` from the VM's PATH, which a login shell
+# resets (/etc/profile): the Node 24 installed above goes into ~/.local/bin, which both a login
+# shell (~/.profile) and the cursor adapter put first, as a VM image with Node 24 would have it.
+ln -s "$W/node/package/bin/node" "$W/vm-home/.local/bin/node"
 # shellcheck disable=SC2016 # expanded by the VM's login shell
 printf '# paperclip-run-smoke: the fake CLIs\nPATH="$HOME/.local/bin:$PATH"\nexport PATH\n' >"$W/vm-home/.profile"
 echo "$CODEX_WAIT_S" >"$W/vm-home/.config/fake-clis/codex-wait-seconds"
@@ -141,9 +145,17 @@ call capabilities GET "/companies/$CID/environments/capabilities"
 expect capabilities 200 '.sandboxProviders["exe-dev"] != null' "no exe-dev sandbox provider in the capabilities"
 CAPS=$(jq -c '.sandboxProviders["exe-dev"]' "$W/r_capabilities.json")
 log "capabilities of exe-dev: $(head -c 600 <<<"$CAPS")"
-# The manifest's gates, read from the package the server loaded.
-MANIFEST_DUPLEX=$(jq -r '[.environmentDrivers[]? | select(.driverKey == "exe-dev") | .sandboxCapabilities.duplexCommandStream // false][0] // false' "$PLUGIN/bin/manifest.json" 2>/dev/null || echo false)
-MANIFEST_LOGIN=$(jq -r '[.environmentDrivers[]? | select(.driverKey == "exe-dev") | (.supportsLoginPty // .supportsSetupTokenLogin // false)][0] // false' "$PLUGIN/bin/manifest.json" 2>/dev/null || echo false)
+# The manifest's gates, read from the package the server loaded (its dist/manifest.js).
+manifest_gate() { # jq filter on the exe-dev driver entry
+  node --input-type=module -e '
+    const m = (await import(process.argv[1])).default;
+    const d = (m.environmentDrivers ?? []).find((x) => x.driverKey === "exe-dev") ?? {};
+    process.stdout.write(JSON.stringify(d));' "file://$PLUGIN/dist/manifest.js" | jq -r "$1"
+}
+MANIFEST_DUPLEX=$(manifest_gate '.sandboxCapabilities.duplexCommandStream == true') ||
+  die "could not read $PLUGIN/dist/manifest.js"
+MANIFEST_LOGIN=$(manifest_gate '(.supportsLoginPty // .supportsSetupTokenLogin) == true') ||
+  die "could not read $PLUGIN/dist/manifest.js"
 CAPS_LOGIN=$(jq -r '.supportsLoginPty // false' <<<"$CAPS")
 log "manifest: duplexCommandStream=$MANIFEST_DUPLEX, supportsLoginPty=$MANIFEST_LOGIN; server capabilities: supportsLoginPty=$CAPS_LOGIN"
 
@@ -199,6 +211,8 @@ run_mode() { # off|on
   jq -e --argjson n "$FAKE_AGENT_CALLS" '.calls == $n and (.latenciesMs | length) == $n and (.agentId | length) > 0' "$file" >/dev/null ||
     die "run $mode: $file does not hold $FAKE_AGENT_CALLS calls: $(head -c 800 "$file")"
   jq -e --arg a "$aid" '.agentId == $a' "$file" >/dev/null || die "run $mode: /api/agents/me named another agent: $(jq -c .agentId "$file")"
+  jq -e '.node | ltrimstr("v") | split(".")[0] | tonumber >= 24' "$file" >/dev/null ||
+    die "run $mode: the VM's node is $(jq -r .node "$file"), Paperclip's bridge needs >= 24.11 (the fixture's ~/.local/bin/node was not on PATH)"
   bridge=$(jq -r .bridgeMode "$file")
   median=$(jq -r .medianMs "$file") p90=$(jq -r .p90Ms "$file") mn=$(jq -r .minMs "$file") mx=$(jq -r .maxMs "$file")
   fallback=$(grep -aoE '\[paperclip\] (Could not open the sandbox duplex channel \([a-z_]+\)|Sandbox duplex readiness failed \([a-z_]+\)|Sandbox HTTP/2 client preface did not appear[^.]*\([a-z_]+\))' "$W/run-$mode.log" | head -1 || true)
@@ -362,7 +376,7 @@ SMOKE_LEAK_FILES="$(printf '%s ' "$W"/run-*.log)"
 smoke_leak_check "${CLAUDE_TOKENS[@]}"
 smoke_stop_server
 remove_new_login_homes
-left=$(find "$LOGIN_HOMES" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort | comm -13 "$W/login/homes-before" - | wc -l)
+left=$({ find "$LOGIN_HOMES" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null || true; } | sort | comm -13 "$W/login/homes-before" - | wc -l)
 [[ $left == 0 ]] || die "$left login session homes left in $LOGIN_HOMES"
 
 OK=1
