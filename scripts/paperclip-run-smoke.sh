@@ -3,7 +3,7 @@
 # (issues 20 and 21, item 7), offline after the installs.
 #
 #   scripts/paperclip-run-smoke.sh [--link] [--duplex off|on|both] [--login | --login-only]
-#                                  [PATH/TO/paperclip-wasm-host [PATH/TO/exe-dev-sim]]
+#                                  [--login-shim] [PATH/TO/paperclip-wasm-host [PATH/TO/exe-dev-sim]]
 #
 # Setup as scripts/paperclip-smoke.sh does (the shared steps are scripts/lib/paperclip-smoke-lib.sh):
 # Node 24 and paperclipai from npm into a temp dir, onboard, server on 127.0.0.1:3100, the
@@ -40,6 +40,11 @@
 # in no log or answer. These need the plugin's loginPty* (manifest supportsLoginPty): until it
 # has them the login phase fails at its first step and says so.
 #
+# --login-shim (test-only): proves the login phase itself before the worker has loginPty*. The
+# package copy in the workdir gets scripts/fixtures/login-pty-shim.mjs as its dist/worker.js
+# (it relays everything to the real launcher and answers loginPty* itself over ssh -tt into the
+# VM) and `supportsLoginPty: true` in its manifest. A pass with it says nothing about the worker.
+#
 # Closing checks, as the other smoke: 0 VMs in the simulator, every lease released with
 # cleanupStatus success, no secret (exe.dev token, SSH key, the server's JWT secret, the fake
 # Claude token) in the server log, the run logs or any API answer, no worker left after the
@@ -56,14 +61,15 @@ SMOKE_NAME=run-smoke
 # shellcheck source=scripts/lib/paperclip-smoke-lib.sh
 source "$SCRIPT_DIR/lib/paperclip-smoke-lib.sh"
 
-LINK=0 DUPLEX=both LOGIN=0 RUNS=1
-usage() { sed -n '4,6p' "$0" >&2; exit 2; }
+LINK=0 DUPLEX=both LOGIN=0 RUNS=1 LOGIN_SHIM=0
+usage() { sed -n '4,5p' "$0" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --link) LINK=1 ;;
     --duplex) [[ ${2:-} =~ ^(off|on|both)$ ]] || usage; DUPLEX=$2; shift ;;
     --login) LOGIN=1 ;;
     --login-only) LOGIN=1 RUNS=0 ;;
+    --login-shim) LOGIN_SHIM=1 ;;
     -h | --help) usage ;;
     -*) usage ;;
     *) break ;;
@@ -136,6 +142,19 @@ echo "$CODEX_WAIT_S" >"$W/vm-home/.config/fake-clis/grok-wait-seconds"
 
 smoke_start_sim "$SIM_BIN" "${SIM_FLAGS[@]}"
 smoke_package_plugin "$HOST_BIN"
+if [[ $LOGIN_SHIM == 1 ]]; then
+  log "TEST-ONLY: the package copy gets the login PTY shim (scripts/fixtures/login-pty-shim.mjs) and supportsLoginPty"
+  mv "$PLUGIN/dist/worker.js" "$PLUGIN/dist/worker-real.js"
+  cp "$SCRIPT_DIR/fixtures/login-pty-shim.mjs" "$PLUGIN/dist/worker.js"
+  jq -n --arg c "$SSH_CONFIG" --arg k "$SSH_KEY" --arg h "$W/shim-known-hosts" \
+    '{sshConfig: $c, sshKey: $k, knownHosts: $h}' >"$PLUGIN/dist/login-pty-shim.json"
+  # shellcheck disable=SC2016 # JavaScript, not shell
+  node --input-type=module -e '
+    import { writeFileSync } from "node:fs";
+    const m = (await import(process.argv[1])).default;
+    for (const d of m.environmentDrivers) if (d.driverKey === "exe-dev") d.supportsLoginPty = true;
+    writeFileSync(new URL(process.argv[1]), `export default ${JSON.stringify(m, null, 2)};\n`);' "file://$PLUGIN/dist/manifest.js"
+fi
 smoke_start_server
 smoke_install_plugin_by_path
 smoke_create_company "Run Smoke Co"
@@ -147,6 +166,7 @@ CAPS=$(jq -c '.sandboxProviders["exe-dev"]' "$W/r_capabilities.json")
 log "capabilities of exe-dev: $(head -c 600 <<<"$CAPS")"
 # The manifest's gates, read from the package the server loaded (its dist/manifest.js).
 manifest_gate() { # jq filter on the exe-dev driver entry
+  # shellcheck disable=SC2016 # JavaScript, not shell
   node --input-type=module -e '
     const m = (await import(process.argv[1])).default;
     const d = (m.environmentDrivers ?? []).find((x) => x.driverKey === "exe-dev") ?? {};
