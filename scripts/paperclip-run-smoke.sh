@@ -62,7 +62,7 @@ SMOKE_NAME=run-smoke
 source "$SCRIPT_DIR/lib/paperclip-smoke-lib.sh"
 
 LINK=0 DUPLEX=both LOGIN=0 RUNS=1 LOGIN_SHIM=0
-usage() { sed -n '4,5p' "$0" >&2; exit 2; }
+usage() { sed -n '5,6p' "$0" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --link) LINK=1 ;;
@@ -107,12 +107,15 @@ log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1
 # Login session homes this run creates on the "VMs" (this machine's /tmp): removed at the end.
 mkdir -p "$W/login"
 find "$LOGIN_HOMES" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort >"$W/login/homes-before" || true
+LOGIN_ROOT_EXISTED=0
+[[ -d $LOGIN_HOMES ]] && LOGIN_ROOT_EXISTED=1
 remove_new_login_homes() {
   local d
   [[ -d $LOGIN_HOMES ]] || return 0
   while IFS= read -r d; do
-    [[ $d =~ ^[0-9a-f-]{36}$ ]] && rm -rf -- "${LOGIN_HOMES:?}/$d"
+    if [[ $d =~ ^[0-9a-f-]{36}$ ]]; then rm -rf -- "${LOGIN_HOMES:?}/$d"; fi
   done < <(find "$LOGIN_HOMES" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | comm -13 "$W/login/homes-before" -)
+  if [[ $LOGIN_ROOT_EXISTED == 0 ]]; then rmdir "$LOGIN_HOMES" 2>/dev/null || true; fi
 }
 SMOKE_CLEANUP_HOOKS+=(remove_new_login_homes)
 
