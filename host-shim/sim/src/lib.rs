@@ -19,6 +19,9 @@
 //!   client sends SIGHUP to the command's process group, as closing a real pty would.
 //! * **Keys**: one ed25519 client key is generated at start ([`Simulator::client_key_path`],
 //!   mode 0600, in the 0700 state dir); every VM accepts exactly that key.
+//! * **Home template**: with [`SimOptions::home_template`] every VM that `new` creates starts
+//!   with a copy of that directory as its home (what an image would ship, e.g. fake CLIs in
+//!   `.local/bin` for the real-server smoke scripts).
 //! * **Setup script**: like exe.dev, `--setup-script` runs asynchronously at "boot": it is written
 //!   to `<state>/vms/<name>/setup` and run with `sh` in the VM's home while the VM already accepts
 //!   SSH; its output goes to `<state>/vms/<name>/setup.log` and the file is removed afterwards.
@@ -32,6 +35,7 @@ mod flags;
 mod gateway;
 mod link;
 mod names;
+mod pty;
 mod ssh;
 mod tap;
 
@@ -84,6 +88,10 @@ pub struct SimOptions {
     /// A link model (added round trip, bandwidth cap) on the SSH path; needs
     /// [`Routing::Gateway`], whose one entry point it sits in front of.
     pub link: Option<LinkModel>,
+    /// A directory every VM made by `new` starts with as its home (copied: files, directories,
+    /// symlinks, modes), as the files an image ships: fixtures such as fake CLIs in
+    /// `.local/bin`. `cp` copies its source VM's home instead.
+    pub home_template: Option<PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -96,6 +104,7 @@ impl Default for SimOptions {
             email: "sim@example.com".to_owned(),
             routing: Routing::default(),
             link: None,
+            home_template: None,
         }
     }
 }
@@ -247,6 +256,13 @@ impl Simulator {
                 (t.path().to_path_buf(), Some(t))
             }
         };
+        if let Some(t) = &opts.home_template {
+            anyhow::ensure!(
+                t.is_dir(),
+                "the home template {} is not a directory",
+                t.display()
+            );
+        }
         std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))?;
         // VMs never outlive a simulator; a caller-chosen dir may hold a crashed run's leftovers.
         let _ = std::fs::remove_dir_all(state_dir.join("vms"));
@@ -699,7 +715,7 @@ impl Inner {
         std::fs::create_dir_all(&home)?;
         std::fs::create_dir_all(&tmp)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some(src) = spec.copy_from {
+        if let Some(src) = spec.copy_from.or_else(|| self.opts.home_template.clone()) {
             let home2 = home.clone();
             tokio::task::spawn_blocking(move || copy_tree(&src, &home2)).await??;
         }

@@ -21,6 +21,10 @@ struct Cli {
     /// Directory for the simulator's keys, ssh config and VM homes (default: a temp dir).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Every VM that `new` creates starts with a copy of DIR as its home (files, directories,
+    /// symlinks and modes), as an image's files would: e.g. fake CLIs in `DIR/.local/bin`.
+    #[arg(long, value_name = "DIR")]
+    home_template: Option<PathBuf>,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -38,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let opts = SimOptions {
         state_dir: cli.state_dir,
         link: cli.link.model(),
+        home_template: cli.home_template,
         ..Default::default()
     };
     match runtime.block_on(serve(opts)) {

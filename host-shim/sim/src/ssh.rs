@@ -1,6 +1,7 @@
 //! One VM's SSH server (russh 0.65): public-key auth with the simulator's client key, `exec`
 //! (and `shell`) sessions that run `sh -c <command>` in the VM's home directory, multiplexed
-//! channels, and byte-exact streaming with SSH flow control in both directions.
+//! channels, and byte-exact streaming with SSH flow control in both directions. A session that
+//! sends `pty-req` gets a real pseudo-terminal, as under sshd ([`super::pty`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -8,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use russh::keys::PublicKey;
@@ -20,6 +21,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use super::faults::{Faults, ONBOARDING_MARKER};
+use super::pty::{Master, Pty, WinSize};
 use super::tap::Taps;
 
 /// Login user of exe.dev's default image.
@@ -50,6 +52,15 @@ impl VmRuntime {
     /// The environment of a process in this VM: cleared, like a fresh login, except for the
     /// variables sshd/login would set, the VM's `--env`, and (last) the client's `env` requests.
     pub(crate) fn command(&self, program: &str) -> Command {
+        let mut cmd = self.login_command(program);
+        // Own process group, like sshd's setsid(), so `rm` can kill the whole tree.
+        cmd.process_group(0);
+        cmd
+    }
+
+    /// [`Self::command`] without the process group, for a pty session whose child calls
+    /// setsid() itself (which fails in a process that already leads a group).
+    fn login_command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("HOME", &self.home)
@@ -63,8 +74,6 @@ impl VmRuntime {
             .env("TMPDIR", &self.tmp)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.home)
-            // Own process group, like sshd's setsid(), so `rm` can kill the whole tree.
-            .process_group(0)
             .kill_on_drop(false);
         cmd
     }
@@ -221,17 +230,33 @@ enum Stdin {
     Closed,
 }
 
+/// The pseudo-terminal of a session that sent `pty-req`.
+enum PtySlot {
+    None,
+    /// Allocated at pty-req, like sshd does (so a failure fails that request); the command
+    /// has not started.
+    Ready(Box<PtyReq>),
+    /// The running command's job owns the master (dropping it hangs the session up); this
+    /// only reaches it for window-change, and never keeps it open.
+    Running(Weak<Master>),
+}
+
+struct PtyReq {
+    pty: Pty,
+    /// pty-req's terminal type, the session's `TERM`.
+    term: String,
+}
+
 struct ChanState {
     write: Option<ChannelWriteHalf<Msg>>,
     env: Vec<(String, String)>,
     stdin: Stdin,
-    /// A pty was requested: none is allocated, but losing the client then sends SIGHUP to the
-    /// command's process group, as the kernel does when sshd closes the pty master.
-    pty: bool,
+    pty: PtySlot,
     /// Process group of the running command (0 before it starts), for `signal` requests.
     pgid: Arc<AtomicI32>,
     /// Dropped when the client closes the channel or the connection ends: the exec task then
-    /// stops forwarding output and closes the child's pipes, as sshd does.
+    /// stops forwarding output and closes the child's pipes (or its pty's master, which hangs
+    /// the session up), as sshd does.
     _cancel: Option<oneshot::Sender<()>>,
 }
 
@@ -274,7 +299,7 @@ impl Handler for SessionHandler {
                 write: Some(write),
                 env: Vec::new(),
                 stdin: Stdin::Pending(Vec::new(), false),
-                pty: false,
+                pty: PtySlot::None,
                 pgid: Arc::new(AtomicI32::new(0)),
                 _cancel: None,
             },
@@ -303,19 +328,73 @@ impl Handler for SessionHandler {
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No pty is allocated; accepting keeps `ssh -t` working with plain pipes.
-        if let Some(st) = self.channels.get_mut(&channel) {
-            st.pty = true;
+        let Some(st) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        // One pty per session, requested before the command starts (sshd refuses a second).
+        if !matches!(st.pty, PtySlot::None) || st.write.is_none() {
+            return session.channel_failure(channel);
         }
-        session.channel_success(channel)
+        let size = WinSize {
+            cols: col_width,
+            rows: row_height,
+            pix_width,
+            pix_height,
+        };
+        // The encoded modes are not applied (kernel defaults instead; see `Pty::open`).
+        tracing::debug!(vm = %self.vm.name, ?channel, term, ?size, ?modes, "pty-req");
+        match Pty::open(size) {
+            Ok(pty) => {
+                st.pty = PtySlot::Ready(Box::new(PtyReq {
+                    pty,
+                    term: term.to_owned(),
+                }));
+                session.channel_success(channel)
+            }
+            Err(e) => {
+                tracing::warn!(vm = %self.vm.name, "cannot allocate a pty: {e}");
+                session.channel_failure(channel)
+            }
+        }
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let size = WinSize {
+            cols: col_width,
+            rows: row_height,
+            pix_width,
+            pix_height,
+        };
+        let done = match self.channels.get(&channel).map(|st| &st.pty) {
+            Some(PtySlot::Ready(req)) => req.pty.master.set_winsize(size).is_ok(),
+            Some(PtySlot::Running(master)) => master
+                .upgrade()
+                .is_some_and(|m| m.set_winsize(size).is_ok()),
+            _ => false,
+        };
+        // window-change never asks for a reply (RFC 4254 6.7); these only answer one if
+        // a client did.
+        if done {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
     }
 
     async fn exec_request(
@@ -444,8 +523,22 @@ impl SessionHandler {
         }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         st._cancel = Some(cancel_tx);
+        let pty = match std::mem::replace(&mut st.pty, PtySlot::None) {
+            PtySlot::Ready(req) => {
+                let PtyReq { pty, term } = *req;
+                let master = Arc::new(pty.master);
+                st.pty = PtySlot::Running(Arc::downgrade(&master));
+                Some(JobPty {
+                    master,
+                    slave: pty.slave,
+                    name: pty.name,
+                    term,
+                })
+            }
+            _ => None,
+        };
         let job = Job {
-            pty: st.pty,
+            pty,
             pgid: st.pgid.clone(),
             vm: self.vm.clone(),
             handle: session.handle(),
@@ -460,9 +553,18 @@ impl SessionHandler {
     }
 }
 
+/// The pty a session command runs on.
+struct JobPty {
+    /// The only strong reference: dropping it closes the master.
+    master: Arc<Master>,
+    slave: std::os::fd::OwnedFd,
+    name: String,
+    term: String,
+}
+
 /// One running session command.
 struct Job {
-    pty: bool,
+    pty: Option<JobPty>,
     pgid: Arc<AtomicI32>,
     vm: Arc<VmRuntime>,
     handle: russh::server::Handle,
@@ -501,67 +603,116 @@ impl Job {
             vm.record(&command, Some(1));
             return;
         }
-        let mut cmd = vm.command("/bin/sh");
+        let (mut cmd, master) = match pty {
+            None => {
+                let mut cmd = vm.command("/bin/sh");
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                (cmd, None)
+            }
+            Some(p) => match pty_command(&vm, p) {
+                Ok((cmd, master)) => (cmd, Some(master)),
+                Err(e) => {
+                    let msg = format!("sh: cannot set up the terminal: {e}\r\n");
+                    let _ = write.data_bytes(Bytes::from(msg)).await;
+                    finish(&handle, &write, Exit::Code(127)).await;
+                    vm.record(&command, Some(127));
+                    return;
+                }
+            },
+        };
         match &command {
             Some(c) => {
                 cmd.arg("-c").arg(OsStr::from_bytes(c));
             }
-            // No command: a non-interactive shell reading its script from stdin.
+            // No command: a shell reading its script from stdin (interactive on a pty, as
+            // sh decides by itself when stdin is a terminal).
             None => {
                 cmd.arg("-s");
             }
         }
-        cmd.envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = match cmd.spawn() {
+        cmd.envs(env);
+        let spawned = cmd.spawn();
+        // The command holds the parent's copies of a pty slave: they must be closed now, or
+        // reading the master would never end in EIO.
+        drop(cmd);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("sh: cannot start: {e}\n");
-                let _ = write.extended_data_bytes(1, Bytes::from(msg)).await;
+                let _ = match master {
+                    // A pty has no separate stderr.
+                    Some(_) => write.data_bytes(Bytes::from(msg)).await,
+                    None => write.extended_data_bytes(1, Bytes::from(msg)).await,
+                };
                 finish(&handle, &write, Exit::Code(127)).await;
                 vm.record(&command, Some(127));
                 return;
             }
         };
         if let Some(pid) = child.id() {
+            // A pty session's child is a session leader (setsid), so its pid is its group too.
             vm.track(pid as i32);
             pgid.store(pid as i32, Ordering::SeqCst);
         }
-        if let Some(child_stdin) = child.stdin.take() {
-            tokio::spawn(feed_stdin(child_stdin, stdin));
-        }
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let forward = async {
-            tokio::join!(pump(stdout, &write, None), pump(stderr, &write, Some(1)));
-        };
-        // Like sshd (`session_exit_message`), the exit status goes out as soon as the command
-        // is reaped, while output it left in its pipes may still be on its way: clients must
-        // read until EOF, not until the exit status.
-        let reaped = async {
-            let exit = exit_of(child.wait().await);
-            send_exit(&handle, &write, &exit).await;
-            exit
-        };
-        let finished = tokio::select! {
-            (_, exit) = async { tokio::join!(forward, reaped) } => Some(exit),
-            _ = &mut cancel => None,
+        let finished = match master {
+            None => {
+                if let Some(child_stdin) = child.stdin.take() {
+                    tokio::spawn(feed_stdin(child_stdin, stdin));
+                }
+                let stdout = child.stdout.take();
+                let stderr = child.stderr.take();
+                let forward = async {
+                    tokio::join!(pump(stdout, &write, None), pump(stderr, &write, Some(1)));
+                };
+                // Like sshd (`session_exit_message`), the exit status goes out as soon as the
+                // command is reaped, while output it left in its pipes may still be on its
+                // way: clients must read until EOF, not until the exit status.
+                let reaped = async {
+                    let exit = exit_of(child.wait().await);
+                    send_exit(&handle, &write, &exit).await;
+                    exit
+                };
+                tokio::select! {
+                    (_, exit) = async { tokio::join!(forward, reaped) } => Some(exit),
+                    _ = &mut cancel => None,
+                }
+            }
+            Some(master) => {
+                // As with pipes, the exit status goes out when the command is reaped, and
+                // the channel ends once the master reads EIO: every process holding the
+                // terminal has closed it and everything written to it has been relayed
+                // (sshd waits for the same EOF).
+                let reaped = async {
+                    let exit = exit_of(child.wait().await);
+                    send_exit(&handle, &write, &exit).await;
+                    exit
+                };
+                // Input never ends the session: after the client's EOF the terminal simply
+                // gets no more (sshd neither closes the master nor sends VEOF for it).
+                let input = async {
+                    feed_master(&master, stdin).await;
+                    std::future::pending::<()>().await
+                };
+                let finished = tokio::select! {
+                    (_, exit) = async { tokio::join!(pump_master(&master, &write), reaped) } => {
+                        Some(exit)
+                    }
+                    _ = input => None,
+                    _ = &mut cancel => None,
+                };
+                // The client is gone (or the session is over): closing the master hangs the
+                // terminal up, so the kernel sends SIGHUP to the session's controlling
+                // process and foreground group, as when sshd closes it.
+                drop(master);
+                finished
+            }
         };
         let Some(exit) = finished else {
             // After a cancel the child's pipes are closed, so it sees SIGPIPE or EOF like under
             // sshd, and keeps running otherwise (tests can see it with
-            // `Simulator::vm_process_count`). Reap it either way.
-            if pty {
-                let pg = pgid.load(Ordering::SeqCst);
-                if pg > 0 {
-                    // SAFETY: plain syscall on the group this job started.
-                    unsafe {
-                        libc::kill(-pg, libc::SIGHUP);
-                    }
-                }
-            }
+            // `Simulator::vm_process_count`); on a pty it was hung up. Reap it either way.
             let _ = child.wait().await;
             vm.record(&command, None);
             return;
@@ -576,6 +727,71 @@ impl Job {
         let _ = write.eof().await;
         let _ = write.close().await;
         tracing::trace!(vm = %vm.name, channel = ?id, "session command finished");
+    }
+}
+
+/// The command of a pty session: the slave as stdin, stdout, stderr and (setsid, then
+/// TIOCSCTTY) controlling terminal, with `TERM` and `SSH_TTY` set as sshd sets them.
+fn pty_command(vm: &VmRuntime, p: JobPty) -> std::io::Result<(Command, Arc<Master>)> {
+    let JobPty {
+        master,
+        slave,
+        name,
+        term,
+    } = p;
+    let mut cmd = vm.login_command("/bin/sh");
+    cmd.env("SSH_TTY", &name);
+    if !term.is_empty() {
+        cmd.env("TERM", &term);
+    }
+    cmd.stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl are async-signal-safe, and the closure allocates nothing.
+    // stdin is already the slave when pre_exec closures run (std dup2s stdio first).
+    unsafe {
+        cmd.pre_exec(|| {
+            // A new session (and process group, which `rm` and `signal` kill by), with no
+            // controlling terminal yet; then the slave becomes it, and its foreground group
+            // this one, so a hang-up reaches the command.
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok((cmd, master))
+}
+
+/// Writes the client's data to the pty master as terminal input until the client's EOF.
+async fn feed_master(master: &Master, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(chunk) = rx.recv().await {
+        if master.write_all(&chunk).await.is_err() {
+            // The terminal is gone (hung up); drop the rest like a broken pipe would.
+            return;
+        }
+    }
+}
+
+/// Copies what the session writes to its terminal to the channel (as data: a pty has no
+/// separate stderr), until the master reads EIO. Waits for the client's window like [`pump`].
+async fn pump_master(master: &Master, write: &ChannelWriteHalf<Msg>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match master.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if write
+            .data_bytes(Bytes::copy_from_slice(&buf[..n]))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

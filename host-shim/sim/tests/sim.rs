@@ -774,6 +774,80 @@ async fn ssh_faults_setup_and_cp() {
     assert!(!state.exists());
 }
 
+/// `home_template`: every VM `new` creates starts with a copy of the directory (modes and
+/// symlinks kept, later changes to the template not shared); `cp` copies its source instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn home_template_seeds_new_vms() {
+    use std::os::unix::fs::PermissionsExt;
+    let template = tempfile::tempdir().unwrap();
+    let bin = template.path().join(".local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("agent"), "#!/bin/sh\necho fake-agent \"$@\"\n").unwrap();
+    std::fs::set_permissions(bin.join("agent"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        template.path().join(".profile"),
+        "PATH=\"$HOME/.local/bin:$PATH\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("agent", bin.join("cursor-agent")).unwrap();
+    let mut opts = SimOptions::with_token(TOKEN);
+    opts.home_template = Some(template.path().to_path_buf());
+    let sim = Simulator::start(opts).await.expect("sim start");
+    let tmp = tempfile::tempdir().unwrap();
+    let ssh = Ssh::new(&sim, tmp.path());
+    assert_eq!(exec(&sim, "new --json --name=tpl-one").await.status, 200);
+    let o = ssh
+        .run(
+            "tpl-one",
+            "$HOME/.local/bin/agent -p x && readlink .local/bin/cursor-agent",
+            b"",
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, b"fake-agent -p x\nagent\n");
+    // A login shell reads the template's profile.
+    let o = ssh.run("tpl-one", "sh -lc 'command -v agent'", b"").await;
+    let home = sim.vm_home("tpl-one").unwrap();
+    assert_eq!(
+        o.stdout,
+        format!("{}/.local/bin/agent\n", home.display()).as_bytes()
+    );
+    let mode = std::fs::metadata(home.join(".local/bin/agent"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+
+    // Each VM has its own copy.
+    ssh.run("tpl-one", "echo changed > .local/bin/agent", b"")
+        .await;
+    assert_eq!(exec(&sim, "new --json --name=tpl-two").await.status, 200);
+    let o = ssh.run("tpl-two", "cat .local/bin/agent", b"").await;
+    assert!(
+        o.stdout.starts_with(b"#!/bin/sh"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // cp copies the source VM, not the template.
+    assert_eq!(exec(&sim, "cp tpl-one tpl-copy --json").await.status, 200);
+    assert_eq!(
+        ssh.run("tpl-copy", "cat .local/bin/agent", b"")
+            .await
+            .stdout,
+        b"changed\n"
+    );
+    sim.shutdown().await;
+
+    // A template that is not a directory is refused at start.
+    let mut opts = SimOptions::with_token(TOKEN);
+    opts.home_template = Some(template.path().join("missing"));
+    let err = Simulator::start(opts)
+        .await
+        .err()
+        .expect("a missing template is an error");
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+}
+
 /// Like sshd without a pty, losing the client does not kill the command; with a (requested)
 /// pty it gets SIGHUP. `rm` kills whatever is left.
 #[tokio::test(flavor = "multi_thread")]
