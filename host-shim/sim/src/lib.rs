@@ -463,6 +463,40 @@ impl Simulator {
         Ok(status.code())
     }
 
+    /// [`Simulator::run_in_vm`] with `stdin` fed to the command and its output kept: the
+    /// bench's model of an execute that costs nothing but its remote work.
+    pub async fn run_in_vm_io(
+        &self,
+        name: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> anyhow::Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt as _;
+        let rt = self
+            .inner
+            .lock_vms()
+            .live
+            .get(name)
+            .map(|vm| vm.runtime.clone())
+            .ok_or_else(|| anyhow::anyhow!("no VM named {name}"))?;
+        let mut child = rt
+            .command("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let data = stdin.to_vec();
+        let feed = tokio::spawn(async move {
+            let _ = pipe.write_all(&data).await;
+        });
+        let out = child.wait_with_output().await?;
+        feed.abort();
+        Ok(out)
+    }
+
     /// Fault: resets every client SSH connection open at this moment, through the gateway to
     /// every VM (with [`Routing::DirectPorts`]: every connection to a VM's own server), on
     /// loopback and behind the link model alike. The server side of each connection fails its
