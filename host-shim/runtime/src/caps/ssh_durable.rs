@@ -225,14 +225,28 @@ impl DurableExecs {
         let started_at = Instant::now();
         let deadline = started_at + Duration::from_millis(req.timeout_ms.into());
         let give_up = deadline + RESULT_GRACE;
-        match self.ssh.connect(&req.target, req.timeout_ms).await? {
-            Connected::Ready => {}
-            Connected::Unpooled => return self.ssh.exec(direct(req), on_chunk).await,
-            // Nothing ran: report the failed connection the way the direct path would.
-            Connected::Failed(out) => return Ok(out),
-        }
-        let Some(mut control) = self.ssh.live_master(&req.target) else {
-            return self.ssh.exec(direct(req), on_chunk).await;
+        self.ssh.check(&req.target)?;
+        // A serving agent that is up proves its master connection is (its session would have
+        // ended with it), so the master's own liveness check, one more exchange with it per
+        // execute, is not needed then.
+        let serving = self
+            .ssh
+            .live_master(&req.target)
+            .filter(|control| self.serving_up(control));
+        let mut control = match serving {
+            Some(control) => control,
+            None => {
+                match self.ssh.connect(&req.target, req.timeout_ms).await? {
+                    Connected::Ready => {}
+                    Connected::Unpooled => return self.ssh.exec(direct(req), on_chunk).await,
+                    // Nothing ran: report the failed connection the way the direct path would.
+                    Connected::Failed(out) => return Ok(out),
+                }
+                let Some(control) = self.ssh.live_master(&req.target) else {
+                    return self.ssh.exec(direct(req), on_chunk).await;
+                };
+                control
+            }
         };
         if let Some(AgentState::Unavailable(_, since)) = self.agent_state(&control) {
             if since.elapsed() < RETRY_UNAVAILABLE {
@@ -524,6 +538,16 @@ impl DurableExecs {
                 }
             }
         }
+    }
+
+    /// True when the connection at `control` has a serving agent that is up (and no attempt
+    /// is starting one right now).
+    fn serving_up(&self, control: &Path) -> bool {
+        let Some(slot) = self.servers.lock().unwrap().get(control).cloned() else {
+            return false;
+        };
+        let up = matches!(slot.try_lock().as_deref(), Ok(Serving::Up(s)) if !s.is_dead());
+        up
     }
 
     /// How this attempt reaches the agent: the connection's serving agent (started now if
