@@ -417,7 +417,7 @@ impl DurableExecs {
             }
             Ok(Ok(s)) => s,
         };
-        let (session, stdin_pipe, stdout, mut stderr) = session.into_parts();
+        let (session, stdin_pipe, stdout, stderr) = session.into_parts();
         let (Some(mut stdin_pipe), Some(mut stdout)) = (stdin_pipe, stdout) else {
             return Attempt::Broken("the session has no pipes".into());
         };
@@ -428,18 +428,7 @@ impl DurableExecs {
             stdin_pipe.write_all(&stdin).await?;
             Ok::<_, std::io::Error>(stdin_pipe)
         });
-        let agent_stderr = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let room = AGENT_STDERR_CAP.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            String::from_utf8_lossy(&kept).into_owned()
-        });
+        let agent_stderr = super::ssh_serve::keep_stderr(stderr, AGENT_STDERR_CAP);
 
         let mut frames = FrameReader::default();
         let mut hello = false;

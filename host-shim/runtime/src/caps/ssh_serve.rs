@@ -38,6 +38,26 @@ const STDERR_CAP: usize = 4096;
 /// a session in which no agent answers.
 const BEFORE_HELLO_CAP: usize = 64 * 1024;
 
+/// Read an agent session's stderr to its end in a task of its own, keeping the first `cap`
+/// bytes (for the operator: what the agent or the login shell said).
+pub(super) fn keep_stderr(
+    mut stderr: pipe::Receiver,
+    cap: usize,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let room = cap.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
+}
+
 /// Why no serving agent could be started.
 pub(super) enum StartError {
     /// The session ran, and no agent answered (the shell's exit status and what it said): the
@@ -78,22 +98,11 @@ impl Server {
             }
             Ok(Ok(s)) => s,
         };
-        let (session, stdin, stdout, mut stderr) = session.into_parts();
+        let (session, stdin, stdout, stderr) = session.into_parts();
         let (Some(stdin), Some(mut stdout)) = (stdin, stdout) else {
             return Err(StartError::Broken("the session has no pipes".into()));
         };
-        let said = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let room = STDERR_CAP.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            String::from_utf8_lossy(&kept).into_owned()
-        });
+        let said = keep_stderr(stderr, STDERR_CAP);
         let hello = wire::hello_frame();
         let mut before = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
