@@ -352,6 +352,55 @@ async fn executes_run_through_the_vm_agent() {
     env.finish().await;
 }
 
+/// Executes over a live connection share one serving agent: one agent session for the
+/// connection, none per execute, serial and 32 at once, each with its own bytes and exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executes_share_one_serving_agent_per_connection() {
+    let env = Env::start_with(EnvOptions::over(LINK_30MS_100MBIT)).await;
+    let lease = env.acquire(&run_id("serve")).await;
+    for i in 0..5 {
+        let r = env
+            .sh(&lease, &format!("printf 'n{i}\\377'; exit {i}"))
+            .await;
+        assert_eq!(r["exitCode"], i, "{r}");
+        assert_eq!(r["stdout"], format!("n{i}\u{fffd}"), "{r}");
+    }
+    let scripts: Vec<String> = (0..32)
+        .map(|i| {
+            format!(
+                "head -c {} /dev/zero | tr '\\0' x; echo e{i} >&2; exit {}",
+                1000 * i,
+                i % 7
+            )
+        })
+        .collect();
+    let results =
+        paperclip_test_support::harness::join_all(scripts.iter().map(|s| env.sh(&lease, s))).await;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["stdout"].as_str().map(str::len), Some(1000 * i), "{i}");
+        assert_eq!(r["stderr"], format!("e{i}\n"), "{i}");
+        assert_eq!(r["exitCode"], i % 7, "{i}");
+    }
+    // Sessions that started the agent (the upload's session is not one; the log holds the
+    // sessions that ended, so the one still serving may not be there yet).
+    let agent_sessions: Vec<String> = env
+        .sim
+        .ssh_log()
+        .into_iter()
+        .filter_map(|c| c.command)
+        .filter(|c| c.starts_with("exec \"$HOME/.cache/paperclip-exe-dev/agent-"))
+        .collect();
+    let per_execute = agent_sessions
+        .iter()
+        .filter(|c| !c.ends_with("\" serve"))
+        .count();
+    assert_eq!(per_execute, 0, "no session per execute: {agent_sessions:?}");
+    // At most: the serving agent tried before the upload (it was not there yet), and this one.
+    assert!(agent_sessions.len() <= 2, "{agent_sessions:?}");
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
 /// Without connection sharing there is no agent: commands run as they always did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpooled_connections_take_the_direct_path() {

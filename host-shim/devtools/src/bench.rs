@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub fresh: usize,
     /// Also run the sync rows (100 MiB in and out, on loopback and over the link).
     pub sync: bool,
+    /// The agent-bridge workload (no bridge rows with 0 calls).
+    pub bridge: crate::bench_bridge::Workload,
 }
 
 impl Default for BenchOptions {
@@ -43,6 +45,10 @@ impl Default for BenchOptions {
             fresh: 10,
             link: LinkModel::new(30, 100),
             sync: true,
+            bridge: crate::bench_bridge::Workload {
+                calls: 24,
+                every: Duration::from_millis(600),
+            },
         }
     }
 }
@@ -75,6 +81,13 @@ pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> an
     print_table(&rows, wasm_size);
     println!();
     print_link_table(&link_rows, &opts.link);
+    if opts.bridge.calls > 0 {
+        println!();
+        print_bridge_table(&[
+            ("loopback".to_string(), &rows.bridge),
+            (opts.link.describe(), &link_rows.bridge),
+        ]);
+    }
     if opts.sync {
         for link in [None, Some(opts.link)] {
             let sim = Simulator::start(SimOptions {
@@ -140,10 +153,33 @@ async fn sync_rows(
 /// The link rows: what a command and a large output cost over a real link's round trip and
 /// bandwidth, beside the system ssh client over a master connection on the same link.
 struct LinkFigures {
+    rtt: Duration,
     serial_median: Duration,
+    serial_p90: Duration,
     ssh_master: Duration,
     stdout_20mib: Duration,
     ssh_master_20mib: Duration,
+    /// Rounds of 8 and of 32 concurrent executes.
+    concurrent: Vec<Concurrent>,
+    bridge: BridgeFigures,
+}
+
+/// Rounds of `n` concurrent executes of `true` on one VM.
+struct Concurrent {
+    n: usize,
+    ours: Duration,
+    ssh_master: Duration,
+    /// The same remote work, `n` at once in the VM with no SSH (the floor is one round trip
+    /// more).
+    remote_alone: Duration,
+}
+
+/// The bridge workload three ways (empty when it was not run).
+#[derive(Default)]
+struct BridgeFigures {
+    ours: crate::bench_bridge::BridgeRun,
+    raw: crate::bench_bridge::BridgeRun,
+    floor: crate::bench_bridge::BridgeRun,
 }
 
 async fn measure_link(
@@ -168,9 +204,19 @@ async fn measure_link(
         .await?;
     let exec_true = async || execute_true(&worker, &base, &lease).await;
     exec_true().await?; // opens the shared connection
-    let (host, port, _) = lease_destination(&lease)?;
+    let (host, port, vm_name) = lease_destination(&lease)?;
     let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
     raw.start_master().await?;
+    let cwd = lease["metadata"]["remoteCwd"]
+        .as_str()
+        .context("lease metadata without remoteCwd")?
+        .to_string();
+    let wrapper = true_wrapper(Some(&cwd));
+    let in_vm = async || {
+        let code = sim.run_in_vm(&vm_name, &wrapper).await?;
+        ensure!(code == Some(0), "the wrapper alone exited with {code:?}");
+        Ok(())
+    };
 
     let mut serial = Samples::default();
     for _ in 0..opts.serial.min(15) {
@@ -178,6 +224,29 @@ async fn measure_link(
         serial
             .time("master", async || raw.run(true, "true").await)
             .await?;
+    }
+    let mut concurrent = Vec::new();
+    for n in [8, 32] {
+        let mut rounds = Samples::default();
+        for _ in 0..opts.rounds.clamp(1, 5) {
+            rounds
+                .time("ours", async || round_of(n, &exec_true).await)
+                .await?;
+            rounds
+                .time("master", async || {
+                    round_of(n, async || raw.run(true, "true").await).await
+                })
+                .await?;
+            rounds
+                .time("remote alone", async || round_of(n, &in_vm).await)
+                .await?;
+        }
+        concurrent.push(Concurrent {
+            n,
+            ours: median(rounds.take("ours")),
+            ssh_master: median(rounds.take("master")),
+            remote_alone: median(rounds.take("remote alone")),
+        });
     }
     let big = twenty_mib_command();
     let big_params = base(json!({"lease": &lease, "command": "sh", "args": ["-c", &big]}));
@@ -190,15 +259,93 @@ async fn measure_link(
         bulk.time("master", async || raw.run(true, &big).await)
             .await?;
     }
+    let bridge = bridge_rows(
+        opts.bridge,
+        host_binary,
+        &cwd,
+        &worker,
+        &base,
+        &lease,
+        &raw,
+        sim,
+        &vm_name,
+        opts.link.rtt,
+    )
+    .await?;
     raw.stop_master().await;
     destroy(&worker, &base, &lease).await?;
     worker.shutdown().await?;
+    let mut serial_ours = serial.take("ours");
     Ok(LinkFigures {
-        serial_median: median(serial.take("ours")),
+        rtt: opts.link.rtt,
+        serial_median: median(serial_ours.clone()),
+        serial_p90: percentile(&mut serial_ours, 0.9),
+        concurrent,
+        bridge,
         ssh_master: median(serial.take("master")),
         stdout_20mib: median(bulk.take("ours")),
         ssh_master_20mib: median(bulk.take("master")),
     })
+}
+
+/// The remote command line our execute of `true` runs (the seed's login-shell wrapper:
+/// profile sourcing, cd, export, exec; the VM agent receives it in its request, so it is built
+/// here by the guest's own function), for the baselines that replay the same remote work.
+fn true_wrapper(cwd: Option<&str>) -> String {
+    paperclip_exe_dev::remote::sh_c(&paperclip_exe_dev::remote::exec_script(
+        "00000000000000b1",
+        cwd,
+        &[],
+        "true",
+        &[],
+    ))
+}
+
+/// The bridge workload through the worker, the system `ssh` over a master, and the floor
+/// model, in two interleaved passes of half the calls each (so drift weighs on all three).
+#[allow(clippy::too_many_arguments)]
+async fn bridge_rows(
+    w: crate::bench_bridge::Workload,
+    agent_program: &Path,
+    cwd: &str,
+    worker: &WorkerClient,
+    base: &impl Fn(Value) -> Value,
+    lease: &Value,
+    raw: &RawSsh,
+    sim: &Simulator,
+    vm: &str,
+    rtt: Duration,
+) -> anyhow::Result<BridgeFigures> {
+    use crate::bench_bridge::{run, Via, Workload};
+    let mut f = BridgeFigures::default();
+    if w.calls == 0 {
+        return Ok(f);
+    }
+    let ours = Via::Ours {
+        worker,
+        params: base,
+        lease,
+    };
+    let floor = Via::Floor { sim, vm, rtt };
+    let halves = [w.calls / 2, w.calls - w.calls / 2];
+    for calls in halves.into_iter().filter(|&c| c > 0) {
+        let part = Workload { calls, ..w };
+        f.ours.add(run(&ours, cwd, agent_program, part).await?);
+        // The worker's `log` notifications of the run are not needed.
+        drop(worker.take_notifications());
+        f.raw
+            .add(run(&Via::Raw(raw), cwd, agent_program, part).await?);
+        f.floor.add(run(&floor, cwd, agent_program, part).await?);
+    }
+    Ok(f)
+}
+
+/// One round: `n` concurrent runs of `f`.
+async fn round_of<T>(n: usize, f: impl AsyncFn() -> anyhow::Result<T>) -> anyhow::Result<()> {
+    for r in harness::join_all((0..n).map(|_| f())).await {
+        r?;
+    }
+    Ok(())
 }
 
 /// Execute literally `true` in `lease`: the command with no arguments, as Paperclip would send
@@ -267,6 +414,7 @@ struct Figures {
     remote_alone: Duration,
     remote_alone_round: Duration,
     capability_alone: Duration,
+    bridge: BridgeFigures,
 }
 
 async fn measure(
@@ -321,17 +469,9 @@ async fn measure(
 
     // The baselines reach the same VM the same way, with the system ssh client.
     let (host, port, vm_name) = lease_destination(&lease)?;
-    // The remote command line our execute of `true` runs (the seed's login-shell wrapper:
-    // profile sourcing, cd, export, exec; the VM agent receives it on stdin, so it is built
-    // here by the guest's own function), replayed by the baselines: same remote work.
+    // The baselines replay the remote command line our execute of `true` runs: same work.
     let cwd = lease["metadata"]["remoteCwd"].as_str();
-    let wrapper = paperclip_exe_dev::remote::sh_c(&paperclip_exe_dev::remote::exec_script(
-        "00000000000000b1",
-        cwd,
-        &[],
-        "true",
-        &[],
-    ));
+    let wrapper = true_wrapper(cwd);
     let raw = RawSsh::new(sim, scratch.path(), &host, &port.to_string());
     raw.start_master().await?;
     // The same remote work with no SSH at all, started the way the VM's SSH server starts a
@@ -422,6 +562,19 @@ async fn measure(
         bulk.time("master", async || raw.run(true, &big).await)
             .await?;
     }
+    let bridge = bridge_rows(
+        opts.bridge,
+        host_binary,
+        cwd.context("lease metadata without remoteCwd")?,
+        &worker,
+        &base,
+        &lease,
+        &raw,
+        sim,
+        &vm_name,
+        Duration::ZERO,
+    )
+    .await?;
     capability.close_all().await;
     raw.stop_master().await;
     for l in &leases {
@@ -448,6 +601,7 @@ async fn measure(
         remote_alone: median(serial.take("remote alone")),
         remote_alone_round: median(rounds.take("remote alone")),
         capability_alone: median(serial.take("capability")),
+        bridge,
     })
 }
 
@@ -478,10 +632,7 @@ impl Samples {
 
 /// One round: 8 concurrent runs of `f`.
 async fn round<T>(f: impl AsyncFn() -> anyhow::Result<T>) -> anyhow::Result<()> {
-    for r in harness::join_all((0..8).map(|_| f())).await {
-        r?;
-    }
-    Ok(())
+    round_of(8, f).await
 }
 
 async fn destroy(
@@ -537,7 +688,7 @@ fn capability_runner(sim: &Simulator, state_dir: &Path) -> anyhow::Result<SshRun
 }
 
 /// The baseline: the system OpenSSH client run by hand, as a script would.
-struct RawSsh {
+pub(crate) struct RawSsh {
     common: Vec<String>,
     control: PathBuf,
     host: String,
@@ -605,6 +756,29 @@ impl RawSsh {
         Ok(())
     }
 
+    /// `ssh … host <remote>` over the master with `stdin` fed to it (else `/dev/null`): its
+    /// output, whatever the exit status.
+    pub(crate) async fn output(
+        &self,
+        remote: &str,
+        stdin: Option<&[u8]>,
+    ) -> anyhow::Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut cmd = self.command(remote);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
+            pipe.write_all(data).await?;
+        }
+        Ok(child.wait_with_output().await?)
+    }
+
     async fn start_master(&self) -> anyhow::Result<()> {
         let status = tokio::process::Command::new("ssh")
             .args(&self.common)
@@ -663,6 +837,66 @@ fn print_link_table(f: &LinkFigures, link: &LinkModel) {
             ms(base),
             ratio(ours, base)
         );
+    }
+    println!(
+        "| execute `true`, serial p90 | {} | — | — |",
+        ms(f.serial_p90)
+    );
+    for c in &f.concurrent {
+        // What a round cannot go below: one round trip, plus the remote work of n at once.
+        let floor = f.rtt + c.remote_alone;
+        println!(
+            "| {n} concurrent executes, round median | {} | {n} × ssh over master {} | {:.2}× |",
+            ms(c.ours),
+            ms(c.ssh_master),
+            ratio(c.ours, c.ssh_master),
+            n = c.n
+        );
+        println!(
+            "| {n} concurrent executes, round median | {} | floor: 1 round trip + remote work alone, {n} at once {} (remote {}) | {:.2}× |",
+            ms(c.ours),
+            ms(floor),
+            ms(c.remote_alone),
+            ratio(c.ours, floor),
+            n = c.n
+        );
+    }
+}
+
+/// The bridge rows: API-call latency (as timed in the VM) and executes per second, three ways.
+fn print_bridge_table(links: &[(String, &BridgeFigures)]) {
+    println!(
+        "Agent bridge (`queue_v1`: listing every 100 ms while idle, 4 executes per API call, \
+         run-log tail every 250 ms), API-call latency as the agent in the VM times it:"
+    );
+    println!();
+    println!("| link | path | calls | median | p90 | mean | executes/s | median vs raw ssh | median vs floor |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (link, f) in links {
+        let stats = |r: &crate::bench_bridge::BridgeRun| {
+            let mut v = r.latencies.clone();
+            let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
+            (median(v.clone()), percentile(&mut v, 0.9), mean)
+        };
+        let raw_median = stats(&f.raw).0;
+        let floor_median = stats(&f.floor).0;
+        for (name, r) in [
+            ("ours (worker)", &f.ours),
+            ("raw ssh over master", &f.raw),
+            ("floor (1 round trip + remote work per execute)", &f.floor),
+        ] {
+            let (m, p90, mean) = stats(r);
+            println!(
+                "| {link} | {name} | {} | {} | {} | {} | {:.1} | {:.2}× | {:.2}× |",
+                r.latencies.len(),
+                ms(m),
+                ms(p90),
+                ms(mean),
+                r.rate(),
+                ratio(m, raw_median),
+                ratio(m, floor_median)
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! library), so they go through the real worker protocol and component over stdio.
 
 mod bench;
+mod bench_bridge;
 mod bench_sync;
 mod demo;
 
@@ -67,13 +68,33 @@ enum Command {
         /// Skip the sync rows (100 MiB in and out, three ways, on loopback and over the link).
         #[arg(long)]
         no_sync: bool,
+        /// API calls the emulated agent makes in each bridge series (0: no bridge rows).
+        #[arg(long, default_value_t = 24)]
+        bridge_calls: usize,
+        /// The emulated agent makes one API call every this many milliseconds.
+        #[arg(long, default_value_t = 600, value_name = "MS")]
+        bridge_every_ms: u64,
+    },
+    /// The VM side of the bench's bridge workload: an agent making API calls through
+    /// Paperclip's `queue_v1` file queue (started in the simulated VM by `bench`).
+    #[command(hide = true)]
+    BridgeAgent {
+        /// The queue directory (`requests/`, `responses/`).
+        #[arg(long)]
+        queue: std::path::PathBuf,
+        /// How many calls.
+        #[arg(long)]
+        calls: usize,
+        /// One call every this many milliseconds.
+        #[arg(long)]
+        every_ms: u64,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Worker(_) => "warn",
+        Command::Worker(_) | Command::BridgeAgent { .. } => "warn",
         _ => "info",
     };
     execute(
@@ -87,6 +108,15 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => run_worker(args).await,
+        Command::BridgeAgent {
+            queue,
+            calls,
+            every_ms,
+        } => {
+            let every = std::time::Duration::from_millis(every_ms);
+            tokio::task::spawn_blocking(move || bench_bridge::agent_main(&queue, calls, every))
+                .await?
+        }
         Command::Demo { link, worker } => {
             let worker = match worker {
                 Some(program) => program,
@@ -101,6 +131,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             link_rtt_ms,
             link_mbit,
             no_sync,
+            bridge_calls,
+            bridge_every_ms,
         } => {
             let me = std::env::current_exe().context("locating this binary")?;
             let opts = bench::BenchOptions {
@@ -109,6 +141,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 fresh,
                 link: LinkModel::new(link_rtt_ms, link_mbit),
                 sync: !no_sync,
+                bridge: bench_bridge::Workload {
+                    calls: bridge_calls,
+                    every: std::time::Duration::from_millis(bridge_every_ms),
+                },
             };
             bench::run(&me, paperclip_wasm_host::EMBEDDED_COMPONENT.len(), opts).await
         }

@@ -456,17 +456,18 @@ impl Simulator {
         Some(rt.live_groups())
     }
 
+    /// The process groups counted by [`Simulator::vm_process_count`], by id (the pid of each
+    /// session command that leads one); `None` for an unknown VM.
+    pub fn vm_process_groups(&self, name: &str) -> Option<Vec<i32>> {
+        let rt = self.inner.lock_vms().live.get(name)?.runtime.clone();
+        Some(rt.live_group_ids())
+    }
+
     /// Run `command` in a live VM exactly as its SSH server would (`/bin/sh -c`, the VM's
     /// environment and home), but without SSH, and wait for it: the bench's measure of the
     /// remote work alone. Returns the exit code.
     pub async fn run_in_vm(&self, name: &str, command: &str) -> anyhow::Result<Option<i32>> {
-        let rt = self
-            .inner
-            .lock_vms()
-            .live
-            .get(name)
-            .map(|vm| vm.runtime.clone())
-            .ok_or_else(|| anyhow::anyhow!("no VM named {name}"))?;
+        let rt = self.live_runtime(name)?;
         let status = rt
             .command("/bin/sh")
             .arg("-c")
@@ -477,6 +478,44 @@ impl Simulator {
             .status()
             .await?;
         Ok(status.code())
+    }
+
+    /// The runtime of a live VM.
+    fn live_runtime(&self, name: &str) -> anyhow::Result<Arc<ssh::VmRuntime>> {
+        self.inner
+            .lock_vms()
+            .live
+            .get(name)
+            .map(|vm| vm.runtime.clone())
+            .ok_or_else(|| anyhow::anyhow!("no VM named {name}"))
+    }
+
+    /// [`Simulator::run_in_vm`] with `stdin` fed to the command and its output kept: the
+    /// bench's model of an execute that costs nothing but its remote work.
+    pub async fn run_in_vm_io(
+        &self,
+        name: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> anyhow::Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt as _;
+        let rt = self.live_runtime(name)?;
+        let mut child = rt
+            .command("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let data = stdin.to_vec();
+        let feed = tokio::spawn(async move {
+            let _ = pipe.write_all(&data).await;
+        });
+        let out = child.wait_with_output().await?;
+        feed.abort();
+        Ok(out)
     }
 
     /// Fault: resets every client SSH connection open at this moment, through the gateway to

@@ -105,10 +105,15 @@ impl VmRuntime {
 
     /// Process groups that still have a member (zombies included until reaped).
     pub(crate) fn live_groups(&self) -> usize {
+        self.live_group_ids().len()
+    }
+
+    /// The ids of those groups (each the pid of the session command that leads it).
+    pub(crate) fn live_group_ids(&self) -> Vec<i32> {
         let mut set = self.lock_pgids();
         // SAFETY: kill with signal 0 only checks for existence; no memory is involved.
         set.retain(|&pg| unsafe { libc::kill(-pg, 0) } == 0);
-        set.len()
+        set.iter().copied().collect()
     }
 
     /// SIGKILLs every process group this VM started.

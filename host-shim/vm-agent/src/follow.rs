@@ -1,6 +1,9 @@
 //! Streaming a run's spool to the host: every byte from the requested offsets on, in order,
 //! as it is written, then the exit status once the keeper recorded it. After the host
 //! acknowledged the exit frame, the spool is removed.
+//!
+//! The stream goes over a [`Link`]: a session of its own (the agent's stdout, the ACK byte on
+//! its stdin) or a run's share of a serving agent's channel ([`crate::serve`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -12,12 +15,36 @@ use paperclip_vm_agent::{frame, kind, Exit, Header, ACK, MAX_CHUNK};
 use crate::spool::Run;
 use crate::sys;
 
+/// Where a run's frames go, and where the host's acknowledgement comes from.
+pub(crate) trait Link {
+    /// Send one frame of the run. `Err` when the host is gone (or stalled too long).
+    fn send(&mut self, kind: u8, payload: &[u8]) -> std::io::Result<()>;
+    /// Wait (at most [`ACK_WAIT`]) for the host's acknowledgement of the exit frame.
+    fn acknowledged(&mut self) -> bool;
+}
+
+/// A session of its own: frames on stdout, the ACK byte on stdin.
+pub(crate) struct Session {
+    pub(crate) out: sys::Output,
+    pub(crate) input: File,
+}
+
+impl Link for Session {
+    fn send(&mut self, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+        self.out.send(&frame(kind, payload))
+    }
+
+    fn acknowledged(&mut self) -> bool {
+        acknowledged(&mut self.input)
+    }
+}
+
 /// Longest wait for a change before the files and the keeper are looked at again anyway.
 const RECHECK: Duration = Duration::from_millis(500);
 /// How long a keeper that was just started may take to record its pid.
 const KEEPER_PID_GRACE: Duration = Duration::from_secs(5);
 /// How long the host has to acknowledge the exit frame.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// How the stream learns that the spool changed.
 pub(crate) enum Wake {
@@ -96,7 +123,7 @@ struct Stream {
 
 impl Stream {
     /// Send what the file holds past `offset`, up to the cap. `Err` when the host is gone.
-    fn pump(&mut self, run: &Run, out: &mut sys::Output, cap: u64) -> std::io::Result<u64> {
+    fn pump(&mut self, run: &Run, link: &mut impl Link, cap: u64) -> std::io::Result<u64> {
         if self.file.is_none() {
             match File::open(run.path(self.name)) {
                 Ok(f) => self.file = Some(f),
@@ -115,7 +142,7 @@ impl Stream {
             if n == 0 {
                 break;
             }
-            out.send(&frame(self.kind, &buf[..n]))?;
+            link.send(self.kind, &buf[..n])?;
             self.offset += n as u64;
         }
         Ok(len)
@@ -123,13 +150,7 @@ impl Stream {
 }
 
 /// Stream `run` until its exit frame is sent (or the host is gone).
-pub(crate) fn follow(
-    out: &mut sys::Output,
-    input: &mut File,
-    run: &Run,
-    header: &Header,
-    wake: &Wake,
-) {
+pub(crate) fn follow(link: &mut impl Link, run: &Run, header: &Header, wake: &Wake) {
     let mut streams = [
         Stream {
             name: "stdout",
@@ -153,14 +174,14 @@ pub(crate) fn follow(
         let status = run.status();
         let mut lens = [0u64; 2];
         for (i, s) in streams.iter_mut().enumerate() {
-            match s.pump(run, out, header.cap) {
+            match s.pump(run, link, header.cap) {
                 Ok(len) => lens[i] = len,
                 Err(_) => return,
             }
         }
         if let Some(st) = status {
             if let Some(why) = st.error {
-                let _ = out.send(&frame(kind::FAILED, why.as_bytes()));
+                let _ = link.send(kind::FAILED, why.as_bytes());
                 return;
             }
             let exit = Exit {
@@ -170,7 +191,7 @@ pub(crate) fn follow(
                 stdout_truncated: lens[0] > header.cap,
                 stderr_truncated: lens[1] > header.cap,
             };
-            if out.send(&frame(kind::EXIT, &exit.encode())).is_ok() && acknowledged(input) {
+            if link.send(kind::EXIT, &exit.encode()).is_ok() && link.acknowledged() {
                 run.remove();
             }
             return;
@@ -185,11 +206,11 @@ pub(crate) fn follow(
         if keeper_gone {
             // Once more: the status may have landed between the two looks.
             if gone_once {
-                let _ = out.send(&frame(
+                let _ = link.send(
                     kind::FAILED,
                     b"the command's keeper on the VM ended without recording an exit status \
                       (was the VM restarted?); the command's outcome is unknown",
-                ));
+                );
                 return;
             }
             gone_once = true;

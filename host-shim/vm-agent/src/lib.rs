@@ -280,6 +280,149 @@ impl FrameReader {
     }
 }
 
+/// Serve mode: one agent per SSH connection, kept running while the connection lives, that
+/// starts runs on request. An execute then costs one round trip on a channel that is already
+/// open (the request out, the frames back) instead of a session of its own (a channel open, an
+/// exec request, a program start, then the request).
+///
+/// Runs are the same runs, with the same spool and the same attach, so a command still outlives
+/// its connection: a served run is kept by a thread of the serving agent, which goes on until
+/// every run it started has ended, whatever happens to the connection.
+///
+/// Both directions carry *tagged* messages: `kind: u8`, `id: u64` big-endian (the run),
+/// `len: u32` big-endian, `len` payload bytes. After the agent's hello frame (an ordinary
+/// frame, [`serve::hello_frame`], so login noise is told apart as before), the agent sends the
+/// frames of [`kind`] tagged with their run; the host sends [`serve::msg`] messages.
+pub mod serve {
+    use super::{frame, kind, BadFrame, Header, HEADER_LEN, MAX_FRAME, MAX_SCRIPT};
+
+    /// The payload of a serving agent's hello frame.
+    pub const HELLO: &[u8] = b"paperclip-vm-agent/1 serve";
+
+    /// The session argument that makes the agent serve.
+    pub const ARG: &str = "serve";
+
+    /// The bytes of the serving agent's hello frame.
+    pub fn hello_frame() -> Vec<u8> {
+        frame(kind::HELLO, HELLO)
+    }
+
+    /// Message kinds (host → agent).
+    pub mod msg {
+        /// Start or attach to a run; payload: the run's [`super::Header`] and its script. When
+        /// the header's `stdin_len` is not zero, that many bytes of [`STDIN`] follow.
+        pub const REQUEST: u8 = b'R';
+        /// The next bytes of the run's stdin (at most [`super::MAX_STDIN_CHUNK`]).
+        pub const STDIN: u8 = b'I';
+        /// The host holds the run's exit frame: its spool may go.
+        pub const ACK: u8 = b'A';
+    }
+
+    /// Largest stdin chunk the host sends in one message (so runs share the channel fairly).
+    pub const MAX_STDIN_CHUNK: usize = 64 * 1024;
+
+    /// Largest payload of a host message: a request with the longest script.
+    pub const MAX_MESSAGE: usize = HEADER_LEN + MAX_SCRIPT as usize;
+
+    /// Size of a tagged message's head.
+    pub const HEAD_LEN: usize = 1 + 8 + 4;
+
+    /// The bytes of one tagged message (or frame).
+    pub fn tagged(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD_LEN + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The payload of a [`msg::REQUEST`].
+    pub fn request(header: &Header, script: &[u8]) -> Vec<u8> {
+        let mut out = header.encode().to_vec();
+        out.extend_from_slice(script);
+        out
+    }
+
+    fn head(bytes: &[u8; HEAD_LEN]) -> (u8, u64, usize) {
+        let id = u64::from_be_bytes(bytes[1..9].try_into().unwrap());
+        let len = u32::from_be_bytes(bytes[9..13].try_into().unwrap()) as usize;
+        (bytes[0], id, len)
+    }
+
+    /// Read one tagged message from a blocking reader: `Ok(None)` at a clean end of the
+    /// stream (between messages); an error when it ends inside one or claims more than `max`.
+    pub fn read_tagged(
+        input: &mut impl std::io::Read,
+        max: usize,
+    ) -> std::io::Result<Option<(u8, u64, Vec<u8>)>> {
+        let mut raw = [0u8; HEAD_LEN];
+        let mut got = 0;
+        while got < HEAD_LEN {
+            match input.read(&mut raw[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (kind, id, len) = head(&raw);
+        if len > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("message of kind {kind:#04x} claims {len} bytes"),
+            ));
+        }
+        let mut payload = vec![0u8; len];
+        input.read_exact(&mut payload)?;
+        Ok(Some((kind, id, payload)))
+    }
+
+    /// Splits a stream of tagged frames, however it was cut (the host's side).
+    #[derive(Debug, Default)]
+    pub struct TaggedReader {
+        buf: Vec<u8>,
+        at: usize,
+    }
+
+    impl TaggedReader {
+        /// Add bytes read from the stream.
+        pub fn push(&mut self, bytes: &[u8]) {
+            if self.at > 0 && self.at == self.buf.len() {
+                self.buf.clear();
+                self.at = 0;
+            }
+            self.buf.extend_from_slice(bytes);
+        }
+
+        /// The next whole frame `(kind, run id, payload)`, if one is buffered.
+        pub fn next_frame(&mut self) -> Result<Option<(u8, u64, Vec<u8>)>, BadFrame> {
+            let rest = &self.buf[self.at..];
+            let Some(raw) = rest.first_chunk::<HEAD_LEN>() else {
+                return Ok(None);
+            };
+            let (kind, id, len) = head(raw);
+            if len > MAX_FRAME {
+                return Err(BadFrame(format!(
+                    "frame of kind {kind:#04x} claims {len} bytes"
+                )));
+            }
+            if rest.len() < HEAD_LEN + len {
+                return Ok(None);
+            }
+            let payload = rest[HEAD_LEN..HEAD_LEN + len].to_vec();
+            self.at += HEAD_LEN + len;
+            if self.at > (1 << 20) {
+                // Drop what was consumed now and then, not at every frame.
+                self.buf.drain(..self.at);
+                self.at = 0;
+            }
+            Ok(Some((kind, id, payload)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +498,39 @@ mod tests {
         }
         let mut r = FrameReader::default();
         r.push(&[kind::STDOUT, 0xff, 0xff, 0xff, 0xff]);
+        assert!(r.next_frame().is_err());
+    }
+
+    #[test]
+    fn tagged_messages_survive_any_cut() {
+        use serve::{read_tagged, tagged, TaggedReader};
+        let mut stream = tagged(kind::STARTED, 7, b"");
+        stream.extend(tagged(kind::STDOUT, u64::MAX, &[0, 255, 10]));
+        stream.extend(tagged(kind::EXIT, 7, &Exit::default().encode()));
+        for cut in 0..stream.len() {
+            let mut r = TaggedReader::default();
+            let mut got = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                r.push(part);
+                while let Some(f) = r.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[1], (kind::STDOUT, u64::MAX, vec![0, 255, 10]));
+        }
+        let mut blocking = &stream[..];
+        let mut ids = Vec::new();
+        while let Some((_, id, _)) = read_tagged(&mut blocking, 64).unwrap() {
+            ids.push(id);
+        }
+        assert_eq!(ids, [7, u64::MAX, 7]);
+        // Cut inside a message, or over the limit: errors, never a short message.
+        assert!(read_tagged(&mut &stream[..5], 64).is_err());
+        assert!(read_tagged(&mut &stream[13..13 + 15], 64).is_err());
+        assert!(read_tagged(&mut &tagged(kind::STDOUT, 1, &[0; 65])[..], 64).is_err());
+        let mut r = TaggedReader::default();
+        r.push(&[kind::STDOUT, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
         assert!(r.next_frame().is_err());
     }
 }

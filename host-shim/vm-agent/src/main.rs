@@ -5,13 +5,17 @@
 //! - `run`: store the command's stdin, start the command under a *keeper* (a process in a
 //!   session of its own, so the SSH session's end does not touch it) that spools stdout, stderr
 //!   and the exit status to files, and stream the spool while it grows;
-//! - `attach`: stream a run that started earlier, from the offsets the host already holds.
+//! - `attach`: stream a run that started earlier, from the offsets the host already holds;
+//! - `serve` (the argument): both, for any number of runs, over one session that stays open
+//!   while its connection lives (see `paperclip_vm_agent::serve`), so an execute costs the
+//!   request's round trip and no program start besides the command's.
 //!
 //! Everything the agent knows about a run is in its spool directory; the agent keeps no other
 //! state and talks to nothing but its own stdin and stdout.
 
 mod follow;
 mod keeper;
+mod serve;
 mod spool;
 mod sweep;
 mod sys;
@@ -24,9 +28,13 @@ use paperclip_vm_agent::{frame, hello_frame, kind, Header, Op, HEADER_LEN};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("paperclip-vm-agent {VERSION}");
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("--version") => {
+            println!("paperclip-vm-agent {VERSION}");
+            return;
+        }
+        Some(paperclip_vm_agent::serve::ARG) => return serve::serve(),
+        _ => {}
     }
     let mut out = sys::Output::stdout();
     if out.send(&hello_frame()).is_err() {
@@ -51,42 +59,64 @@ fn main() {
         Err(e) => return fail(&mut out, &e),
     };
     sweep::maybe_sweep(&root);
+    // The ACK byte comes on the same stdin, after the command's stdin: one descriptor, read
+    // unbuffered by both.
+    let stdin = match input.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(&mut out, &format!("duplicating stdin on the VM: {e}")),
+    };
     let run = spool::Run::new(&root, header.id);
+    handle(follow::Session { out, input }, stdin, run, header, script);
+}
+
+/// Serve one request: a run (started unless it already was) or an attach, streamed over `link`
+/// until its exit frame is acknowledged or the host is gone.
+pub(crate) fn handle<L: follow::Link + Send + 'static>(
+    mut link: L,
+    stdin: impl std::io::Read,
+    run: spool::Run,
+    header: Header,
+    script: Vec<u8>,
+) {
     match header.op {
-        Op::Run => start(out, input, run, header, script),
+        Op::Run => start(link, stdin, run, header, script),
         Op::Attach => {
             if !run.started() {
-                let _ = out.send(&frame(kind::NOT_STARTED, b""));
+                let _ = link.send(kind::NOT_STARTED, b"");
                 return;
             }
-            if out.send(&frame(kind::STARTED, b"")).is_err() {
+            if link.send(kind::STARTED, b"").is_err() {
                 return;
             }
             let wake = follow::Wake::Dir(sys::DirWatch::new(&run.dir));
-            follow::follow(&mut out, &mut input, &run, &header, &wake);
+            follow::follow(&mut link, &run, &header, &wake);
         }
     }
 }
 
 /// `run`: store stdin and start the command (unless this run already started), then stream:
-/// this process keeps the command, a thread of it streams the spool.
-fn start(
-    mut out: sys::Output,
-    mut input: std::fs::File,
+/// this thread keeps the command, another one streams the spool.
+fn start<L: follow::Link + Send + 'static>(
+    mut link: L,
+    mut stdin: impl std::io::Read,
     run: spool::Run,
     header: Header,
     script: Vec<u8>,
 ) {
     if let Err(e) = run.create_dir() {
-        return fail(&mut out, &e);
+        let _ = link.send(kind::FAILED, e.as_bytes());
+        return;
     }
     let stored = if run.started() {
         // Started by an earlier request whose answer was lost: never start it twice.
         spool::Stored::Lost
     } else {
-        match run.store_stdin(&mut input, header.stdin_len) {
+        match run.store_stdin(&mut stdin, header.stdin_len) {
             Ok(stored) => stored,
-            Err(e) => return fail(&mut out, &e),
+            Err(e) => {
+                let _ = link.send(kind::FAILED, e.as_bytes());
+                return;
+            }
         }
     };
     let started = match stored {
@@ -96,21 +126,22 @@ fn start(
             Ok(started) => Some(started),
             Err(e) => {
                 run.write_status_failure(&e);
-                return fail(&mut out, &e);
+                let _ = link.send(kind::FAILED, e.as_bytes());
+                return;
             }
         },
     };
-    if out.send(&frame(kind::STARTED, b"")).is_err() && started.is_none() {
+    if link.send(kind::STARTED, b"").is_err() && started.is_none() {
         return;
     }
     let Some(started) = started else {
         let wake = follow::Wake::Dir(sys::DirWatch::new(&run.dir));
-        return follow::follow(&mut out, &mut input, &run, &header, &wake);
+        return follow::follow(&mut link, &run, &header, &wake);
     };
     let wake = std::sync::Arc::new(follow::Wake::local());
     let stream = {
         let (wake, run, header) = (wake.clone(), run.clone(), header.clone());
-        std::thread::spawn(move || follow::follow(&mut out, &mut input, &run, &header, &wake))
+        std::thread::spawn(move || follow::follow(&mut link, &run, &header, &wake))
     };
     let status = started.keep(&wake);
     let _ = run.write_status(&status);

@@ -9,4 +9,5 @@ pub mod ssh;
 pub mod ssh_durable;
 mod ssh_mux;
 mod ssh_output;
+mod ssh_serve;
 pub mod transfer;

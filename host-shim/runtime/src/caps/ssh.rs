@@ -530,6 +530,11 @@ impl SshRunner {
 
     /// Check the target against the policy and syntax rules; returns the `[user@]host`
     /// destination argument.
+    /// The policy and syntax checks every command passes before it reaches a connection.
+    pub(crate) fn check(&self, target: &SshTarget) -> Result<(), SshError> {
+        self.check_target(target).map(drop)
+    }
+
     fn check_target(&self, target: &SshTarget) -> Result<String, SshError> {
         let host = normalize_hostname(&target.host).ok_or_else(|| {
             SshError::InvalidRequest(format!(

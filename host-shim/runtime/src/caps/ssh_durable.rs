@@ -11,6 +11,13 @@
 //! gap (one sink and one callback serve every attempt). The deadline is enforced on the VM as
 //! well, so a timeout ends the command's process tree even while the VM cannot be reached.
 //!
+//! Runs go over one serving agent per connection (`ssh_serve`): the agent stays up on a channel
+//! of the master connection and starts each run on request, so an execute costs one round trip
+//! plus the command. Where no serving agent can be kept (its session does not come up while the
+//! connection does), each run gets a session of its own with a single-run agent, as before;
+//! both speak the same frames about the same spool, so a run started one way can be attached
+//! the other.
+//!
 //! When the outcome cannot be known (the VM stays unreachable, or forgot the run), the answer
 //! is [`SshError::Lost`], never an exit status the command did not produce.
 //!
@@ -32,6 +39,7 @@ use super::ssh::{
 };
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use super::ssh_output::{OutputSink, StreamKind};
+use super::ssh_serve::{Server, StartError};
 
 /// How long past the command's deadline the host keeps reconnecting to collect the result (the
 /// VM side ends the command at the deadline, with a second of grace before `SIGKILL`).
@@ -96,6 +104,15 @@ impl VmAgent {
         format!("exec \"$HOME/{}\"", self.remote_path())
     }
 
+    /// The session command that starts it serving (one per connection).
+    fn serve_command(&self) -> String {
+        format!(
+            "exec \"$HOME/{}\" {}",
+            self.remote_path(),
+            agent::serve::ARG
+        )
+    }
+
     /// The session command that installs it from stdin: only an x86_64 VM, only bytes with
     /// the right digest, put in place by rename (so a half upload is never run).
     fn install_command(&self) -> String {
@@ -125,12 +142,39 @@ enum AgentState {
 
 /// How long a VM where the agent could not run takes the direct path before it is tried again.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(600);
+/// How long a connection whose serving agent did not come up gives each run a session of its
+/// own before a serving agent is tried again.
+const RETRY_SERVE: Duration = Duration::from_secs(60);
 
 /// Runs durable executions over an [`SshRunner`]'s pooled connections.
 pub struct DurableExecs {
     ssh: Arc<SshRunner>,
     agent: VmAgent,
     agents: Mutex<HashMap<PathBuf, AgentState>>,
+    /// The serving agent of each master connection (by control path), behind a lock of its
+    /// own so that concurrent first executes start one, not one each.
+    servers: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Serving>>>>,
+}
+
+/// A connection's serving agent, as far as the host knows.
+#[derive(Default)]
+enum Serving {
+    /// None started yet (or the last one ended).
+    #[default]
+    None,
+    /// Up.
+    Up(Arc<Server>),
+    /// Its session did not come up while the connection did (when): runs get sessions of their
+    /// own until [`RETRY_SERVE`] has passed.
+    Failed(Instant),
+}
+
+/// How a run reaches the agent for one attempt.
+enum Route {
+    Served(Arc<Server>),
+    Session,
+    /// The attempt is over before it began.
+    Done(Attempt),
 }
 
 /// One run's progress across attempts.
@@ -164,6 +208,7 @@ impl DurableExecs {
             ssh,
             agent,
             agents: Mutex::default(),
+            servers: Mutex::default(),
         }
     }
 
@@ -180,14 +225,28 @@ impl DurableExecs {
         let started_at = Instant::now();
         let deadline = started_at + Duration::from_millis(req.timeout_ms.into());
         let give_up = deadline + RESULT_GRACE;
-        match self.ssh.connect(&req.target, req.timeout_ms).await? {
-            Connected::Ready => {}
-            Connected::Unpooled => return self.ssh.exec(direct(req), on_chunk).await,
-            // Nothing ran: report the failed connection the way the direct path would.
-            Connected::Failed(out) => return Ok(out),
-        }
-        let Some(mut control) = self.ssh.live_master(&req.target) else {
-            return self.ssh.exec(direct(req), on_chunk).await;
+        self.ssh.check(&req.target)?;
+        // A serving agent that is up proves its master connection is (its session would have
+        // ended with it), so the master's own liveness check, one more exchange with it per
+        // execute, is not needed then.
+        let serving = self
+            .ssh
+            .live_master(&req.target)
+            .filter(|control| self.serving_up(control));
+        let mut control = match serving {
+            Some(control) => control,
+            None => {
+                match self.ssh.connect(&req.target, req.timeout_ms).await? {
+                    Connected::Ready => {}
+                    Connected::Unpooled => return self.ssh.exec(direct(req), on_chunk).await,
+                    // Nothing ran: report the failed connection the way the direct path would.
+                    Connected::Failed(out) => return Ok(out),
+                }
+                let Some(control) = self.ssh.live_master(&req.target) else {
+                    return self.ssh.exec(direct(req), on_chunk).await;
+                };
+                control
+            }
         };
         if let Some(AgentState::Unavailable(_, since)) = self.agent_state(&control) {
             if since.elapsed() < RETRY_UNAVAILABLE {
@@ -341,6 +400,13 @@ impl DurableExecs {
             script_len: script.len() as u32,
             stdin_len: stdin.len() as u64,
         };
+        match self.route(control, give_up).await {
+            Route::Done(attempt) => return attempt,
+            Route::Served(server) => {
+                return served(&server, &header, script, stdin, p, on_chunk, give_up).await
+            }
+            Route::Session => {}
+        }
         let command = self.agent.run_command();
         let open = ssh_mux::open(control, &command, StdinEnd::Pipe, None);
         let session = match tokio::time::timeout_at(give_up, open).await {
@@ -351,7 +417,7 @@ impl DurableExecs {
             }
             Ok(Ok(s)) => s,
         };
-        let (session, stdin_pipe, stdout, mut stderr) = session.into_parts();
+        let (session, stdin_pipe, stdout, stderr) = session.into_parts();
         let (Some(mut stdin_pipe), Some(mut stdout)) = (stdin_pipe, stdout) else {
             return Attempt::Broken("the session has no pipes".into());
         };
@@ -362,18 +428,7 @@ impl DurableExecs {
             stdin_pipe.write_all(&stdin).await?;
             Ok::<_, std::io::Error>(stdin_pipe)
         });
-        let agent_stderr = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let room = AGENT_STDERR_CAP.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            String::from_utf8_lossy(&kept).into_owned()
-        });
+        let agent_stderr = super::ssh_serve::keep_stderr(stderr, AGENT_STDERR_CAP);
 
         let mut frames = FrameReader::default();
         let mut hello = false;
@@ -420,29 +475,8 @@ impl DurableExecs {
                         )))
                     }
                 };
-                match k {
-                    kind::STARTED => p.started = true,
-                    kind::STDOUT => p.sink.keep(StreamKind::Stdout, &payload, on_chunk),
-                    kind::STDERR => p.sink.keep(StreamKind::Stderr, &payload, on_chunk),
-                    kind::EXIT => match Exit::decode(&payload) {
-                        Some(exit) => break 'read Some(Attempt::Exited(exit)),
-                        None => {
-                            break 'read Some(Attempt::Failed(
-                                "the VM agent sent a malformed exit frame".into(),
-                            ))
-                        }
-                    },
-                    kind::NOT_STARTED => break 'read Some(Attempt::NotStarted),
-                    kind::FAILED => {
-                        break 'read Some(Attempt::Failed(
-                            String::from_utf8_lossy(&payload).into_owned(),
-                        ))
-                    }
-                    other => {
-                        break 'read Some(Attempt::Failed(format!(
-                            "the VM agent sent an unknown frame kind {other:#04x}"
-                        )))
-                    }
+                if let Some(end) = on_frame(p, on_chunk, k, &payload) {
+                    break 'read Some(end);
                 }
             }
         };
@@ -491,6 +525,55 @@ impl DurableExecs {
                         Attempt::Broken("the connection closed before the VM agent answered".into())
                     }
                 }
+            }
+        }
+    }
+
+    /// True when the connection at `control` has a serving agent that is up (and no attempt
+    /// is starting one right now).
+    fn serving_up(&self, control: &Path) -> bool {
+        let Some(slot) = self.servers.lock().unwrap().get(control).cloned() else {
+            return false;
+        };
+        let up = matches!(slot.try_lock().as_deref(), Ok(Serving::Up(s)) if !s.is_dead());
+        up
+    }
+
+    /// How this attempt reaches the agent: the connection's serving agent (started now if
+    /// there is none), or a session of its own where none can be kept.
+    async fn route(&self, control: &Path, give_up: Instant) -> Route {
+        let slot = self
+            .servers
+            .lock()
+            .unwrap()
+            .entry(control.to_path_buf())
+            .or_default()
+            .clone();
+        let mut serving = slot.lock().await;
+        match &*serving {
+            Serving::Up(server) if !server.is_dead() => return Route::Served(server.clone()),
+            Serving::Failed(at) if at.elapsed() < RETRY_SERVE => return Route::Session,
+            _ => {}
+        }
+        match Server::start(control, &self.agent.serve_command(), give_up).await {
+            Ok(server) => {
+                *serving = Serving::Up(server.clone());
+                Route::Served(server)
+            }
+            Err(StartError::AgentMissing(said)) => {
+                *serving = Serving::None;
+                Route::Done(Attempt::AgentMissing(said))
+            }
+            Err(StartError::Broken(why)) if ssh_mux::alive(control).await => {
+                // The connection is up and still no serving agent: runs take sessions of their
+                // own (the single-run agent) for a while.
+                tracing::info!(%why, "no serving VM agent on this connection; one session per execute");
+                *serving = Serving::Failed(Instant::now());
+                Route::Session
+            }
+            Err(StartError::Broken(why)) => {
+                *serving = Serving::None;
+                Route::Done(Attempt::Broken(why))
             }
         }
     }
@@ -607,6 +690,71 @@ impl DurableExecs {
             .lock()
             .unwrap()
             .insert(control.to_path_buf(), state);
+    }
+}
+
+/// Take one frame of the agent's into `p`; the attempt's end when it is a final frame.
+fn on_frame(
+    p: &mut Progress,
+    on_chunk: &mut Option<ChunkCallback>,
+    k: u8,
+    payload: &[u8],
+) -> Option<Attempt> {
+    match k {
+        kind::STARTED => p.started = true,
+        kind::STDOUT => p.sink.keep(StreamKind::Stdout, payload, on_chunk),
+        kind::STDERR => p.sink.keep(StreamKind::Stderr, payload, on_chunk),
+        kind::EXIT => {
+            return Some(match Exit::decode(payload) {
+                Some(exit) => Attempt::Exited(exit),
+                None => Attempt::Failed("the VM agent sent a malformed exit frame".into()),
+            })
+        }
+        kind::NOT_STARTED => return Some(Attempt::NotStarted),
+        kind::FAILED => {
+            return Some(Attempt::Failed(
+                String::from_utf8_lossy(payload).into_owned(),
+            ))
+        }
+        other => {
+            return Some(Attempt::Failed(format!(
+                "the VM agent sent an unknown frame kind {other:#04x}"
+            )))
+        }
+    }
+    None
+}
+
+/// One attempt over the connection's serving agent: the request out, frames back until the
+/// run's end. The exit frame is acknowledged at once (the spool may go), with no wait.
+async fn served(
+    server: &Arc<Server>,
+    header: &Header,
+    script: &[u8],
+    stdin: Arc<[u8]>,
+    p: &mut Progress,
+    on_chunk: &mut Option<ChunkCallback>,
+    give_up: Instant,
+) -> Attempt {
+    let mut stream = match server.run(header, script, stdin) {
+        Ok(s) => s,
+        Err(why) => return Attempt::Broken(why),
+    };
+    loop {
+        match tokio::time::timeout_at(give_up, stream.next()).await {
+            Err(_) => return Attempt::OutOfTime,
+            Ok(None) => {
+                return Attempt::Broken("the connection to the VM closed mid-stream".into())
+            }
+            Ok(Some((k, payload))) => {
+                if let Some(end) = on_frame(p, on_chunk, k, &payload) {
+                    if matches!(end, Attempt::Exited(_)) {
+                        stream.acknowledge();
+                    }
+                    return end;
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,391 @@
+//! The agent-bridge workload of `cargo bench-host`: Paperclip's `queue_v1` callback bridge
+//! (`../shared/reference/paperclip-interactive.md` §B.5), emulated against the simulator.
+//!
+//! In the VM an "agent" (this binary's hidden `bridge-agent` command, started as the run's one
+//! long execute) makes API calls as the bridge's gateway turns them into files: it writes
+//! `requests/<id>.json` (atomically, by rename), then looks for `responses/<id>.json` every
+//! 100 ms, and times each answer. On the host side the bench plays Paperclip's poll loop: one
+//! listing execute, and while it finds nothing, another 100 ms later; for each request found,
+//! `wc -c` (its size), `head -c N | base64` (its body), the response written through stdin
+//! (renamed into place under a `mkdir` lock) and `rm`; beside it, the run-log tail
+//! (`tail -c +N | head -c 65536 | base64`) every 250 ms. Every bridge execute is `sh -c
+//! <script>` in the lease's `remoteCwd` with `PAPERCLIP_SANDBOX_EXEC_CHANNEL=bridge`, timeout
+//! the adapter's 4 h (the tail's 15 s), as the reference says.
+//!
+//! The same workload runs three ways in the same run: through the worker (ours), through the
+//! system `ssh` over a ControlMaster (the baseline: each step `cd <cwd> && sh -c <script>`),
+//! and through a model of the protocol's own cost (the floor): each execute costs one round
+//! trip of the link, then our exact remote command runs in the VM with no SSH at all.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use exe_dev_sim::Simulator;
+use paperclip_test_support::client::WorkerClient;
+
+/// Where Paperclip keeps the bridge's queue, relative to the lease's `remoteCwd`
+/// (`.paperclip-runtime/<adapterKey>/paperclip-bridge/queue`).
+const QUEUE: &str = ".paperclip-runtime/claude_local/paperclip-bridge/queue";
+/// The run log the agent command is tee'd into, relative to the queue.
+const RUN_LOG: &str = "logs/run-1-stdout.log";
+/// How often the gateway looks for a response, and the host lists requests when idle.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the host tails the run log.
+const TAIL_EVERY: Duration = Duration::from_millis(250);
+/// The adapter run timeout every bridge execute carries (Paperclip's sandbox default).
+const BRIDGE_TIMEOUT_MS: u64 = 14_400_000;
+/// The log tail's timeout.
+const TAIL_TIMEOUT_MS: u64 = 15_000;
+/// How long the gateway waits for a response before it answers 504.
+const GATEWAY_WAIT: Duration = Duration::from_secs(30);
+
+/// The workload's shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// API calls the agent makes.
+    pub calls: usize,
+    /// One call every this long (the next waits for the previous answer).
+    pub every: Duration,
+}
+
+/// How a bridge execute reaches the VM.
+pub enum Via<'a> {
+    /// `environmentExecute` through the worker, as Paperclip sends it.
+    Ours {
+        worker: &'a WorkerClient,
+        params: &'a dyn Fn(Value) -> Value,
+        lease: &'a Value,
+    },
+    /// The system `ssh` over a ControlMaster.
+    Raw(&'a crate::bench::RawSsh),
+    /// One round trip, then our remote command in the VM without SSH.
+    Floor {
+        sim: &'a Simulator,
+        vm: &'a str,
+        rtt: Duration,
+    },
+}
+
+impl Via<'_> {
+    /// Run `script` with `sh -c` in `cwd`; its exit code and stdout.
+    async fn exec(
+        &self,
+        cwd: &str,
+        script: &str,
+        stdin: Option<&str>,
+        timeout_ms: u64,
+    ) -> anyhow::Result<(i64, String)> {
+        match self {
+            Via::Ours {
+                worker,
+                params,
+                lease,
+            } => {
+                let mut p = json!({
+                    "lease": lease,
+                    "command": "sh",
+                    "args": ["-c", script],
+                    "cwd": cwd,
+                    "env": {"PAPERCLIP_SANDBOX_EXEC_CHANNEL": "bridge"},
+                    "timeoutMs": timeout_ms,
+                });
+                if let Some(stdin) = stdin {
+                    p["stdin"] = json!(stdin);
+                }
+                let r = worker.request("environmentExecute", params(p)).await?;
+                let code = r["exitCode"]
+                    .as_i64()
+                    .with_context(|| format!("no exit code: {r}"))?;
+                Ok((code, r["stdout"].as_str().unwrap_or_default().to_string()))
+            }
+            Via::Raw(raw) => {
+                let remote = format!(
+                    "cd {} && PAPERCLIP_SANDBOX_EXEC_CHANNEL=bridge sh -c {}",
+                    quote(cwd),
+                    quote(script)
+                );
+                let out = raw.output(&remote, stdin.map(str::as_bytes)).await?;
+                Ok((
+                    out.status.code().map_or(-1, i64::from),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                ))
+            }
+            Via::Floor { sim, vm, rtt } => {
+                tokio::time::sleep(*rtt).await;
+                let command = floor_command(cwd, script);
+                let out = sim
+                    .run_in_vm_io(vm, &command, stdin.map_or(&[][..], str::as_bytes))
+                    .await?;
+                Ok((
+                    out.status.code().map_or(-1, i64::from),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                ))
+            }
+        }
+    }
+}
+
+/// The remote command our execute of `sh -c <script>` runs (the guest's own login wrapper),
+/// for the floor.
+fn floor_command(cwd: &str, script: &str) -> String {
+    paperclip_exe_dev::remote::exec_script(
+        "00000000000000b2",
+        Some(cwd),
+        &[(
+            "PAPERCLIP_SANDBOX_EXEC_CHANNEL".to_string(),
+            "bridge".to_string(),
+        )],
+        "sh",
+        &["-c".to_string(), script.to_string()],
+    )
+}
+
+fn quote(s: &str) -> String {
+    paperclip_exe_dev::shell::shell_quote(s)
+}
+
+/// What one run of the workload gave.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeRun {
+    /// Each API call's latency, as the agent in the VM timed it.
+    pub latencies: Vec<Duration>,
+    /// Bridge executes the host side completed (listings, the four per call, log tails).
+    pub executes: usize,
+    /// Wall time of the workload (the agent's start to its end).
+    pub wall: Duration,
+}
+
+impl BridgeRun {
+    /// Fold another run of the same series in.
+    pub fn add(&mut self, other: BridgeRun) {
+        self.latencies.extend(other.latencies);
+        self.executes += other.executes;
+        self.wall += other.wall;
+    }
+
+    /// Executes per second sustained.
+    pub fn rate(&self) -> f64 {
+        self.executes as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Run the workload once through `via`: the agent's own execute (through the same path) and
+/// the host's poll loop and log tail beside it, until the agent is done.
+pub async fn run(
+    via: &Via<'_>,
+    cwd: &str,
+    agent_program: &Path,
+    w: Workload,
+) -> anyhow::Result<BridgeRun> {
+    let setup = format!(
+        "rm -rf {q} && mkdir -p {q}/requests {q}/responses {q}/logs && : > {q}/{RUN_LOG}",
+        q = QUEUE
+    );
+    let (code, _) = via.exec(cwd, &setup, None, BRIDGE_TIMEOUT_MS).await?;
+    ensure!(code == 0, "setting up the queue failed ({code})");
+    let agent = format!(
+        "exec {} bridge-agent --queue {} --calls {} --every-ms {} >> {}/{RUN_LOG} 2>&1",
+        quote(&agent_program.display().to_string()),
+        QUEUE,
+        w.calls,
+        w.every.as_millis(),
+        QUEUE,
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let agent_run = async {
+        let r = via.exec(cwd, &agent, None, BRIDGE_TIMEOUT_MS).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let is_done = || done.load(std::sync::atomic::Ordering::SeqCst);
+    let (agent_result, polled, tailed) = tokio::join!(
+        agent_run,
+        poll_loop(via, cwd, &is_done),
+        tail_loop(via, cwd, &is_done)
+    );
+    let wall = started.elapsed();
+    let (code, _) = agent_result?;
+    ensure!(code == 0, "the bridge agent exited with {code}");
+    let (polls, tails) = (polled?, tailed?.0);
+    // The agent's report is in the run log (its output goes there, as Paperclip tees it).
+    let (code, log) = via
+        .exec(
+            cwd,
+            &format!("cat {QUEUE}/{RUN_LOG}"),
+            None,
+            TAIL_TIMEOUT_MS,
+        )
+        .await?;
+    ensure!(code == 0, "reading the run log failed ({code})");
+    let latencies: Vec<Duration> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("latency_us "))
+        .filter_map(|n| n.trim().parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    ensure!(
+        latencies.len() == w.calls && polls.1 == w.calls,
+        "the agent reported {} of {} calls ({} answered): {log}",
+        latencies.len(),
+        w.calls,
+        polls.1
+    );
+    Ok(BridgeRun {
+        latencies,
+        executes: polls.0 + tails,
+        wall,
+    })
+}
+
+/// The host's poll loop until the agent is done: (executes, requests answered).
+async fn poll_loop(
+    via: &Via<'_>,
+    cwd: &str,
+    done: &impl Fn() -> bool,
+) -> anyhow::Result<(usize, usize)> {
+    let list = format!(
+        "cd {QUEUE}/requests 2>/dev/null || exit 0; for f in *.json; do [ -e \"$f\" ] || continue; \
+         printf '%s\\n' \"${{f%.json}}\"; done"
+    );
+    let mut executes = 0;
+    let mut answered = 0;
+    while !done() {
+        let (code, ids) = via.exec(cwd, &list, None, BRIDGE_TIMEOUT_MS).await?;
+        executes += 1;
+        ensure!(code == 0, "listing failed ({code})");
+        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+        if ids.is_empty() {
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        for id in ids {
+            let req = format!("{QUEUE}/requests/{id}.json");
+            let (code, size) = via
+                .exec(cwd, &format!("wc -c < {req}"), None, BRIDGE_TIMEOUT_MS)
+                .await?;
+            ensure!(code == 0, "wc failed ({code})");
+            let n: usize = size.trim().parse().context("wc -c")?;
+            let (code, b64) = via
+                .exec(
+                    cwd,
+                    &format!("head -c {n} {req} | base64"),
+                    None,
+                    BRIDGE_TIMEOUT_MS,
+                )
+                .await?;
+            ensure!(code == 0, "read failed ({code})");
+            let compact: String = b64.split_whitespace().collect();
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .context("the request's base64")?;
+            ensure!(body.len() == n, "read {} of {n} bytes", body.len());
+            let request: Value = serde_json::from_slice(&body).context("the request's JSON")?;
+            // What Paperclip's API would answer, here an echo that names the request.
+            let response = json!({
+                "status": 200,
+                "headers": {"content-type": "application/json"},
+                "body": json!({"id": request["id"], "echo": request["body"]}).to_string(),
+            })
+            .to_string();
+            let write = format!(
+                "cd {QUEUE}/responses && until mkdir .lock 2>/dev/null; do sleep 0.01; done; \
+                 cat > .{id}.tmp && mv .{id}.tmp {id}.json; rc=$?; rmdir .lock; exit $rc"
+            );
+            let (code, _) = via
+                .exec(cwd, &write, Some(&response), BRIDGE_TIMEOUT_MS)
+                .await?;
+            ensure!(code == 0, "writing the response failed ({code})");
+            let (code, _) = via
+                .exec(cwd, &format!("rm -f {req}"), None, BRIDGE_TIMEOUT_MS)
+                .await?;
+            ensure!(code == 0, "rm failed ({code})");
+            executes += 4;
+            answered += 1;
+        }
+    }
+    Ok((executes, answered))
+}
+
+/// The run-log tail every 250 ms until the agent is done: (executes, the log as read).
+async fn tail_loop(
+    via: &Via<'_>,
+    cwd: &str,
+    done: &impl Fn() -> bool,
+) -> anyhow::Result<(usize, String)> {
+    let mut executes = 0;
+    let mut log = Vec::new();
+    let mut next = Instant::now();
+    while !done() {
+        let script = format!(
+            "tail -c +{} {QUEUE}/{RUN_LOG} | head -c 65536 | base64",
+            log.len() + 1
+        );
+        let (code, b64) = via.exec(cwd, &script, None, TAIL_TIMEOUT_MS).await?;
+        executes += 1;
+        ensure!(code == 0, "tail failed ({code})");
+        let compact: String = b64.split_whitespace().collect();
+        log.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .context("the tail's base64")?,
+        );
+        next += TAIL_EVERY;
+        tokio::time::sleep_until(next.max(Instant::now()).into()).await;
+    }
+    Ok((executes, String::from_utf8_lossy(&log).into_owned()))
+}
+
+/// The VM side: the agent and its gateway, as one program. Prints `latency_us N` per call on
+/// stdout (the run log), fails when an answer takes longer than the gateway waits.
+pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let requests = queue.join("requests");
+    let responses = queue.join("responses");
+    let start = Instant::now();
+    let stdout = std::io::stdout();
+    for i in 0..calls {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let id = format!("req-{}-{i:04}", std::process::id());
+        // A typical call of an agent's: a small JSON body (an issue comment).
+        let body = json!({
+            "id": id,
+            "method": "POST",
+            "path": "/api/issues/PAP-1/comments",
+            "headers": {"accept": "application/json", "content-type": "application/json"},
+            "body": json!({"body": "x".repeat(480)}).to_string(),
+        })
+        .to_string();
+        let tmp = requests.join(format!(".{id}.tmp"));
+        std::fs::write(&tmp, &body)?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, requests.join(format!("{id}.json")))?;
+        let answer = responses.join(format!("{id}.json"));
+        let text = loop {
+            match std::fs::read_to_string(&answer) {
+                Ok(t) => break t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            ensure!(t0.elapsed() < GATEWAY_WAIT, "no answer to {id} in 30 s");
+            std::thread::sleep(POLL);
+        };
+        let took = t0.elapsed();
+        let _ = std::fs::remove_file(&answer);
+        let v: Value = serde_json::from_str(&text).context("the response's JSON")?;
+        let inner: Value = serde_json::from_str(v["body"].as_str().unwrap_or_default())?;
+        ensure!(inner["id"] == id.as_str(), "the answer to {id} is {text}");
+        let mut out = stdout.lock();
+        writeln!(out, "call {i}: answered")?;
+        writeln!(out, "latency_us {}", took.as_micros())?;
+        out.flush()?;
+    }
+    Ok(())
+}
