@@ -368,3 +368,60 @@ async fn unknown_ids_bad_frames_and_unknown_leases_get_clear_errors() {
     env.destroy(&lease).await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_pty_for_a_missing_cli_says_so_and_exits_127() {
+    let env = Env::start().await;
+    let lease = env.acquire(&run_id("login")).await;
+    let route = format!("login-route-{}", unique());
+    let home = "/tmp/paperclip-adapter-login/0f8fad5b-d9cb-469f-a165-70867728950e";
+    let opened = env
+        .ok(
+            "loginPtyOpen",
+            json!({"hostRouteId": route, "providerLeaseId": lease["providerLeaseId"],
+                "loginCommandKey": "grok", "sessionHome": home}),
+        )
+        .await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    let mut text = String::new();
+    let mut exit = None;
+    let end = Instant::now() + Duration::from_secs(20);
+    while exit.is_none() && Instant::now() < end {
+        for n in env.take_notifications() {
+            let p = &n["params"];
+            if p["hostRouteId"] != route {
+                continue;
+            }
+            assert_eq!(p["workerSessionId"], session, "{n}");
+            match n["method"].as_str() {
+                Some("loginPty.output") => text.push_str(p["chunk"].as_str().unwrap()),
+                Some("loginPty.exit") => exit = Some(p["exitCode"].clone()),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        text.contains("grok is not installed on this VM"),
+        "{text:?}"
+    );
+    assert_eq!(exit, Some(json!(127)), "{text:?}");
+    let closed = env.ok("loginPtyClose", json!({"hostRouteId": route})).await;
+    assert_eq!(closed, json!({"hostRouteId": route}));
+    let bad = env
+        .err(
+            "loginPtyOpen",
+            json!({"hostRouteId": "login-route-x", "providerLeaseId": lease["providerLeaseId"],
+                "loginCommandKey": "codex", "sessionHome": "/tmp/paperclip-adapter-login/../etc"}),
+        )
+        .await;
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("sessionHome must be"),
+        "{bad}"
+    );
+    env.destroy(&lease).await;
+    env.finish().await;
+}
