@@ -7,28 +7,13 @@ mod e2e_support;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use e2e_support::{eventually, run_id, unique, Env, EnvOptions, LINK_30MS_100MBIT};
+use e2e_support::{
+    eventually, processes_with_env, run_id, unique, Env, EnvOptions, LINK_30MS_100MBIT,
+};
 use exe_dev_sim::LinkModel;
 use serde_json::{json, Value};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Local processes (the simulator's VMs run here) whose environment holds `entry`.
-fn processes_with(entry: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-                    let env = std::fs::read(e.path().join("environ")).ok()?;
-                    env.split(|b| *b == 0)
-                        .any(|v| v == entry.as_bytes())
-                        .then_some(pid)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn open(env: &Env, lease: &Value, route: &str, argv: &[&str]) -> Value {
     env.ok(
@@ -206,7 +191,7 @@ async fn close_kills(link: Option<LinkModel>) {
     .await;
     let session = opened["workerSessionId"].as_str().unwrap().to_string();
     assert!(
-        eventually(Duration::from_secs(10), || !processes_with(&mark)
+        eventually(Duration::from_secs(10), || !processes_with_env(&mark)
             .is_empty())
         .await,
         "the command never started"
@@ -225,9 +210,11 @@ async fn close_kills(link: Option<LinkModel>) {
         json!({"hostRouteId": route, "workerSessionId": session})
     );
     assert!(
-        eventually(Duration::from_secs(5), || processes_with(&mark).is_empty()).await,
+        eventually(Duration::from_secs(5), || processes_with_env(&mark)
+            .is_empty())
+        .await,
         "processes left: {:?}",
-        processes_with(&mark)
+        processes_with_env(&mark)
     );
     // Nothing is sent for the closed pair, and a second close is acknowledged the same way.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -431,7 +431,11 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Local processes (the simulator's VMs run on this machine) whose environment holds
 /// `PAPERCLIP_EXEC_ID=<exec_id>`.
 pub fn processes_with_exec_id(exec_id: &str) -> Vec<u32> {
-    let marker = format!("PAPERCLIP_EXEC_ID={exec_id}");
+    processes_with_env(&format!("PAPERCLIP_EXEC_ID={exec_id}"))
+}
+
+/// Local processes whose environment holds the entry `marker` (`NAME=value`) exactly.
+pub fn processes_with_env(marker: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -64,6 +64,15 @@ pub enum Flavor {
 }
 
 impl Flavor {
+    /// The kind of route a channel or PTY method is about.
+    pub fn of(method: Method) -> Flavor {
+        if method.name().starts_with("duplex") {
+            Flavor::Duplex
+        } else {
+            Flavor::Login
+        }
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             Flavor::Duplex => "duplexChannel",
@@ -375,11 +384,7 @@ impl Sessions {
         method: Method,
         params: &Value,
     ) -> Result<oneshot::Receiver<Result<(), String>>, RpcError> {
-        let flavor = if method.name().starts_with("duplex") {
-            Flavor::Duplex
-        } else {
-            Flavor::Login
-        };
+        let flavor = Flavor::of(method);
         let session_id = str_param(params, "workerSessionId")?;
         let reg = self.registry.lock().unwrap();
         let route = match flavor {

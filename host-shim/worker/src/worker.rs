@@ -105,11 +105,7 @@ pub async fn serve(
                 )
                 .then(|| sessions.enqueue(m, &params));
                 in_flight.spawn(async move {
-                    let flavor = if m.name().starts_with("duplex") {
-                        Flavor::Duplex
-                    } else {
-                        Flavor::Login
-                    };
+                    let flavor = Flavor::of(m);
                     let sink = outbox.sink(invocation_id(&params));
                     let (result, go) = match (m, queued) {
                         (_, Some(Err(e))) => (Err(e), None),
