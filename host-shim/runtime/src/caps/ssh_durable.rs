@@ -507,21 +507,10 @@ impl DurableExecs {
                 }
                 // No agent answered. An exit status means the shell ran and could not start it;
                 // none means the connection died first.
-                let status = tokio::time::timeout(Duration::from_secs(2), session.wait()).await;
-                let said = tokio::time::timeout(Duration::from_secs(1), agent_stderr)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                match status {
-                    Ok(Ok(openssh_mux_client::SessionStatus::Exited {
-                        exit_value: Some(code),
-                    })) => Attempt::AgentMissing(format!(
-                        "exit status {code}: {} {}",
-                        String::from_utf8_lossy(&before_hello).trim(),
-                        said.trim()
-                    )),
-                    _ => {
+                match super::ssh_serve::no_agent_status(session, agent_stderr, &before_hello).await
+                {
+                    Some(what) => Attempt::AgentMissing(what),
+                    None => {
                         Attempt::Broken("the connection closed before the VM agent answered".into())
                     }
                 }

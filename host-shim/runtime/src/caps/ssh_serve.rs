@@ -38,6 +38,32 @@ const STDERR_CAP: usize = 4096;
 /// a session in which no agent answers.
 const BEFORE_HELLO_CAP: usize = 64 * 1024;
 
+/// Why a session ended before its VM agent's hello: `Some("exit status N: <what it printed>")`
+/// when the remote shell exited (it could not start the agent), `None` when no status came
+/// (the connection died first).
+pub(super) async fn no_agent_status(
+    session: openssh_mux_client::EstablishedSession,
+    said: tokio::task::JoinHandle<String>,
+    before: &[u8],
+) -> Option<String> {
+    let status = tokio::time::timeout(Duration::from_secs(2), session.wait()).await;
+    let said = tokio::time::timeout(Duration::from_secs(1), said)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    match status {
+        Ok(Ok(openssh_mux_client::SessionStatus::Exited {
+            exit_value: Some(code),
+        })) => Some(format!(
+            "exit status {code}: {} {}",
+            String::from_utf8_lossy(before).trim(),
+            said.trim()
+        )),
+        _ => None,
+    }
+}
+
 /// Read an agent session's stderr to its end in a task of its own, keeping the first `cap`
 /// bytes (for the operator: what the agent or the login shell said).
 pub(super) fn keep_stderr(
@@ -132,21 +158,9 @@ impl Server {
         let Some(rest) = rest else {
             // No agent answered. An exit status means the shell ran and could not start it;
             // none means the connection died first.
-            let status = tokio::time::timeout(Duration::from_secs(2), session.wait()).await;
-            let said = tokio::time::timeout(Duration::from_secs(1), said)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(match status {
-                Ok(Ok(openssh_mux_client::SessionStatus::Exited {
-                    exit_value: Some(code),
-                })) => StartError::AgentMissing(format!(
-                    "exit status {code}: {} {}",
-                    String::from_utf8_lossy(&before).trim(),
-                    said.trim()
-                )),
-                _ => {
+            return Err(match no_agent_status(session, said, &before).await {
+                Some(what) => StartError::AgentMissing(what),
+                None => {
                     StartError::Broken("the connection closed before the VM agent answered".into())
                 }
             });
