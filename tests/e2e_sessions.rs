@@ -169,12 +169,12 @@ async fn round_trip(link: Option<LinkModel>, size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_round_trip_exactly_on_loopback() {
-    round_trip(None, 16 << 20).await;
+    round_trip(None, 64 << 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_round_trip_exactly_over_the_link() {
-    round_trip(LINK_30MS_100MBIT, 4 << 20).await;
+    round_trip(LINK_30MS_100MBIT, 64 << 20).await;
 }
 
 async fn close_kills(link: Option<LinkModel>) {
@@ -409,6 +409,268 @@ async fn a_login_pty_for_a_missing_cli_says_so_and_exits_127() {
             .contains("sessionHome must be"),
         "{bad}"
     );
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+/// Take the notifications so far into one [`Received`] per bound `(route, session)` pair;
+/// panics on a frame of one of these routes that names another session.
+fn collect_routes(env: &Env, routes: &mut [(String, String, Received)]) {
+    for n in env.take_notifications() {
+        let p = &n["params"];
+        let Some((_, session, got)) = routes.iter_mut().find(|(r, _, _)| p["hostRouteId"] == *r)
+        else {
+            continue;
+        };
+        assert_eq!(p["workerSessionId"], *session, "{n}");
+        assert!(got.exit.is_none(), "a frame after the exit: {n}");
+        match n["method"].as_str() {
+            Some("duplexChannel.data") => {
+                let bytes = B64.decode(p["chunk"].as_str().unwrap()).unwrap();
+                assert!(!bytes.is_empty() && bytes.len() <= 262_144);
+                got.chunks.push(bytes.len());
+                got.data.extend_from_slice(&bytes);
+            }
+            Some("duplexChannel.exit") => got.exit = Some(p.clone()),
+            _ => {}
+        }
+    }
+}
+
+async fn exits_by_itself(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("dself")).await;
+    let route = format!("duplex-route-{}", unique());
+    let opened = open(
+        &env,
+        &lease,
+        &route,
+        &[
+            "sh",
+            "-c",
+            "printf 'partial \\000\\377'; echo noise >&2; exit 5",
+        ],
+    )
+    .await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    let got = until_exit(&env, &route, &session, Duration::from_secs(15)).await;
+    assert_eq!(got.data, b"partial \0\xff", "stderr never mixes in");
+    assert_eq!(
+        got.exit,
+        Some(json!({"hostRouteId": route, "workerSessionId": session, "exitCode": 5}))
+    );
+    // Paperclip may still stop it (twice, even) and then closes it: each is answered, and
+    // nothing more is sent.
+    for _ in 0..2 {
+        env.ok(
+            "duplexChannelStop",
+            json!({"hostRouteId": route, "workerSessionId": session}),
+        )
+        .await;
+    }
+    let closed = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert_eq!(
+        closed,
+        json!({"hostRouteId": route, "workerSessionId": session})
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Received::default();
+    collect(&env, &route, &session, &mut late);
+    assert!(late.data.is_empty() && late.exit.is_none());
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_exits_by_itself_reports_its_code_on_loopback() {
+    exits_by_itself(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_exits_by_itself_reports_its_code_over_the_link() {
+    exits_by_itself(LINK_30MS_100MBIT).await;
+}
+
+/// Stop ends stdin (a `cat` then finishes with 0), and ends a child that ignores its stdin;
+/// Close afterwards acknowledges, and nothing is left on the VM.
+async fn stop_then_close(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("dstop")).await;
+
+    let route = format!("duplex-route-{}", unique());
+    let opened = open(&env, &lease, &route, &["cat"]).await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    let w = write(&env, &route, &session, b"last words").await;
+    assert!(w.get("error").is_none(), "{w}");
+    env.ok(
+        "duplexChannelStop",
+        json!({"hostRouteId": route, "workerSessionId": session}),
+    )
+    .await;
+    let got = until_exit(&env, &route, &session, Duration::from_secs(15)).await;
+    assert_eq!(got.data, b"last words");
+    assert_eq!(got.exit.as_ref().unwrap()["exitCode"], 0, "{:?}", got.exit);
+    let closed = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert_eq!(closed["workerSessionId"], session);
+
+    let route = format!("duplex-route-{}", unique());
+    let mark = format!("DUPLEX_MARK={}", unique());
+    let opened = open(&env, &lease, &route, &["env", &mark, "sleep", "1000"]).await;
+    let session = opened["workerSessionId"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || !processes_with_env(&mark)
+            .is_empty())
+        .await
+    );
+    let stopped = Instant::now();
+    env.ok(
+        "duplexChannelStop",
+        json!({"hostRouteId": route, "workerSessionId": session}),
+    )
+    .await;
+    let got = until_exit(&env, &route, &session, Duration::from_secs(15)).await;
+    let exit = got
+        .exit
+        .expect("a child deaf to its stdin is ended after Stop");
+    assert!(exit["exitCode"].as_i64().is_some_and(|c| c != 0), "{exit}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || processes_with_env(&mark)
+            .is_empty())
+        .await,
+        "processes left: {:?}",
+        processes_with_env(&mark)
+    );
+    let closed = env
+        .ok("duplexChannelClose", json!({"hostRouteId": route}))
+        .await;
+    assert_eq!(closed["workerSessionId"], session);
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_then_close_on_loopback() {
+    stop_then_close(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_then_close_over_the_link() {
+    stop_then_close(LINK_30MS_100MBIT).await;
+}
+
+/// Many channels on one VM at once, each with its own random bytes and exit code: nothing
+/// crosses between them.
+async fn many_channels(link: Option<LinkModel>, channels: usize, size: usize) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
+    let lease = env.acquire(&run_id("dmany")).await;
+    let mut routes = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..channels {
+        let route = format!("duplex-route-{}", unique());
+        let script = format!("cat; exit {}", 10 + i);
+        let opened = open(&env, &lease, &route, &["sh", "-c", &script]).await;
+        let session = opened["workerSessionId"].as_str().unwrap().to_string();
+        let mut bytes = vec![0u8; size];
+        rand::fill(&mut bytes[..]);
+        sent.push(bytes);
+        routes.push((route, session, Received::default()));
+    }
+    let w = env.worker();
+    let mut pending = Vec::new();
+    for piece in 0..size.div_ceil(65_536) {
+        for (i, (route, session, _)) in routes.iter().enumerate() {
+            let end = ((piece + 1) * 65_536).min(size);
+            let data = B64.encode(&sent[i][piece * 65_536..end]);
+            pending.push(w.call(
+                "duplexChannelWrite",
+                json!({"hostRouteId": route, "workerSessionId": session, "data": data}),
+            ));
+        }
+    }
+    for p in pending {
+        let a = p.await.unwrap();
+        assert!(a.get("error").is_none(), "{a}");
+        collect_routes(&env, &mut routes);
+    }
+    for (route, session, _) in &routes {
+        env.ok(
+            "duplexChannelStop",
+            json!({"hostRouteId": route, "workerSessionId": session}),
+        )
+        .await;
+    }
+    let done = eventually(Duration::from_secs(60), || {
+        collect_routes(&env, &mut routes);
+        routes.iter().all(|(_, _, g)| g.exit.is_some())
+    })
+    .await;
+    assert!(done, "not every channel exited");
+    for (i, (route, session, got)) in routes.iter().enumerate() {
+        assert_eq!(got.data.len(), size, "channel {i}");
+        assert!(got.data == sent[i], "channel {i}: the bytes differ");
+        assert_eq!(
+            got.exit,
+            Some(json!({"hostRouteId": route, "workerSessionId": session,
+                "exitCode": 10 + i}))
+        );
+        env.ok("duplexChannelClose", json!({"hostRouteId": route}))
+            .await;
+    }
+    env.destroy(&lease).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_channels_at_once_on_loopback() {
+    many_channels(None, 16, 1 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_channels_at_once_over_the_link() {
+    many_channels(LINK_30MS_100MBIT, 16, 256 << 10).await;
+}
+
+/// A worker that shuts down closes every channel it holds: nothing it started is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_the_worker_closes_every_channel() {
+    let mut env = Env::start().await;
+    let lease = env.acquire(&run_id("dshut")).await;
+    let mark = format!("DUPLEX_MARK={}", unique());
+    for _ in 0..3 {
+        let route = format!("duplex-route-{}", unique());
+        open(&env, &lease, &route, &["env", &mark, "sleep", "1000"]).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || processes_with_env(&mark).len()
+            == 3)
+        .await,
+        "{:?}",
+        processes_with_env(&mark)
+    );
+    let started = Instant::now();
+    assert_eq!(env.stop_worker().await, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || processes_with_env(&mark)
+            .is_empty())
+        .await,
+        "processes left: {:?}",
+        processes_with_env(&mark)
+    );
+    env.start_worker(&[]).await;
     env.destroy(&lease).await;
     env.finish().await;
 }

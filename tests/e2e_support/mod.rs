@@ -147,6 +147,12 @@ impl Env {
         drop(worker);
     }
 
+    /// An orderly `shutdown` of the worker (as Paperclip stops it); returns its exit code.
+    pub async fn stop_worker(&mut self) -> i32 {
+        let worker = self.worker.take().expect("worker running");
+        worker.shutdown().await.expect("worker shutdown")
+    }
+
     /// Start a new worker on the same simulator and state directory, with `env` (e.g.
     /// `EXE_API_KEY`) in its environment.
     pub async fn start_worker(&mut self, env: &[(String, String)]) {

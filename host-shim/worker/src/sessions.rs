@@ -295,7 +295,7 @@ impl Sessions {
         s: OpenSession,
     ) -> (Live, Go) {
         let OpenSession {
-            mut stdin,
+            stdin,
             stdout,
             stderr,
             ended,
@@ -310,28 +310,40 @@ impl Sessions {
         let writer_kill = kill.clone();
         let writer_exited = exited.clone();
         let writer = tokio::spawn(async move {
+            // `None` once a stop closed it. The loop goes on answering: Paperclip may stop a
+            // session more than once (a Claude session is stopped even after it exited).
+            let mut stdin = Some(stdin);
             while let Some(op) = rx.recv().await {
-                match op {
-                    StdinOp::Write(bytes, ack) => {
-                        let r = stdin.write_all(&bytes).await.and(stdin.flush().await);
+                match (op, stdin.as_mut()) {
+                    (StdinOp::Write(bytes, ack), Some(pipe)) => {
+                        let r = pipe.write_all(&bytes).await.and(pipe.flush().await);
                         let _ = ack.send(r.map_err(|e| {
                             format!("the session's command no longer reads its stdin: {e}")
                         }));
                     }
-                    StdinOp::Stop(ack) => {
+                    (StdinOp::Write(_, ack), None) => {
+                        let _ = ack.send(Err("the session's stdin was closed by a stop".into()));
+                    }
+                    (StdinOp::Stop(ack), Some(pipe)) => {
                         // Only closing our end sends EOF (a pipe's `shutdown` does not).
-                        let _ = stdin.flush().await;
-                        drop(stdin);
+                        let _ = pipe.flush().await;
+                        stdin = None;
                         let _ = ack.send(Ok(()));
-                        // Stdin is closed: the command ends by itself or is ended.
-                        tokio::time::sleep(STOP_GRACE).await;
-                        if !writer_exited.load(Ordering::SeqCst) {
-                            let k = writer_kill.lock().unwrap().take();
-                            if let Some(k) = k {
-                                let _ = tokio::time::timeout(CLOSE_BUDGET, k()).await;
+                        // Stdin is closed: the command ends by itself or is ended (a task of
+                        // its own, which a teardown does not cancel: it finds the kill taken).
+                        let (kill, exited) = (writer_kill.clone(), writer_exited.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(STOP_GRACE).await;
+                            if !exited.load(Ordering::SeqCst) {
+                                let k = kill.lock().unwrap().take();
+                                if let Some(k) = k {
+                                    let _ = tokio::time::timeout(CLOSE_BUDGET, k()).await;
+                                }
                             }
-                        }
-                        return;
+                        });
+                    }
+                    (StdinOp::Stop(ack), None) => {
+                        let _ = ack.send(Ok(()));
                     }
                 }
             }
@@ -481,15 +493,8 @@ impl Sessions {
                 })
                 .collect()
         };
-        let all = futures_join(lives.into_iter().map(teardown).collect());
-        let _ = tokio::time::timeout(CLOSE_BUDGET, all).await;
-    }
-}
-
-async fn futures_join(tasks: Vec<impl std::future::Future<Output = ()> + Send + 'static>) {
-    let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
-    for h in handles {
-        let _ = h.await;
+        let all: tokio::task::JoinSet<()> = lives.into_iter().map(teardown).collect();
+        let _ = tokio::time::timeout(CLOSE_BUDGET, all.join_all()).await;
     }
 }
 
