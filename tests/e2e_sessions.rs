@@ -239,7 +239,20 @@ async fn close_kills_a_running_command_over_the_link() {
     close_kills(LINK_30MS_100MBIT).await;
 }
 
+/// The connection faults of the simulator: an RST, or a connection that goes silent.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Reset,
+    Silence,
+}
+
 async fn reset_ends_the_channel(link: Option<LinkModel>) {
+    fault_ends_the_channel(link, Fault::Reset).await;
+}
+
+/// A channel whose connection dies ends with `transportClosed` promptly: at once after a reset,
+/// within the keepalive's few seconds after a silence. Never a hang, never a made-up code.
+async fn fault_ends_the_channel(link: Option<LinkModel>, fault: Fault) {
     let env = Env::start_with(EnvOptions::over(link)).await;
     let lease = env.acquire(&run_id("dreset")).await;
     let route = format!("duplex-route-{}", unique());
@@ -252,7 +265,10 @@ async fn reset_ends_the_channel(link: Option<LinkModel>) {
     .await;
     let session = opened["workerSessionId"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(env.sim.reset_ssh_connections() >= 1, "nothing to reset");
+    match fault {
+        Fault::Reset => assert!(env.sim.reset_ssh_connections() >= 1, "nothing to reset"),
+        Fault::Silence => assert!(env.sim.silence_ssh_connections() >= 1, "nothing to silence"),
+    }
     let started = Instant::now();
     let got = until_exit(&env, &route, &session, Duration::from_secs(15)).await;
     assert!(
@@ -265,15 +281,30 @@ async fn reset_ends_the_channel(link: Option<LinkModel>) {
         Some(json!({"hostRouteId": route, "workerSessionId": session,
             "exitCode": null, "transportClosed": true}))
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
+    let bound = match fault {
+        Fault::Reset => Duration::from_secs(5),
+        // The pooled connection's keepalive gives up after 2–3 s of silence (`conn_faults`).
+        Fault::Silence => Duration::from_secs(8),
+    };
+    println!(
+        "{fault:?}: transportClosed {:?} after the fault",
         started.elapsed()
     );
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     env.ok("duplexChannelClose", json!({"hostRouteId": route}))
         .await;
     env.destroy(&lease).await;
     env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silenced_connection_ends_the_channel_with_transport_closed_on_loopback() {
+    fault_ends_the_channel(None, Fault::Silence).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silenced_connection_ends_the_channel_with_transport_closed_over_the_link() {
+    fault_ends_the_channel(LINK_30MS_100MBIT, Fault::Silence).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,8 +318,17 @@ async fn a_reset_ends_the_channel_with_transport_closed_over_the_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_ids_bad_frames_and_unknown_leases_get_clear_errors() {
-    let env = Env::start().await;
+async fn unknown_ids_bad_frames_and_unknown_leases_get_clear_errors_on_loopback() {
+    bad_requests(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_bad_frames_and_unknown_leases_get_clear_errors_over_the_link() {
+    bad_requests(LINK_30MS_100MBIT).await;
+}
+
+async fn bad_requests(link: Option<LinkModel>) {
+    let env = Env::start_with(EnvOptions::over(link)).await;
     let lease = env.acquire(&run_id("dbad")).await;
     let route = format!("duplex-route-{}", unique());
     let opened = open(&env, &lease, &route, &["cat"]).await;
