@@ -84,8 +84,8 @@ pub async fn run(host_binary: &Path, wasm_size: usize, opts: BenchOptions) -> an
     if opts.bridge.calls > 0 {
         println!();
         print_bridge_table(&[
-            ("loopback".to_string(), &rows.bridge),
-            (opts.link.describe(), &link_rows.bridge),
+            ("loopback".to_string(), Duration::ZERO, &rows.bridge),
+            (opts.link.describe(), opts.link.rtt, &link_rows.bridge),
         ]);
     }
     if opts.sync {
@@ -180,6 +180,8 @@ struct BridgeFigures {
     ours: crate::bench_bridge::BridgeRun,
     raw: crate::bench_bridge::BridgeRun,
     floor: crate::bench_bridge::BridgeRun,
+    /// The same calls over one duplex channel (`http2_v1`'s transport) through the worker.
+    duplex: crate::bench_bridge::BridgeRun,
 }
 
 async fn measure_link(
@@ -316,7 +318,7 @@ async fn bridge_rows(
     vm: &str,
     rtt: Duration,
 ) -> anyhow::Result<BridgeFigures> {
-    use crate::bench_bridge::{run, Via, Workload};
+    use crate::bench_bridge::{run, run_duplex, Via, Workload};
     let mut f = BridgeFigures::default();
     if w.calls == 0 {
         return Ok(f);
@@ -336,6 +338,9 @@ async fn bridge_rows(
         f.raw
             .add(run(&Via::Raw(raw), cwd, agent_program, part).await?);
         f.floor.add(run(&floor, cwd, agent_program, part).await?);
+        drop(worker.take_notifications());
+        f.duplex
+            .add(run_duplex(worker, lease, agent_program, part).await?);
     }
     Ok(f)
 }
@@ -863,27 +868,30 @@ fn print_link_table(f: &LinkFigures, link: &LinkModel) {
     }
 }
 
-/// The bridge rows: API-call latency (as timed in the VM) and executes per second, three ways.
-fn print_bridge_table(links: &[(String, &BridgeFigures)]) {
+/// The bridge rows: API-call latency (as timed in the VM) and executes per second, three ways
+/// over `queue_v1`, and the same calls over a duplex channel.
+fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
     println!(
         "Agent bridge (`queue_v1`: listing every 100 ms while idle, 4 executes per API call, \
-         run-log tail every 250 ms), API-call latency as the agent in the VM times it:"
+         run-log tail every 250 ms; `http2_v1`'s transport: one duplex channel), API-call \
+         latency as the agent in the VM times it:"
     );
     println!();
     println!("| link | path | calls | median | p90 | mean | executes/s | median vs raw ssh | median vs floor |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (link, f) in links {
-        let stats = |r: &crate::bench_bridge::BridgeRun| {
-            let mut v = r.latencies.clone();
-            let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
-            (median(v.clone()), percentile(&mut v, 0.9), mean)
-        };
+    let stats = |r: &crate::bench_bridge::BridgeRun| {
+        let mut v = r.latencies.clone();
+        let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
+        (median(v.clone()), percentile(&mut v, 0.9), mean)
+    };
+    for (link, _, f) in links {
         let raw_median = stats(&f.raw).0;
         let floor_median = stats(&f.floor).0;
         for (name, r) in [
-            ("ours (worker)", &f.ours),
-            ("raw ssh over master", &f.raw),
+            ("ours (worker), queue_v1", &f.ours),
+            ("raw ssh over master, queue_v1", &f.raw),
             ("floor (1 round trip + remote work per execute)", &f.floor),
+            ("ours (worker), duplex channel", &f.duplex),
         ] {
             let (m, p90, mean) = stats(r);
             println!(
@@ -897,6 +905,24 @@ fn print_bridge_table(links: &[(String, &BridgeFigures)]) {
                 ratio(m, floor_median)
             );
         }
+    }
+    println!();
+    for (link, rtt, f) in links {
+        let duplex = stats(&f.duplex).0;
+        let trips = if rtt.is_zero() {
+            "no added round trip".to_string()
+        } else {
+            format!(
+                "{:.2} round trips of the link (target ≤ 1.50)",
+                ratio(duplex, *rtt)
+            )
+        };
+        println!(
+            "{link}: a duplex API call takes {} = {trips}, {:.1}× faster than ours over queue_v1 \
+             (target ≥ 5×).",
+            ms(duplex),
+            ratio(stats(&f.ours).0, duplex)
+        );
     }
 }
 

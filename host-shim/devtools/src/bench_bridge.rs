@@ -389,3 +389,143 @@ pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result
     }
     Ok(())
 }
+
+/// Paperclip's `http2_v1` bridge runs HTTP/2 over one duplex channel's stdin and stdout: an
+/// API call is a request the agent writes and a response the host writes back. Emulated here
+/// with the same calls as [`run`]: the agent in the VM (`duplex-agent`) writes one JSON line
+/// per call on stdout and times the answer line on its stdin; the bench answers each through
+/// `duplexChannelWrite` as it arrives. The latencies come back as the channel's last line.
+pub async fn run_duplex(
+    worker: &WorkerClient,
+    lease: &Value,
+    agent_program: &Path,
+    w: Workload,
+) -> anyhow::Result<BridgeRun> {
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+    // A route id is never reused (the worker refuses a closed one, as Paperclip never reuses).
+    static ROUTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ROUTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let route = format!("bench-duplex-{}-{n}", std::process::id());
+    let opened = worker
+        .request(
+            "duplexChannelOpen",
+            json!({
+                "hostRouteId": route,
+                "providerLeaseId": lease["providerLeaseId"],
+                "command": [
+                    agent_program.display().to_string(), "duplex-agent",
+                    "--calls", w.calls.to_string(),
+                    "--every-ms", w.every.as_millis().to_string(),
+                ],
+            }),
+        )
+        .await?;
+    let session = opened["workerSessionId"]
+        .as_str()
+        .context("duplexChannelOpen without workerSessionId")?
+        .to_string();
+    let started = Instant::now();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut report = None;
+    let mut answered = 0;
+    let exit = loop {
+        let msg = worker.recv().await?;
+        let p = &msg["params"];
+        if p["hostRouteId"] != route.as_str() {
+            continue;
+        }
+        match msg["method"].as_str() {
+            Some("duplexChannel.data") => {
+                pending.extend(B64.decode(p["chunk"].as_str().unwrap_or_default())?);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let v: Value = serde_json::from_slice(&line).context("an agent line")?;
+                    if v.get("latencies_us").is_some() {
+                        report = Some(v);
+                        continue;
+                    }
+                    let mut answer = json!({
+                        "status": 200,
+                        "body": json!({"id": v["id"], "echo": v["body"]}).to_string(),
+                    })
+                    .to_string();
+                    answer.push('\n');
+                    worker
+                        .request(
+                            "duplexChannelWrite",
+                            json!({"hostRouteId": route, "workerSessionId": session,
+                                "data": B64.encode(answer)}),
+                        )
+                        .await?;
+                    answered += 1;
+                }
+            }
+            Some("duplexChannel.exit") => break p.clone(),
+            _ => {}
+        }
+    };
+    let wall = started.elapsed();
+    worker
+        .request("duplexChannelClose", json!({"hostRouteId": route}))
+        .await?;
+    ensure!(exit["exitCode"] == 0, "the duplex agent ended with {exit}");
+    let report = report.context("the duplex agent sent no report")?;
+    let latencies: Vec<Duration> = report["latencies_us"]
+        .as_array()
+        .context("latencies_us")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .map(Duration::from_micros)
+        .collect();
+    ensure!(
+        latencies.len() == w.calls && answered == w.calls,
+        "the duplex agent reported {} of {} calls ({answered} answered)",
+        latencies.len(),
+        w.calls
+    );
+    Ok(BridgeRun {
+        latencies,
+        executes: 0,
+        wall,
+    })
+}
+
+/// The VM side of [`run_duplex`]: one request line per call on stdout, the answer line read
+/// from stdin and timed; the last line is `{"latencies_us": [...]}`.
+pub fn duplex_agent_main(calls: usize, every: Duration) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let start = Instant::now();
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut latencies = Vec::with_capacity(calls);
+    let mut answer = String::new();
+    for i in 0..calls {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let id = format!("req-{}-{i:04}", std::process::id());
+        // The same call as the queue's agent makes.
+        let mut line = json!({
+            "id": id,
+            "method": "POST",
+            "path": "/api/issues/PAP-1/comments",
+            "headers": {"accept": "application/json", "content-type": "application/json"},
+            "body": json!({"body": "x".repeat(480)}).to_string(),
+        })
+        .to_string();
+        line.push('\n');
+        let t0 = Instant::now();
+        stdout.write_all(line.as_bytes())?;
+        stdout.flush()?;
+        answer.clear();
+        ensure!(stdin.read_line(&mut answer)? > 0, "stdin ended at call {i}");
+        latencies.push(t0.elapsed().as_micros() as u64);
+        let v: Value = serde_json::from_str(&answer).context("the answer's JSON")?;
+        let inner: Value = serde_json::from_str(v["body"].as_str().unwrap_or_default())?;
+        ensure!(inner["id"] == id.as_str(), "the answer to {id} is {answer}");
+    }
+    writeln!(stdout, "{}", json!({ "latencies_us": latencies }))?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -89,12 +89,23 @@ enum Command {
         #[arg(long)]
         every_ms: u64,
     },
+    /// The VM side of the agent-bridge workload over a duplex channel (`http2_v1`'s transport),
+    /// started through `duplexChannelOpen` by `bench`: requests on stdout, answers on stdin.
+    #[command(hide = true)]
+    DuplexAgent {
+        /// How many calls.
+        #[arg(long)]
+        calls: usize,
+        /// One call every this many milliseconds.
+        #[arg(long)]
+        every_ms: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Worker(_) | Command::BridgeAgent { .. } => "warn",
+        Command::Worker(_) | Command::BridgeAgent { .. } | Command::DuplexAgent { .. } => "warn",
         _ => "info",
     };
     execute(
@@ -115,6 +126,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let every = std::time::Duration::from_millis(every_ms);
             tokio::task::spawn_blocking(move || bench_bridge::agent_main(&queue, calls, every))
+                .await?
+        }
+        Command::DuplexAgent { calls, every_ms } => {
+            let every = std::time::Duration::from_millis(every_ms);
+            tokio::task::spawn_blocking(move || bench_bridge::duplex_agent_main(calls, every))
                 .await?
         }
         Command::Demo { link, worker } => {
