@@ -340,6 +340,34 @@ async fn tail_loop(
     Ok((executes, String::from_utf8_lossy(&log).into_owned()))
 }
 
+/// The agent's call `i`, sent on schedule (one every `every` from `start`): its id and its
+/// request, a typical call of an agent's with a small JSON body (an issue comment). Both
+/// bridge agents make the same calls, so their latencies compare.
+fn next_call(start: Instant, every: Duration, i: usize) -> (String, String) {
+    let due = start + every * i as u32;
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    let id = format!("req-{}-{i:04}", std::process::id());
+    let request = json!({
+        "id": id,
+        "method": "POST",
+        "path": "/api/issues/PAP-1/comments",
+        "headers": {"accept": "application/json", "content-type": "application/json"},
+        "body": json!({"body": "x".repeat(480)}).to_string(),
+    })
+    .to_string();
+    (id, request)
+}
+
+/// The answer the agent got for call `id` must be that call's echo.
+fn check_answer(id: &str, text: &str) -> anyhow::Result<()> {
+    let v: Value = serde_json::from_str(text).context("the answer's JSON")?;
+    let inner: Value = serde_json::from_str(v["body"].as_str().unwrap_or_default())?;
+    ensure!(inner["id"] == id, "the answer to {id} is {text}");
+    Ok(())
+}
+
 /// The VM side: the agent and its gateway, as one program. Prints `latency_us N` per call on
 /// stdout (the run log), fails when an answer takes longer than the gateway waits.
 pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result<()> {
@@ -349,20 +377,7 @@ pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result
     let start = Instant::now();
     let stdout = std::io::stdout();
     for i in 0..calls {
-        let due = start + every * i as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let id = format!("req-{}-{i:04}", std::process::id());
-        // A typical call of an agent's: a small JSON body (an issue comment).
-        let body = json!({
-            "id": id,
-            "method": "POST",
-            "path": "/api/issues/PAP-1/comments",
-            "headers": {"accept": "application/json", "content-type": "application/json"},
-            "body": json!({"body": "x".repeat(480)}).to_string(),
-        })
-        .to_string();
+        let (id, body) = next_call(start, every, i);
         let tmp = requests.join(format!(".{id}.tmp"));
         std::fs::write(&tmp, &body)?;
         let t0 = Instant::now();
@@ -379,9 +394,7 @@ pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result
         };
         let took = t0.elapsed();
         let _ = std::fs::remove_file(&answer);
-        let v: Value = serde_json::from_str(&text).context("the response's JSON")?;
-        let inner: Value = serde_json::from_str(v["body"].as_str().unwrap_or_default())?;
-        ensure!(inner["id"] == id.as_str(), "the answer to {id} is {text}");
+        check_answer(&id, &text)?;
         let mut out = stdout.lock();
         writeln!(out, "call {i}: answered")?;
         writeln!(out, "latency_us {}", took.as_micros())?;
@@ -500,20 +513,7 @@ pub fn duplex_agent_main(calls: usize, every: Duration) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(calls);
     let mut answer = String::new();
     for i in 0..calls {
-        let due = start + every * i as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let id = format!("req-{}-{i:04}", std::process::id());
-        // The same call as the queue's agent makes.
-        let mut line = json!({
-            "id": id,
-            "method": "POST",
-            "path": "/api/issues/PAP-1/comments",
-            "headers": {"accept": "application/json", "content-type": "application/json"},
-            "body": json!({"body": "x".repeat(480)}).to_string(),
-        })
-        .to_string();
+        let (id, mut line) = next_call(start, every, i);
         line.push('\n');
         let t0 = Instant::now();
         stdout.write_all(line.as_bytes())?;
@@ -521,9 +521,7 @@ pub fn duplex_agent_main(calls: usize, every: Duration) -> anyhow::Result<()> {
         answer.clear();
         ensure!(stdin.read_line(&mut answer)? > 0, "stdin ended at call {i}");
         latencies.push(t0.elapsed().as_micros() as u64);
-        let v: Value = serde_json::from_str(&answer).context("the answer's JSON")?;
-        let inner: Value = serde_json::from_str(v["body"].as_str().unwrap_or_default())?;
-        ensure!(inner["id"] == id.as_str(), "the answer to {id} is {answer}");
+        check_answer(&id, &answer)?;
     }
     writeln!(stdout, "{}", json!({ "latencies_us": latencies }))?;
     stdout.flush()?;
