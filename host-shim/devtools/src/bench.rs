@@ -182,6 +182,13 @@ struct BridgeFigures {
     floor: crate::bench_bridge::BridgeRun,
     /// The same calls over one duplex channel (`http2_v1`'s transport) through the worker.
     duplex: crate::bench_bridge::BridgeRun,
+    /// What `ours` cost the VM: its session processes (our serving agent) and what they ran.
+    ours_cpu: exe_dev_sim::CpuTime,
+    /// SSH sessions of the VM that ran a command and ended during `ours` (none when every
+    /// execute is a request to the serving agent of the live connection).
+    ours_sessions: usize,
+    /// What the floor's commands (the same workload, no SSH, no agent) cost the VM.
+    floor_cpu: Duration,
 }
 
 async fn measure_link(
@@ -328,11 +335,22 @@ async fn bridge_rows(
         params: base,
         lease,
     };
-    let floor = Via::Floor { sim, vm, rtt };
+    let floor_cpu_ns = std::sync::atomic::AtomicU64::new(0);
+    let floor = Via::Floor {
+        sim,
+        vm,
+        rtt,
+        cpu_ns: &floor_cpu_ns,
+    };
     let halves = [w.calls / 2, w.calls - w.calls / 2];
     for calls in halves.into_iter().filter(|&c| c > 0) {
         let part = Workload { calls, ..w };
+        let (cpu, sessions) = (vm_cpu(sim, vm)?, sim.ssh_log().len());
         f.ours.add(run(&ours, cwd, agent_program, part).await?);
+        f.ours_sessions += sim.ssh_log().len() - sessions;
+        let spent = vm_cpu(sim, vm)?.since(&cpu);
+        f.ours_cpu.own += spent.own;
+        f.ours_cpu.children += spent.children;
         // The worker's `log` notifications of the run are not needed.
         drop(worker.take_notifications());
         f.raw
@@ -342,7 +360,12 @@ async fn bridge_rows(
         f.duplex
             .add(run_duplex(worker, lease, agent_program, part).await?);
     }
+    f.floor_cpu = Duration::from_nanos(floor_cpu_ns.into_inner());
     Ok(f)
+}
+
+fn vm_cpu(sim: &Simulator, vm: &str) -> anyhow::Result<exe_dev_sim::CpuTime> {
+    sim.vm_cpu(vm).with_context(|| format!("no VM {vm}"))
 }
 
 /// One round: `n` concurrent runs of `f`.
@@ -877,43 +900,83 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
          latency as the agent in the VM times it:"
     );
     println!();
-    println!("| link | path | calls | median | p90 | mean | executes/s | median vs raw ssh | median vs floor |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let stats = |r: &crate::bench_bridge::BridgeRun| {
-        let mut v = r.latencies.clone();
+    println!(
+        "| link | path | calls | median | p90 | mean | executes/s | median vs raw ssh | \
+         median vs floor | mean vs raw ssh | answer ready: median | mean | mean vs raw ssh |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let stats = |v: &[Duration]| {
+        let mut v = v.to_vec();
         let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
         (median(v.clone()), percentile(&mut v, 0.9), mean)
     };
     for (link, _, f) in links {
-        let raw_median = stats(&f.raw).0;
-        let floor_median = stats(&f.floor).0;
+        let (raw_median, _, raw_mean) = stats(&f.raw.latencies);
+        let floor_median = stats(&f.floor.latencies).0;
+        let raw_ready = stats(&f.raw.ready).2;
         for (name, r) in [
             ("ours (worker), queue_v1", &f.ours),
             ("raw ssh over master, queue_v1", &f.raw),
             ("floor (1 round trip + remote work per execute)", &f.floor),
             ("ours (worker), duplex channel", &f.duplex),
         ] {
-            let (m, p90, mean) = stats(r);
+            let (m, p90, mean) = stats(&r.latencies);
             // A duplex channel runs no executes: its calls travel the one open channel.
-            let rate = if std::ptr::eq(r, &f.duplex) {
-                "— (one channel)".to_string()
+            let (rate, ready) = if std::ptr::eq(r, &f.duplex) {
+                ("— (one channel)".to_string(), "— | — | —".to_string())
             } else {
-                format!("{:.1}", r.rate())
+                let (rm, _, rmean) = stats(&r.ready);
+                (
+                    format!("{:.1}", r.rate()),
+                    format!(
+                        "{} | {} | {:.2}×",
+                        ms(rm),
+                        ms(rmean),
+                        ratio(rmean, raw_ready)
+                    ),
+                )
             };
             println!(
-                "| {link} | {name} | {} | {} | {} | {} | {rate} | {:.2}× | {:.2}× |",
+                "| {link} | {name} | {} | {} | {} | {} | {rate} | {:.2}× | {:.2}× | {:.2}× | \
+                 {ready} |",
                 r.latencies.len(),
                 ms(m),
                 ms(p90),
                 ms(mean),
                 ratio(m, raw_median),
-                ratio(m, floor_median)
+                ratio(m, floor_median),
+                ratio(mean, raw_mean),
             );
         }
     }
     println!();
+    println!(
+        "The VM's CPU during the `queue_v1` workload (user + system, as the kernel accounted \
+         it to the VM's processes):"
+    );
+    println!();
+    println!(
+        "| link | executes | ours: serving agent | ours: the commands it ran | ours: total, \
+         per execute | floor (same commands, no SSH, no agent), per execute | ours, share of \
+         one core | SSH sessions besides the agent |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (link, _, f) in links {
+        let per = |d: Duration, n: usize| ms(d / (n.max(1) as u32));
+        println!(
+            "| {link} | {} | {} | {} | {} | {} | {:.1} % | {} |",
+            f.ours.executes,
+            ms(f.ours_cpu.own),
+            ms(f.ours_cpu.children),
+            per(f.ours_cpu.total(), f.ours.executes),
+            per(f.floor_cpu, f.floor.executes),
+            100.0 * ratio(f.ours_cpu.total(), f.ours.wall),
+            f.ours_sessions,
+        );
+    }
+    println!();
     for (link, rtt, f) in links {
-        let duplex = stats(&f.duplex).0;
+        let duplex = stats(&f.duplex.latencies).0;
         let trips = if rtt.is_zero() {
             "no added round trip".to_string()
         } else {
@@ -926,7 +989,7 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
             "{link}: a duplex API call takes {} = {trips}, {:.1}× faster than ours over queue_v1 \
              (target ≥ 5×).",
             ms(duplex),
-            ratio(stats(&f.ours).0, duplex)
+            ratio(stats(&f.ours.latencies).0, duplex)
         );
     }
 }

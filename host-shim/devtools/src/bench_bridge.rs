@@ -67,6 +67,8 @@ pub enum Via<'a> {
         sim: &'a Simulator,
         vm: &'a str,
         rtt: Duration,
+        /// The CPU time the commands spent in the VM, in nanoseconds, added up.
+        cpu_ns: &'a std::sync::atomic::AtomicU64,
     },
 }
 
@@ -114,12 +116,19 @@ impl Via<'_> {
                     String::from_utf8_lossy(&out.stdout).into_owned(),
                 ))
             }
-            Via::Floor { sim, vm, rtt } => {
+            Via::Floor {
+                sim,
+                vm,
+                rtt,
+                cpu_ns,
+            } => {
                 tokio::time::sleep(*rtt).await;
                 let command = floor_command(cwd, script);
-                let out = sim
-                    .run_in_vm_io(vm, &command, stdin.map_or(&[][..], str::as_bytes))
+                let (out, cpu) = sim
+                    .run_in_vm_measured(vm, &command, stdin.map_or(&[][..], str::as_bytes))
                     .await?;
+                let ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+                cpu_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
                 Ok((
                     out.status.code().map_or(-1, i64::from),
                     String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -153,6 +162,11 @@ fn quote(s: &str) -> String {
 pub struct BridgeRun {
     /// Each API call's latency, as the agent in the VM timed it.
     pub latencies: Vec<Duration>,
+    /// Each call's time from the request to its response's arrival in the queue (the file's
+    /// modification time), before the gateway's next look: the host side's share of a call,
+    /// not rounded up to the gateway's 100 ms polls (file times tick coarser than the clock,
+    /// so each is up to a few milliseconds early). Empty for a duplex channel.
+    pub ready: Vec<Duration>,
     /// Bridge executes the host side completed (listings, the four per call, log tails).
     pub executes: usize,
     /// Wall time of the workload (the agent's start to its end).
@@ -163,6 +177,7 @@ impl BridgeRun {
     /// Fold another run of the same series in.
     pub fn add(&mut self, other: BridgeRun) {
         self.latencies.extend(other.latencies);
+        self.ready.extend(other.ready);
         self.executes += other.executes;
         self.wall += other.wall;
     }
@@ -222,14 +237,16 @@ pub async fn run(
         )
         .await?;
     ensure!(code == 0, "reading the run log failed ({code})");
-    let latencies: Vec<Duration> = log
-        .lines()
-        .filter_map(|l| l.strip_prefix("latency_us "))
-        .filter_map(|n| n.trim().parse().ok())
-        .map(Duration::from_micros)
-        .collect();
+    let reported = |key: &str| -> Vec<Duration> {
+        log.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .filter_map(|n| n.trim().parse().ok())
+            .map(Duration::from_micros)
+            .collect()
+    };
+    let (latencies, ready) = (reported("latency_us "), reported("ready_us "));
     ensure!(
-        latencies.len() == w.calls && polls.1 == w.calls,
+        latencies.len() == w.calls && ready.len() == w.calls && polls.1 == w.calls,
         "the agent reported {} of {} calls ({} answered): {log}",
         latencies.len(),
         w.calls,
@@ -237,6 +254,7 @@ pub async fn run(
     );
     Ok(BridgeRun {
         latencies,
+        ready,
         executes: polls.0 + tails,
         wall,
     })
@@ -340,11 +358,11 @@ async fn tail_loop(
     Ok((executes, String::from_utf8_lossy(&log).into_owned()))
 }
 
-/// The agent's call `i`, sent on schedule (one every `every` from `start`): its id and its
-/// request, a typical call of an agent's with a small JSON body (an issue comment). Both
-/// bridge agents make the same calls, so their latencies compare.
+/// The agent's call `i`, sent on schedule (one every `every` from `start`, each shifted by
+/// [`offset`]): its id and its request, a typical call of an agent's with a small JSON body
+/// (an issue comment). Both bridge agents make the same calls, so their latencies compare.
 fn next_call(start: Instant, every: Duration, i: usize) -> (String, String) {
-    let due = start + every * i as u32;
+    let due = start + every * i as u32 + offset(every, i);
     if let Some(wait) = due.checked_duration_since(Instant::now()) {
         std::thread::sleep(wait);
     }
@@ -358,6 +376,26 @@ fn next_call(start: Instant, every: Duration, i: usize) -> (String, String) {
     })
     .to_string();
     (id, request)
+}
+
+/// How far call `i` falls behind its slot: between 0 and a third of `every`, the same for
+/// every path and run. A real agent's calls fall at any point of the host's poll loop; on an
+/// exact grid each call would meet the loop at the phase the previous call left it in, so a
+/// run's latencies would hang on one accident of timing (a median a whole 100 ms poll apart
+/// between two runs of the same build). A third of 600 ms spans more than one cycle of the
+/// loop (a listing plus its 100 ms pause), and leaves a previous answer time to arrive.
+fn offset(every: Duration, i: usize) -> Duration {
+    // splitmix64's output function: a fixed, well-spread sequence without a random source.
+    let mut z = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let span = u64::try_from((every / 3).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_micros(z % span)
 }
 
 /// The answer the agent got for call `id` must be that call's echo.
@@ -381,6 +419,7 @@ pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result
         let tmp = requests.join(format!(".{id}.tmp"));
         std::fs::write(&tmp, &body)?;
         let t0 = Instant::now();
+        let sent = std::time::SystemTime::now();
         std::fs::rename(&tmp, requests.join(format!("{id}.json")))?;
         let answer = responses.join(format!("{id}.json"));
         let text = loop {
@@ -393,11 +432,16 @@ pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result
             std::thread::sleep(POLL);
         };
         let took = t0.elapsed();
+        // The response was written just before its rename into place (`cat > tmp && mv`), so
+        // its modification time is when it arrived, on this same clock.
+        let arrived = std::fs::metadata(&answer)?.modified()?;
+        let ready = arrived.duration_since(sent).unwrap_or_default();
         let _ = std::fs::remove_file(&answer);
         check_answer(&id, &text)?;
         let mut out = stdout.lock();
         writeln!(out, "call {i}: answered")?;
         writeln!(out, "latency_us {}", took.as_micros())?;
+        writeln!(out, "ready_us {}", ready.as_micros())?;
         out.flush()?;
     }
     Ok(())
@@ -498,6 +542,7 @@ pub async fn run_duplex(
     );
     Ok(BridgeRun {
         latencies,
+        ready: Vec::new(),
         executes: 0,
         wall,
     })

@@ -30,6 +30,7 @@
 
 mod api;
 pub mod cli;
+pub mod cpu;
 mod faults;
 mod flags;
 mod gateway;
@@ -51,6 +52,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use tokio::task::JoinHandle;
 
+pub use cpu::CpuTime;
 pub use faults::{Faults, ANY, ONBOARDING_MARKER};
 pub use link::LinkModel;
 
@@ -516,6 +518,69 @@ impl Simulator {
         let out = child.wait_with_output().await?;
         feed.abort();
         Ok(out)
+    }
+
+    /// [`Simulator::run_in_vm_io`] that also returns the CPU time (user + system) the command
+    /// and everything it waited for spent: the bench's measure of what the remote work alone
+    /// costs the VM.
+    pub async fn run_in_vm_measured(
+        &self,
+        name: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> anyhow::Result<(std::process::Output, Duration)> {
+        use std::io::{Read as _, Write as _};
+        let rt = self.live_runtime(name)?;
+        let mut cmd = rt.command("/bin/sh").into_std();
+        cmd.arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let data = stdin.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn()?;
+            let (mut inp, mut out, mut err) = (
+                child.stdin.take().expect("stdin is piped"),
+                child.stdout.take().expect("stdout is piped"),
+                child.stderr.take().expect("stderr is piped"),
+            );
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            std::thread::scope(|s| {
+                // A command that does not read its stdin closes the pipe: not an error here.
+                s.spawn(move || {
+                    let _ = inp.write_all(&data);
+                });
+                s.spawn(|| out.read_to_end(&mut stdout));
+                err.read_to_end(&mut stderr)
+            })?;
+            let pid = i32::try_from(child.id())?;
+            let mut status = 0;
+            // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // wait4 (not Child::wait) is the one call that reaps the child and returns its
+            // accounting together; the std Child is not used after it.
+            // SAFETY: `pid` is our own unreaped child; both pointers are to live locals.
+            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            if r != pid {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            use std::os::unix::process::ExitStatusExt as _;
+            let output = std::process::Output {
+                status: std::process::ExitStatus::from_raw(status),
+                stdout,
+                stderr,
+            };
+            Ok((output, cpu::of_rusage(&usage)))
+        })
+        .await?
+    }
+
+    /// The CPU time spent so far in a live VM's session process groups, counted over the
+    /// processes alive now (see [`CpuTime`]); `None` for an unknown VM.
+    pub fn vm_cpu(&self, name: &str) -> Option<CpuTime> {
+        let rt = self.inner.lock_vms().live.get(name)?.runtime.clone();
+        Some(cpu::of_groups(&rt.live_group_ids()))
     }
 
     /// Fault: resets every client SSH connection open at this moment, through the gateway to
