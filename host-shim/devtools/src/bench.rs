@@ -345,9 +345,10 @@ async fn bridge_rows(
     let halves = [w.calls / 2, w.calls - w.calls / 2];
     for calls in halves.into_iter().filter(|&c| c > 0) {
         let part = Workload { calls, ..w };
-        let (cpu, sessions) = (vm_cpu(sim, vm)?, sim.ssh_log().len());
+        let sessions = || sim.ssh_log().iter().filter(|c| c.vm == vm).count();
+        let (cpu, before) = (vm_cpu(sim, vm)?, sessions());
         f.ours.add(run(&ours, cwd, agent_program, part).await?);
-        f.ours_sessions += sim.ssh_log().len() - sessions;
+        f.ours_sessions += sessions() - before;
         let spent = vm_cpu(sim, vm)?.since(&cpu);
         f.ours_cpu.own += spent.own;
         f.ours_cpu.children += spent.children;
