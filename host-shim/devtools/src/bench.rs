@@ -349,9 +349,7 @@ async fn bridge_rows(
         let (cpu, before) = (vm_cpu(sim, vm)?, sessions());
         f.ours.add(run(&ours, cwd, agent_program, part).await?);
         f.ours_sessions += sessions() - before;
-        let spent = vm_cpu(sim, vm)?.since(&cpu);
-        f.ours_cpu.own += spent.own;
-        f.ours_cpu.children += spent.children;
+        f.ours_cpu += vm_cpu(sim, vm)?.since(&cpu);
         // The worker's `log` notifications of the run are not needed.
         drop(worker.take_notifications());
         f.raw

@@ -406,8 +406,9 @@ fn check_answer(id: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The VM side: the agent and its gateway, as one program. Prints `latency_us N` per call on
-/// stdout (the run log), fails when an answer takes longer than the gateway waits.
+/// The VM side: the agent and its gateway, as one program. Prints `latency_us N` and
+/// `ready_us N` per call on stdout (the run log), fails when an answer takes longer than the
+/// gateway waits.
 pub fn agent_main(queue: &Path, calls: usize, every: Duration) -> anyhow::Result<()> {
     use std::io::Write as _;
     let requests = queue.join("requests");

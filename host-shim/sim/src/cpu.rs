@@ -17,6 +17,13 @@ pub struct CpuTime {
     pub children: Duration,
 }
 
+impl std::ops::AddAssign for CpuTime {
+    fn add_assign(&mut self, other: CpuTime) {
+        self.own += other.own;
+        self.children += other.children;
+    }
+}
+
 impl CpuTime {
     /// Both together.
     pub fn total(&self) -> Duration {
@@ -72,8 +79,7 @@ pub(crate) fn of_groups(groups: &[i32]) -> CpuTime {
         };
         if let Some((pgrp, t)) = parse_stat(&stat) {
             if groups.contains(&pgrp) {
-                sum.own += t.own;
-                sum.children += t.children;
+                sum += t;
             }
         }
     }

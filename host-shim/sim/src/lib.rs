@@ -492,37 +492,10 @@ impl Simulator {
             .ok_or_else(|| anyhow::anyhow!("no VM named {name}"))
     }
 
-    /// [`Simulator::run_in_vm`] with `stdin` fed to the command and its output kept: the
-    /// bench's model of an execute that costs nothing but its remote work.
-    pub async fn run_in_vm_io(
-        &self,
-        name: &str,
-        command: &str,
-        stdin: &[u8],
-    ) -> anyhow::Result<std::process::Output> {
-        use tokio::io::AsyncWriteExt as _;
-        let rt = self.live_runtime(name)?;
-        let mut child = rt
-            .command("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let data = stdin.to_vec();
-        let feed = tokio::spawn(async move {
-            let _ = pipe.write_all(&data).await;
-        });
-        let out = child.wait_with_output().await?;
-        feed.abort();
-        Ok(out)
-    }
-
-    /// [`Simulator::run_in_vm_io`] that also returns the CPU time (user + system) the command
-    /// and everything it waited for spent: the bench's measure of what the remote work alone
-    /// costs the VM.
+    /// [`Simulator::run_in_vm`] with `stdin` fed to the command and its output kept, and the
+    /// CPU time (user + system) the command and everything it waited for spent: the bench's
+    /// model of an execute that costs nothing but its remote work, and of what that work costs
+    /// the VM.
     pub async fn run_in_vm_measured(
         &self,
         name: &str,
