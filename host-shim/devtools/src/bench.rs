@@ -974,6 +974,32 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
         );
     }
     println!();
+    println!(
+        "Each `queue_v1` execute by step, median as the host side timed it (what ours adds to \
+         the floor is the worker, the component, both SSH ends and the agent):"
+    );
+    println!();
+    println!(
+        "| link | step | executes (ours) | ours | raw ssh over master | floor | ours − floor |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (link, _, f) in links {
+        for (step, ours) in &f.ours.steps.0 {
+            let of = |r: &crate::bench_bridge::BridgeRun| {
+                r.steps.0.get(step).cloned().map(median).unwrap_or_default()
+            };
+            let (o, floor) = (median(ours.clone()), of(&f.floor));
+            println!(
+                "| {link} | {step} | {} | {} | {} | {} | {:+.1} ms |",
+                ours.len(),
+                ms(o),
+                ms(of(&f.raw)),
+                ms(floor),
+                (o.as_secs_f64() - floor.as_secs_f64()) * 1e3,
+            );
+        }
+    }
+    println!();
     for (link, rtt, f) in links {
         let duplex = stats(&f.duplex.latencies).0;
         let trips = if rtt.is_zero() {

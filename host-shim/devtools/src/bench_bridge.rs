@@ -17,6 +17,7 @@
 //! and through a model of the protocol's own cost (the floor): each execute costs one round
 //! trip of the link, then our exact remote command runs in the VM with no SSH at all.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -171,6 +172,28 @@ pub struct BridgeRun {
     pub executes: usize,
     /// Wall time of the workload (the agent's start to its end).
     pub wall: Duration,
+    /// Each bridge execute's time as the host side saw it, by step.
+    pub steps: Steps,
+}
+
+/// Execute times by step of the bridge (`list`, `wc`, `head`, `write`, `rm`, `tail`).
+#[derive(Debug, Clone, Default)]
+pub struct Steps(pub std::collections::BTreeMap<&'static str, Vec<Duration>>);
+
+impl Steps {
+    /// Time `step`'s execute.
+    async fn time<T>(&mut self, step: &'static str, f: impl Future<Output = T>) -> T {
+        let t = Instant::now();
+        let r = f.await;
+        self.0.entry(step).or_default().push(t.elapsed());
+        r
+    }
+
+    fn add(&mut self, other: Steps) {
+        for (k, v) in other.0 {
+            self.0.entry(k).or_default().extend(v);
+        }
+    }
 }
 
 impl BridgeRun {
@@ -180,6 +203,7 @@ impl BridgeRun {
         self.ready.extend(other.ready);
         self.executes += other.executes;
         self.wall += other.wall;
+        self.steps.add(other.steps);
     }
 
     /// Executes per second sustained.
@@ -226,7 +250,8 @@ pub async fn run(
     let wall = started.elapsed();
     let (code, _) = agent_result?;
     ensure!(code == 0, "the bridge agent exited with {code}");
-    let (polls, tails) = (polled?, tailed?.0);
+    let ((poll_executes, answered, mut steps), (tails, _, tail_steps)) = (polled?, tailed?);
+    steps.add(tail_steps);
     // The agent's report is in the run log (its output goes there, as Paperclip tees it).
     let (code, log) = via
         .exec(
@@ -246,34 +271,38 @@ pub async fn run(
     };
     let (latencies, ready) = (reported("latency_us "), reported("ready_us "));
     ensure!(
-        latencies.len() == w.calls && ready.len() == w.calls && polls.1 == w.calls,
+        latencies.len() == w.calls && ready.len() == w.calls && answered == w.calls,
         "the agent reported {} of {} calls ({} answered): {log}",
         latencies.len(),
         w.calls,
-        polls.1
+        answered
     );
     Ok(BridgeRun {
         latencies,
         ready,
-        executes: polls.0 + tails,
+        executes: poll_executes + tails,
         wall,
+        steps,
     })
 }
 
-/// The host's poll loop until the agent is done: (executes, requests answered).
+/// The host's poll loop until the agent is done: (executes, requests answered, their times).
 async fn poll_loop(
     via: &Via<'_>,
     cwd: &str,
     done: &impl Fn() -> bool,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(usize, usize, Steps)> {
     let list = format!(
         "cd {QUEUE}/requests 2>/dev/null || exit 0; for f in *.json; do [ -e \"$f\" ] || continue; \
          printf '%s\\n' \"${{f%.json}}\"; done"
     );
     let mut executes = 0;
     let mut answered = 0;
+    let mut steps = Steps::default();
     while !done() {
-        let (code, ids) = via.exec(cwd, &list, None, BRIDGE_TIMEOUT_MS).await?;
+        let (code, ids) = steps
+            .time("list", via.exec(cwd, &list, None, BRIDGE_TIMEOUT_MS))
+            .await?;
         executes += 1;
         ensure!(code == 0, "listing failed ({code})");
         let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
@@ -283,18 +312,15 @@ async fn poll_loop(
         }
         for id in ids {
             let req = format!("{QUEUE}/requests/{id}.json");
-            let (code, size) = via
-                .exec(cwd, &format!("wc -c < {req}"), None, BRIDGE_TIMEOUT_MS)
+            let wc = format!("wc -c < {req}");
+            let (code, size) = steps
+                .time("wc", via.exec(cwd, &wc, None, BRIDGE_TIMEOUT_MS))
                 .await?;
             ensure!(code == 0, "wc failed ({code})");
             let n: usize = size.trim().parse().context("wc -c")?;
-            let (code, b64) = via
-                .exec(
-                    cwd,
-                    &format!("head -c {n} {req} | base64"),
-                    None,
-                    BRIDGE_TIMEOUT_MS,
-                )
+            let head = format!("head -c {n} {req} | base64");
+            let (code, b64) = steps
+                .time("head", via.exec(cwd, &head, None, BRIDGE_TIMEOUT_MS))
                 .await?;
             ensure!(code == 0, "read failed ({code})");
             let compact: String = b64.split_whitespace().collect();
@@ -314,28 +340,34 @@ async fn poll_loop(
                 "cd {QUEUE}/responses && until mkdir .lock 2>/dev/null; do sleep 0.01; done; \
                  cat > .{id}.tmp && mv .{id}.tmp {id}.json; rc=$?; rmdir .lock; exit $rc"
             );
-            let (code, _) = via
-                .exec(cwd, &write, Some(&response), BRIDGE_TIMEOUT_MS)
+            let (code, _) = steps
+                .time(
+                    "write",
+                    via.exec(cwd, &write, Some(&response), BRIDGE_TIMEOUT_MS),
+                )
                 .await?;
             ensure!(code == 0, "writing the response failed ({code})");
-            let (code, _) = via
-                .exec(cwd, &format!("rm -f {req}"), None, BRIDGE_TIMEOUT_MS)
+            let rm = format!("rm -f {req}");
+            let (code, _) = steps
+                .time("rm", via.exec(cwd, &rm, None, BRIDGE_TIMEOUT_MS))
                 .await?;
             ensure!(code == 0, "rm failed ({code})");
             executes += 4;
             answered += 1;
         }
     }
-    Ok((executes, answered))
+    Ok((executes, answered, steps))
 }
 
-/// The run-log tail every 250 ms until the agent is done: (executes, the log as read).
+/// The run-log tail every 250 ms until the agent is done: (executes, the log as read, their
+/// times).
 async fn tail_loop(
     via: &Via<'_>,
     cwd: &str,
     done: &impl Fn() -> bool,
-) -> anyhow::Result<(usize, String)> {
+) -> anyhow::Result<(usize, String, Steps)> {
     let mut executes = 0;
+    let mut steps = Steps::default();
     let mut log = Vec::new();
     let mut next = Instant::now();
     while !done() {
@@ -343,7 +375,9 @@ async fn tail_loop(
             "tail -c +{} {QUEUE}/{RUN_LOG} | head -c 65536 | base64",
             log.len() + 1
         );
-        let (code, b64) = via.exec(cwd, &script, None, TAIL_TIMEOUT_MS).await?;
+        let (code, b64) = steps
+            .time("tail", via.exec(cwd, &script, None, TAIL_TIMEOUT_MS))
+            .await?;
         executes += 1;
         ensure!(code == 0, "tail failed ({code})");
         let compact: String = b64.split_whitespace().collect();
@@ -355,7 +389,7 @@ async fn tail_loop(
         next += TAIL_EVERY;
         tokio::time::sleep_until(next.max(Instant::now()).into()).await;
     }
-    Ok((executes, String::from_utf8_lossy(&log).into_owned()))
+    Ok((executes, String::from_utf8_lossy(&log).into_owned(), steps))
 }
 
 /// The agent's call `i`, sent on schedule (one every `every` from `start`, each shifted by
@@ -546,6 +580,7 @@ pub async fn run_duplex(
         ready: Vec::new(),
         executes: 0,
         wall,
+        steps: Steps::default(),
     })
 }
 
