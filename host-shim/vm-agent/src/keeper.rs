@@ -31,26 +31,52 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Started {
     pid: libc::pid_t,
     readers: [OwnedFd; 2],
-    files: [File; 2],
+    /// The spool's stdout and stderr, each created with its first byte.
+    files: [Spooled; 2],
     marker: String,
     deadline: Option<Instant>,
     cap: u64,
 }
 
+/// One output stream's spool file, created when its first byte comes (most commands write
+/// nothing on stderr, many nothing at all: a file never made costs the VM nothing).
+struct Spooled {
+    path: std::path::PathBuf,
+    file: Option<File>,
+}
+
+impl Spooled {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&self.path)?,
+            ),
+        };
+        file.write_all(bytes)
+    }
+}
+
 /// Start the command of `run`, stdin from the spool, output into pipes this process reads.
 pub(crate) fn start(run: &Run, header: &Header, script: Vec<u8>) -> Result<Started, String> {
     let io_err = |what: &str, e: std::io::Error| format!("{what} on the VM: {e}");
-    let create = |name: &str| {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(run.path(name))
-            .map_err(|e| io_err("creating the output spool", e))
+    let spooled = |name: &str| Spooled {
+        path: run.path(name),
+        file: None,
     };
-    let files = [create("stdout")?, create("stderr")?];
-    let stdin = File::open(run.path("stdin")).map_err(|e| io_err("opening the stored stdin", e))?;
+    let files = [spooled("stdout"), spooled("stderr")];
+    // An empty stdin is stored as a link only (see the spool): the command reads /dev/null.
+    let stdin_path = if header.stdin_len == 0 {
+        std::path::PathBuf::from("/dev/null")
+    } else {
+        run.path("stdin")
+    };
+    let stdin = File::open(stdin_path).map_err(|e| io_err("opening the stored stdin", e))?;
     let command = Command::new(run.id, script)?;
     let (out_r, out_w) = sys::pipe().map_err(|e| io_err("creating pipes", e))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| io_err("creating pipes", e))?;
@@ -64,8 +90,6 @@ pub(crate) fn start(run: &Run, header: &Header, script: Vec<u8>) -> Result<Start
         .spawn(&stdin, &out_w, &err_w)
         .map_err(|e| io_err("starting the command", e))?;
     drop((out_w, err_w, stdin));
-    std::fs::write(run.path("keeper.pid"), std::process::id().to_string())
-        .map_err(|e| io_err("recording the keeper", e))?;
     Ok(Started {
         pid,
         readers: [out_r, err_r],

@@ -2,16 +2,27 @@
 //!
 //! - `stdin`: the command's stdin, whole. Its presence means *started*: it is put in place with
 //!   `link(2)`, which fails when it exists, so of two requests for the same run exactly one
-//!   starts the command;
+//!   starts the command. An empty stdin has no file of its own: `stdin` is then a link to the
+//!   spool root's `.empty`, and the command reads `/dev/null`;
 //! - `stdout`, `stderr`: the command's output as the keeper received it, up to the cap plus one
-//!   byte (so truncation shows);
-//! - `keeper.pid`: the keeper's process id, to tell a running keeper from one that is gone;
+//!   byte (so truncation shows), each created with its first byte (a missing one is empty);
+//! - `keeper.<pid>`: the keeper's process id, in the name of one more link to the stdin file,
+//!   to tell a running keeper from one that is gone (agents before it wrote `keeper.pid`);
 //! - `status`: written (atomically, by rename) after both output files are complete.
+//!
+//! So a typical run creates three files (its directory, its stdout, its status), not six: on
+//! ext4 finding a free inode is most of what an execute costs the agent, and more so under the
+//! churn of a bridge's 14 executes a second, whose spools are removed as fast as they come.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// The spool root's one empty file, which the runs with an empty stdin link to.
+const EMPTY: &str = ".empty";
+/// A run's name that records its keeper: this prefix, then the keeper's pid.
+const KEEPER_PREFIX: &str = "keeper.";
 
 /// The directory holding every run's spool, created private (0700).
 pub(crate) fn root() -> Result<PathBuf, String> {
@@ -118,12 +129,68 @@ impl Run {
         self.path("stdin").exists()
     }
 
-    /// Copy exactly `len` bytes of stdin into the spool, then claim the start.
+    /// Copy exactly `len` bytes of stdin into the spool, then claim the start; the winner
+    /// records itself as the run's keeper.
     pub(crate) fn store_stdin(&self, input: &mut impl Read, len: u64) -> Result<Stored, String> {
+        if len == 0 {
+            if let Some(stored) = self.claim_empty() {
+                return stored;
+            }
+        }
         let tmp = self.path(&format!("stdin.{}", std::process::id()));
         let result = self.copy_then_link(input, len, &tmp);
+        if matches!(result, Ok(Stored::Won)) {
+            // The same file, under the name that records the keeper.
+            if let Err(e) = fs::rename(&tmp, self.keeper_path()) {
+                let _ = fs::remove_file(&tmp);
+                return Err(self.unrecorded_keeper(e));
+            }
+            return result;
+        }
         let _ = fs::remove_file(&tmp);
         result
+    }
+
+    /// Claim the start of a run with an empty stdin by links to the root's `.empty`; `None`
+    /// when that file cannot serve (then the run's stdin gets a file of its own, as any other).
+    fn claim_empty(&self) -> Option<Result<Stored, String>> {
+        let empty = self.dir.with_file_name(EMPTY);
+        let usable = fs::symlink_metadata(&empty).is_ok_and(|m| m.is_file())
+            || fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&empty)
+                .is_ok();
+        if !usable {
+            return None;
+        }
+        match fs::hard_link(&empty, self.path("stdin")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Some(Ok(Stored::Lost))
+            }
+            // E.g. `.empty` at its file system's link limit.
+            Err(_) => return None,
+        }
+        Some(match fs::hard_link(&empty, self.keeper_path()) {
+            Ok(()) => Ok(Stored::Won),
+            Err(e) => Err(self.unrecorded_keeper(e)),
+        })
+    }
+
+    /// The run was claimed and its keeper could not be recorded: the command does not start,
+    /// and its status says why (an attach would otherwise wait for a keeper that never was).
+    fn unrecorded_keeper(&self, e: std::io::Error) -> String {
+        let why = format!("recording the keeper on the VM: {e}");
+        self.write_status_failure(&why);
+        why
+    }
+
+    /// The name that records this process as the run's keeper.
+    fn keeper_path(&self) -> PathBuf {
+        self.path(&format!("{KEEPER_PREFIX}{}", std::process::id()))
     }
 
     fn copy_then_link(
@@ -182,13 +249,20 @@ impl Run {
         });
     }
 
-    /// The keeper's pid, when it recorded one.
+    /// The keeper's pid, when it recorded one (as `keeper.<pid>`, or in the `keeper.pid` file of
+    /// an earlier agent's run).
     pub(crate) fn keeper_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.path("keeper.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        if let Ok(text) = fs::read_to_string(self.path("keeper.pid")) {
+            return text.trim().parse().ok();
+        }
+        fs::read_dir(&self.dir).ok()?.flatten().find_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix(KEEPER_PREFIX)?
+                .parse()
+                .ok()
+        })
     }
 
     /// Remove the spool (the host holds the result).

@@ -121,6 +121,91 @@ fn a_run_streams_exact_bytes_and_its_status_then_its_spool_goes() {
     assert!(runs(home.path()).is_empty(), "acknowledged: removed");
 }
 
+/// What a run leaves on the VM until its acknowledgement: an empty stdin is a link to the
+/// root's one empty file (the command reads `/dev/null`), a stored stdin is one file under two
+/// names (`stdin`, and `keeper.<pid>`, which records the keeper), and an output stream that
+/// stayed empty has no file. Nothing of a run's temporary names stays behind.
+#[test]
+fn a_run_creates_only_the_files_it_needs() {
+    use std::os::unix::fs::MetadataExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join(".cache/paperclip-exe-dev/runs");
+    let names = |id: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(id))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let keeper = |id: &str| {
+        names(id)
+            .into_iter()
+            .find(|n| n.starts_with("keeper."))
+            .unwrap_or_else(|| panic!("no keeper recorded in {:?}", names(id)))
+    };
+    let ino = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().ino();
+
+    // Empty stdin, output on stdout only.
+    let s = session(
+        home.path(),
+        &header(
+            Op::Run,
+            0xe1,
+            (0, 0),
+            "test -c /dev/stdin && printf dev; wc -c",
+            b"",
+        ),
+        false,
+    );
+    assert_eq!(
+        (s.stdout.as_slice(), s.exit.unwrap().code),
+        (&b"dev0\n"[..], Some(0))
+    );
+    let run = "00000000000000e1";
+    let k = keeper(run);
+    assert!(k["keeper.".len()..].parse::<u32>().is_ok(), "{k}");
+    assert_eq!(names(run), [k.as_str(), "status", "stdin", "stdout"]);
+    let empty = ino(root.join(".empty"));
+    assert_eq!(ino(root.join(run).join("stdin")), empty);
+    assert_eq!(ino(root.join(run).join(&k)), empty);
+    assert_eq!(std::fs::metadata(root.join(".empty")).unwrap().len(), 0);
+
+    // Stored stdin, no output at all.
+    let s = session(
+        home.path(),
+        &header(Op::Run, 0xe2, (0, 0), "cat > /dev/null", b"some input"),
+        false,
+    );
+    assert_eq!(s.exit.unwrap().code, Some(0));
+    let run = "00000000000000e2";
+    let k = keeper(run);
+    assert_eq!(names(run), [k.as_str(), "status", "stdin"]);
+    assert_eq!(
+        ino(root.join(run).join("stdin")),
+        ino(root.join(run).join(&k))
+    );
+    assert_eq!(
+        std::fs::read(root.join(run).join("stdin")).unwrap(),
+        b"some input"
+    );
+
+    // Attaching finds the keeper recorded that way and streams the result again; the
+    // acknowledgement removes the spool and the empty file stays for the next run.
+    let again = session(
+        home.path(),
+        &header(Op::Attach, 0xe1, (0, 0), "", b""),
+        true,
+    );
+    assert_eq!(
+        (again.stdout.as_slice(), again.exit.unwrap().code),
+        (&b"dev0\n"[..], Some(0))
+    );
+    assert_eq!(runs(home.path()), ["00000000000000e2"]);
+    assert_eq!(ino(root.join(".empty")), empty);
+}
+
 #[test]
 fn a_run_attached_again_resumes_at_the_offsets_and_never_starts_twice() {
     let home = tempfile::tempdir().unwrap();
@@ -279,10 +364,17 @@ fn stale_spools_are_swept() {
     make("00000000000000a1", &["status"]); // ended long ago: swept
     make("00000000000000a2", &["keeper.pid"]); // its keeper (this test) runs: kept
     make("00000000000000a3", &[]); // never started, long ago: swept
-                                   // A fresh stamp: no sweep now.
+                                   // The keeper recorded in a name: this test's pid runs (kept); a pid that is no process
+                                   // (above any pid_max) is gone (swept).
+    make(
+        "00000000000000a4",
+        &[&format!("keeper.{}", std::process::id())],
+    );
+    make("00000000000000a5", &["keeper.2147483647"]);
+    // A fresh stamp: no sweep now.
     std::fs::write(root.join(".swept"), b"").unwrap();
     let _ = session(home.path(), &header(Op::Attach, 9, (0, 0), "", b""), false);
-    assert_eq!(runs(home.path()).len(), 3);
+    assert_eq!(runs(home.path()).len(), 5);
     // An old stamp: the next request sweeps.
     std::fs::File::options()
         .write(true)
@@ -291,7 +383,9 @@ fn stale_spools_are_swept() {
         .set_modified(old)
         .unwrap();
     let _ = session(home.path(), &header(Op::Attach, 9, (0, 0), "", b""), false);
-    assert_eq!(runs(home.path()), ["00000000000000a2"]);
+    let mut left = runs(home.path());
+    left.sort();
+    assert_eq!(left, ["00000000000000a2", "00000000000000a4"]);
 }
 
 /// A full disk on the VM: the output cannot be kept, so the outcome cannot be reported whole;
