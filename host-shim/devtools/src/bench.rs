@@ -189,6 +189,8 @@ struct BridgeFigures {
     ours_sessions: usize,
     /// What the floor's commands (the same workload, no SSH, no agent) cost the VM.
     floor_cpu: Duration,
+    /// What `ours` cost the host side: the worker (with the component) and its ssh master.
+    ours_host_cpu: exe_dev_sim::CpuTime,
 }
 
 async fn measure_link(
@@ -279,6 +281,7 @@ async fn measure_link(
         sim,
         &vm_name,
         opts.link.rtt,
+        &scratch.path().join("state"),
     )
     .await?;
     raw.stop_master().await;
@@ -324,6 +327,7 @@ async fn bridge_rows(
     sim: &Simulator,
     vm: &str,
     rtt: Duration,
+    worker_state: &Path,
 ) -> anyhow::Result<BridgeFigures> {
     use crate::bench_bridge::{run, run_duplex, Via, Workload};
     let mut f = BridgeFigures::default();
@@ -346,10 +350,13 @@ async fn bridge_rows(
     for calls in halves.into_iter().filter(|&c| c > 0) {
         let part = Workload { calls, ..w };
         let sessions = || sim.ssh_log().iter().filter(|c| c.vm == vm).count();
-        let (cpu, before) = (vm_cpu(sim, vm)?, sessions());
+        // The worker and its ssh master name its state directory on their command lines.
+        let host_side = || exe_dev_sim::cpu::of_command_lines(&worker_state.display().to_string());
+        let (cpu, host, before) = (vm_cpu(sim, vm)?, host_side(), sessions());
         f.ours.add(run(&ours, cwd, agent_program, part).await?);
         f.ours_sessions += sessions() - before;
         f.ours_cpu += vm_cpu(sim, vm)?.since(&cpu);
+        f.ours_host_cpu += host_side().since(&host);
         // The worker's `log` notifications of the run are not needed.
         drop(worker.take_notifications());
         f.raw
@@ -600,6 +607,7 @@ async fn measure(
         sim,
         &vm_name,
         Duration::ZERO,
+        &scratch.path().join("cold-1"),
     )
     .await?;
     capability.close_all().await;
@@ -956,21 +964,24 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
     println!();
     println!(
         "| link | executes | ours: serving agent | ours: the commands it ran | ours: total, \
-         per execute | floor (same commands, no SSH, no agent), per execute | ours, share of \
-         one core | SSH sessions besides the agent |"
+         per execute | ours: serving agent, per execute | floor (same commands, no SSH, no \
+         agent), per execute | ours, share of one core | SSH sessions besides the agent | \
+         host side (worker and its ssh master), per execute |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (link, _, f) in links {
         let per = |d: Duration, n: usize| ms(d / (n.max(1) as u32));
         println!(
-            "| {link} | {} | {} | {} | {} | {} | {:.1} % | {} |",
+            "| {link} | {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} |",
             f.ours.executes,
             ms(f.ours_cpu.own),
             ms(f.ours_cpu.children),
             per(f.ours_cpu.total(), f.ours.executes),
+            per(f.ours_cpu.own, f.ours.executes),
             per(f.floor_cpu, f.floor.executes),
             100.0 * ratio(f.ours_cpu.total(), f.ours.wall),
             f.ours_sessions,
+            per(f.ours_host_cpu.total(), f.ours.executes),
         );
     }
     println!();

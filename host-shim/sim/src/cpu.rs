@@ -64,6 +64,21 @@ fn parse_stat(stat: &str) -> Option<(i32, CpuTime)> {
 
 /// The CPU time of every live process in one of `groups`.
 pub(crate) fn of_groups(groups: &[i32]) -> CpuTime {
+    of_processes(|_, pgrp| groups.contains(&pgrp))
+}
+
+/// The CPU time of every live process whose command line contains `needle`: for the bench, a
+/// worker and the `ssh` master it started, which both name the worker's state directory.
+pub fn of_command_lines(needle: &str) -> CpuTime {
+    of_processes(|proc_dir, _| {
+        std::fs::read(proc_dir.join("cmdline"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    })
+}
+
+/// The CPU time of every live process that `counts` (given its `/proc` directory and its
+/// process group).
+fn of_processes(mut counts: impl FnMut(&std::path::Path, i32) -> bool) -> CpuTime {
     let mut sum = CpuTime::default();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return sum;
@@ -78,7 +93,7 @@ pub(crate) fn of_groups(groups: &[i32]) -> CpuTime {
             continue;
         };
         if let Some((pgrp, t)) = parse_stat(&stat) {
-            if groups.contains(&pgrp) {
+            if counts(&entry.path(), pgrp) {
                 sum += t;
             }
         }
@@ -129,5 +144,24 @@ mod tests {
             }
         }
         assert_eq!(of_groups(&[]), CpuTime::default());
+    }
+
+    #[test]
+    fn the_reading_by_command_line_counts_the_processes_that_name_it() {
+        // This test binary's own command line starts with the program it was started as; no
+        // process names a made-up string.
+        let me = std::env::args().next().unwrap();
+        let mine = of_command_lines(&me);
+        let spin = std::time::Instant::now();
+        while of_command_lines(&me).own < mine.own + 2 * TICK {
+            assert!(spin.elapsed() < Duration::from_secs(10), "no CPU time seen");
+            for i in 0..100_000u64 {
+                std::hint::black_box(i);
+            }
+        }
+        assert_eq!(
+            of_command_lines("no process names 5b0c1f6e-9a1d-4c3e"),
+            CpuTime::default()
+        );
     }
 }
