@@ -123,7 +123,9 @@ impl Via<'_> {
                 rtt,
                 cpu_ns,
             } => {
-                tokio::time::sleep(*rtt).await;
+                // As precise as the link model's own delays (tokio's timer would add up to a
+                // millisecond or two).
+                exe_dev_sim::sleep_until_precisely(tokio::time::Instant::now() + *rtt).await;
                 let command = floor_command(cwd, script);
                 let (out, cpu) = sim
                     .run_in_vm_measured(vm, &command, stdin.map_or(&[][..], str::as_bytes))

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 
 pub use cpu::CpuTime;
 pub use faults::{Faults, ANY, ONBOARDING_MARKER};
-pub use link::LinkModel;
+pub use link::{sleep_until_precisely, LinkModel};
 
 /// How `<vm>.exe.xyz` reaches a VM's loopback SSH server through the generated ssh config.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -187,7 +187,7 @@ async fn direction(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, model: LinkMod
     };
     let receiver = async move {
         while let Some(chunk) = rx.recv().await {
-            tokio::time::sleep_until(chunk.arrive).await;
+            sleep_until_precisely(chunk.arrive).await;
             if to.write_all(&chunk.bytes).await.is_err() {
                 return End::Broken;
             }
@@ -200,6 +200,26 @@ async fn direction(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, model: LinkMod
     tokio::select! {
         End::Broken = &mut sender => End::Broken,
         end = &mut receiver => end,
+    }
+}
+
+/// Wait until `deadline`, to a fraction of a millisecond. Tokio's timer counts whole
+/// milliseconds: a sleep ends at the first tick after its deadline, up to a millisecond or two
+/// late, which on every chunk each way would make the link slower than its model (a 30 ms link
+/// that takes 32 ms a round trip). So the timer sleeps to just short of the deadline, and a
+/// blocking thread sleeps the rest on the kernel's high-resolution timer.
+pub async fn sleep_until_precisely(deadline: Instant) {
+    /// More than the timer's lateness.
+    const MARGIN: Duration = Duration::from_millis(2);
+    if let Some(early) = deadline.checked_sub(MARGIN) {
+        if early > Instant::now() {
+            tokio::time::sleep_until(early).await;
+        }
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        // A failed join is a runtime shutting down: nothing waits for this sleep any more.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
     }
 }
 
@@ -217,6 +237,15 @@ mod tests {
         assert_eq!(m.describe(), "30 ms / 100 Mbit/s");
         let uncapped = LinkModel::new(5, 0);
         assert_eq!(uncapped.serialisation(1 << 30), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_precise_sleep_never_ends_before_its_deadline() {
+        for us in [0u64, 300, 1_500, 2_500, 7_300] {
+            let deadline = Instant::now() + Duration::from_micros(us);
+            sleep_until_precisely(deadline).await;
+            assert!(Instant::now() >= deadline, "{us} µs");
+        }
     }
 
     #[tokio::test]
