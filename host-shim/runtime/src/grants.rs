@@ -190,7 +190,13 @@ impl SshBackend for OpenSsh {
         timeout_ms: u32,
     ) -> BoxFuture<Result<Connected, SshError>> {
         let runner = self.0.clone();
-        Box::pin(async move { runner.connect(&target, timeout_ms).await })
+        let durable = self.1.clone();
+        Box::pin(async move {
+            match durable {
+                Some(durable) => durable.connect(&target, timeout_ms).await,
+                None => runner.connect(&target, timeout_ms).await,
+            }
+        })
     }
 
     fn disconnect(&self, target: SshTarget) -> BoxFuture<()> {

@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::ssh::{
-    signal_name, ChunkCallback, Connected, SshError, SshOutput, SshRequest, SshRunner,
+    signal_name, ChunkCallback, Connected, SshError, SshOutput, SshRequest, SshRunner, SshTarget,
 };
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use super::ssh_output::{OutputSink, StreamKind};
@@ -210,6 +210,27 @@ impl DurableExecs {
             agents: Mutex::default(),
             servers: Mutex::default(),
         }
+    }
+
+    /// [`SshRunner::connect`], except that a connection whose serving agent is up is taken as
+    /// up without asking its master: the agent's session would have ended with the master.
+    /// Every execute asks for its connection first, so this is one exchange with the master
+    /// less per execute (as in [`DurableExecs::exec`]); a master that died a moment ago is
+    /// found by the execute itself, as a lost connection.
+    pub async fn connect(
+        &self,
+        target: &SshTarget,
+        timeout_ms: u32,
+    ) -> Result<Connected, SshError> {
+        self.ssh.check(target)?;
+        if self
+            .ssh
+            .live_master(target)
+            .is_some_and(|control| self.serving_up(&control))
+        {
+            return Ok(Connected::Ready);
+        }
+        self.ssh.connect(target, timeout_ms).await
     }
 
     /// Run `req` durably (see the module docs); the direct path where that is not possible.
