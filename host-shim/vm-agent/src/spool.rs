@@ -155,16 +155,18 @@ impl Run {
     /// when that file cannot serve (then the run's stdin gets a file of its own, as any other).
     fn claim_empty(&self) -> Option<Result<Stored, String>> {
         let empty = self.dir.with_file_name(EMPTY);
-        let usable = fs::symlink_metadata(&empty).is_ok_and(|m| m.is_file())
-            || fs::OpenOptions::new()
+        let regular = || fs::symlink_metadata(&empty).is_ok_and(|m| m.is_file());
+        if !regular() {
+            // Exclusive, so never through a link someone put there; a run racing to create it
+            // too is fine.
+            let _ = fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(false)
+                .create_new(true)
                 .mode(0o600)
-                .open(&empty)
-                .is_ok();
-        if !usable {
-            return None;
+                .open(&empty);
+            if !regular() {
+                return None;
+            }
         }
         match fs::hard_link(&empty, self.path("stdin")) {
             Ok(()) => {}

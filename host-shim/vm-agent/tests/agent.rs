@@ -206,6 +206,40 @@ fn a_run_creates_only_the_files_it_needs() {
     assert_eq!(ino(root.join(".empty")), empty);
 }
 
+/// A `.empty` that is not a regular file (here a dangling symlink) is never linked to: the run
+/// stores its empty stdin in a file of its own and runs once, as any other.
+#[test]
+fn a_spool_root_whose_empty_file_is_not_a_file_still_runs_each_command_once() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join(".cache/paperclip-exe-dev/runs");
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(home.path().join("nowhere"), root.join(".empty")).unwrap();
+    let script = "echo once >> \"$HOME/count\"; wc -c";
+    let s = session(
+        home.path(),
+        &header(Op::Run, 0xe3, (0, 0), script, b""),
+        false,
+    );
+    assert_eq!(
+        (s.stdout.as_slice(), s.exit.unwrap().code),
+        (&b"0\n"[..], Some(0))
+    );
+    let stdin = root.join("00000000000000e3/stdin");
+    assert!(std::fs::symlink_metadata(&stdin).unwrap().is_file());
+    // Started: a second request streams the run and does not run it again.
+    let again = session(
+        home.path(),
+        &header(Op::Run, 0xe3, (2, 0), script, b""),
+        true,
+    );
+    assert_eq!(again.exit.unwrap().code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("count")).unwrap(),
+        "once\n"
+    );
+    assert!(!home.path().join("nowhere").exists());
+}
+
 #[test]
 fn a_run_attached_again_resumes_at_the_offsets_and_never_starts_twice() {
     let home = tempfile::tempdir().unwrap();
