@@ -398,8 +398,9 @@ fn stale_spools_are_swept() {
     make("00000000000000a1", &["status"]); // ended long ago: swept
     make("00000000000000a2", &["keeper.pid"]); // its keeper (this test) runs: kept
     make("00000000000000a3", &[]); // never started, long ago: swept
-                                   // The keeper recorded in a name: this test's pid runs (kept); a pid that is no process
-                                   // (above any pid_max) is gone (swept).
+
+    // The keeper recorded in a name: this test's pid runs (kept); a pid that is no process
+    // (above any pid_max) is gone (swept).
     make(
         "00000000000000a4",
         &[&format!("keeper.{}", std::process::id())],

@@ -222,12 +222,13 @@ impl DurableExecs {
         target: &SshTarget,
         timeout_ms: u32,
     ) -> Result<Connected, SshError> {
-        self.ssh.check(target)?;
         if self
             .ssh
             .live_master(target)
             .is_some_and(|control| self.serving_up(&control))
         {
+            // The policy still decides, as `connect` would.
+            self.ssh.check(target)?;
             return Ok(Connected::Ready);
         }
         self.ssh.connect(target, timeout_ms).await
