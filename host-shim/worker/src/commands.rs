@@ -180,9 +180,9 @@ fn package_command(
 /// `worker`: speak Paperclip's plugin-worker protocol on stdin/stdout until `shutdown` or EOF.
 /// `paperclip-dev worker` runs exactly this, so the demo and the benchmark go through it too.
 pub async fn run_worker(args: HostArgs) -> anyhow::Result<()> {
-    clear_nonblocking_stdio();
+    let (input, output) = crate::stdio::protocol_streams();
     let host = Arc::new(args.load()?);
-    let exit = worker::serve(host.clone(), tokio::io::stdin(), tokio::io::stdout()).await;
+    let exit = worker::serve(host.clone(), input, output).await;
     // Masters would otherwise idle on until ControlPersist ends them.
     host.close_connections().await;
     tracing::debug!("worker exiting: {:?}", exit?);
@@ -267,18 +267,4 @@ async fn ops_call(
     dispatch(provider, method, params, CallSink::stderr_only())
         .await
         .map_err(|e| anyhow::anyhow!("{method} failed ({}): {}", e.code, e.message))
-}
-
-/// Paperclip hands the worker Unix-socket stdio that may be non-blocking; blocking reads and
-/// writes expect blocking descriptors.
-fn clear_nonblocking_stdio() {
-    for fd in 0..=2 {
-        // SAFETY: fcntl on the standard descriptors with valid commands; failure is harmless.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
-                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-            }
-        }
-    }
 }

@@ -3,7 +3,8 @@
 //!
 //! The component runtime is `paperclip-wasm-runtime`; this crate adds Paperclip's JSON-RPC: the
 //! protocol loop ([`worker`]), routing by the method table ([`dispatch`]), error codes and
-//! objects ([`rpc`]), the stdout writer and notifications ([`notify`]); the command line
+//! objects ([`rpc`]), the stdout writer and notifications ([`notify`]), stdin and stdout on the event loop
+//! ([`stdio`]); the command line
 //! ([`cli`], [`commands`]), the plugin package ([`package`]), the background VM reconciler
 //! ([`reconciler`]) and the operator's orphan listing ([`orphans`]); and it embeds the
 //! component, the VM agent and the manifest.
@@ -18,6 +19,7 @@ pub mod package;
 pub mod reconciler;
 pub mod rpc;
 pub mod sessions;
+pub mod stdio;
 pub mod worker;
 
 /// The exe.dev provider component, built by `build.rs` and embedded so the binary works alone.

@@ -352,3 +352,106 @@ async fn no_input_line_stops_the_worker_and_every_real_call_still_answers() {
     assert_eq!(r["result"]["status"], "ok");
     assert_eq!(w.wait().await.unwrap(), 0);
 }
+
+/// The worker on Unix-socket stdio, as Node (so Paperclip) spawns it, with our ends
+/// non-blocking as libuv leaves them. `shared_stderr`: stderr is the stdout socket too (`2>&1`).
+/// Sends `n` `health` requests at once and reads nothing until all are sent, so the worker's
+/// writes meet a full socket; then `shutdown`. Returns the protocol lines read, how many other
+/// lines (logs) came, and the exit code.
+async fn over_socket_stdio(n: usize, shared_stderr: bool) -> (Vec<Value>, usize, i32) {
+    use std::os::fd::OwnedFd;
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    let state = tempfile::tempdir().unwrap();
+    let (ours_in, theirs_in) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (ours_out, theirs_out) = std::os::unix::net::UnixStream::pair().unwrap();
+    for s in [&ours_in, &ours_out, &theirs_in, &theirs_out] {
+        s.set_nonblocking(true).unwrap();
+    }
+    let stderr = if shared_stderr {
+        Stdio::from(OwnedFd::from(theirs_out.try_clone().unwrap()))
+    } else {
+        Stdio::null()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paperclip-wasm-host"))
+        .args(["worker", "--state-dir", state.path().to_str().unwrap()])
+        .env("PAPERCLIP_WASM_HOST_LOG", "debug")
+        .stdin(Stdio::from(OwnedFd::from(theirs_in)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = tokio::net::UnixStream::from_std(ours_in).unwrap();
+    let output = tokio::net::UnixStream::from_std(ours_out).unwrap();
+    let mut batch = String::new();
+    batch.push_str(
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params": initialize_params()})
+            .to_string(),
+    );
+    batch.push('\n');
+    for id in 1..=n {
+        batch.push_str(&json!({"jsonrpc":"2.0","id":id,"method":"health","params":{}}).to_string());
+        batch.push('\n');
+    }
+    input.write_all(batch.as_bytes()).await.unwrap();
+    // Give the worker time to fill the socket while nobody reads.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let shutdown = json!({"jsonrpc":"2.0","id":"bye","method":"shutdown","params":{}});
+    input
+        .write_all(format!("{shutdown}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(output).lines();
+    let mut read = Vec::new();
+    let reading = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            read.push(line);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), reading)
+        .await
+        .expect("the worker closed its stdout");
+    let code = child.wait().await.unwrap().code().unwrap_or(-1);
+    let json: Vec<Value> = read
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("jsonrpc").is_some())
+        .collect();
+    let others = read.len() - json.len();
+    (json, others, code)
+}
+
+#[tokio::test]
+async fn on_non_blocking_socket_stdio_every_answer_arrives_in_full() {
+    // Far more than a socket buffer holds (each answer is about 100 bytes).
+    let n = 5000;
+    let (answers, _, code) = over_socket_stdio(n, false).await;
+    assert_eq!(code, 0);
+    let mut ids: Vec<i64> = answers.iter().filter_map(|a| a["id"].as_i64()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..=n as i64).collect::<Vec<_>>());
+    for a in &answers {
+        if a["id"] != 0 && a["id"] != "bye" {
+            assert_eq!(a["result"]["status"], "ok", "{a}");
+        }
+    }
+    assert!(answers.iter().any(|a| a["id"] == "bye"));
+}
+
+#[tokio::test]
+async fn with_stdout_and_stderr_one_socket_logs_and_answers_both_arrive() {
+    // Few enough that logs and answers fit the socket's buffer: a line written in parts could
+    // be interleaved with a log line, as with any `2>&1`.
+    let n = 100;
+    let (answers, logs, code) = over_socket_stdio(n, true).await;
+    assert_eq!(code, 0);
+    assert!(logs > 0, "no log line reached the shared socket");
+    let answered = answers
+        .iter()
+        .filter(|a| a["result"]["status"] == "ok")
+        .count();
+    assert_eq!(answered, n);
+    assert!(answers.iter().any(|a| a["id"] == "bye"));
+}
