@@ -57,6 +57,12 @@ pub fn protocol_streams() -> (Input, Output) {
     };
     // Logs are written with blocking writes.
     clear_nonblocking(stderr.as_fd());
+    tracing::debug!(
+        stdin = ?kind(stdin.as_fd()),
+        stdout = ?kind(stdout.as_fd()),
+        stdout_is_stderr = shared,
+        "protocol streams"
+    );
     (input, output)
 }
 
