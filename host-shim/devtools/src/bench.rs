@@ -145,7 +145,10 @@ async fn sync_rows(
             raw.command(remote)
         })
         .await;
+    // Every baseline figure above went over the master.
+    let alive = raw.check_master().await;
     raw.stop_master().await;
+    alive?;
     destroy(&worker, &base, &lease).await?;
     figures
 }
@@ -284,7 +287,10 @@ async fn measure_link(
         &scratch.path().join("state"),
     )
     .await?;
+    // Every baseline figure above went over the master.
+    let alive = raw.check_master().await;
     raw.stop_master().await;
+    alive?;
     destroy(&worker, &base, &lease).await?;
     worker.shutdown().await?;
     let mut serial_ours = serial.take("ours");
@@ -359,8 +365,10 @@ async fn bridge_rows(
         f.ours_host_cpu += host_side().since(&host);
         // The worker's `log` notifications of the run are not needed.
         drop(worker.take_notifications());
+        raw.check_master().await?;
         f.raw
             .add(run(&Via::Raw(raw), cwd, agent_program, part).await?);
+        raw.check_master().await?;
         f.floor.add(run(&floor, cwd, agent_program, part).await?);
         drop(worker.take_notifications());
         f.duplex
@@ -611,7 +619,10 @@ async fn measure(
     )
     .await?;
     capability.close_all().await;
+    // Every baseline figure above went over the master.
+    let alive = raw.check_master().await;
     raw.stop_master().await;
+    alive?;
     for l in &leases {
         destroy(&worker, &base, l).await?;
     }
@@ -821,7 +832,10 @@ impl RawSsh {
                 "-o",
                 "ControlMaster=yes",
                 "-o",
-                "ControlPersist=60",
+                // Until `stop_master`: a timed persist ended the master while the other paths
+                // ran (an idle minute between two halves of a long bridge series), and the
+                // baseline's clients silently fell back to fresh connections.
+                "ControlPersist=yes",
                 "-f",
                 "-N",
             ])
@@ -834,6 +848,27 @@ impl RawSsh {
         ensure!(
             status.success(),
             "starting the baseline master connection failed"
+        );
+        Ok(())
+    }
+
+    /// Fail unless the master still runs: a client whose master is gone makes a fresh
+    /// connection instead, without a word, and the baseline would no longer be one.
+    pub(crate) async fn check_master(&self) -> anyhow::Result<()> {
+        let status = tokio::process::Command::new("ssh")
+            .args(&self.common)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.control.display()))
+            .args(["-O", "check"])
+            .arg(&self.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        ensure!(
+            status.success(),
+            "the baseline's master connection is gone: its figures would be fresh connections'"
         );
         Ok(())
     }
