@@ -30,27 +30,26 @@ pub fn protocol_streams() -> (Input, Output) {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let input = kind(stdin.as_fd()).and_then(|k| reactor_input(stdin.as_fd(), k).transpose());
     // Non-blocking mode belongs to the open file, not the descriptor: were stdout and stderr
     // one file (`2>&1`), the logs' blocking writes to stderr would start failing.
     let shared = same_file(stdout.as_fd(), stderr.as_fd());
-    let output = if shared {
-        None
-    } else {
-        kind(stdout.as_fd()).and_then(|k| reactor_output(stdout.as_fd(), k).transpose())
-    };
-    let input: Input = match input {
-        Some(Ok(r)) => r,
+    let input: Input = match reactor_input(stdin.as_fd()) {
+        Ok(Some(r)) => r,
         other => {
-            log_fallback("stdin", other.and_then(Result::err));
+            log_fallback("stdin", other.err());
             clear_nonblocking(stdin.as_fd());
             Box::new(tokio::io::stdin())
         }
     };
+    let output = if shared {
+        Ok(None)
+    } else {
+        reactor_output(stdout.as_fd())
+    };
     let output: Output = match output {
-        Some(Ok(w)) => w,
+        Ok(Some(w)) => w,
         other => {
-            log_fallback("stdout", other.and_then(Result::err));
+            log_fallback("stdout", other.err());
             clear_nonblocking(stdout.as_fd());
             Box::new(tokio::io::stdout())
         }
@@ -101,23 +100,24 @@ fn owned(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
-fn reactor_input(fd: BorrowedFd<'_>, kind: Kind) -> std::io::Result<Option<Input>> {
-    Ok(match kind {
-        Kind::Socket => Some(Box::new(unix_stream(owned(fd)?)?)),
-        Kind::Pipe => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
+/// The stream on the reactor, or `None` for a kind that cannot be polled.
+fn reactor_input(fd: BorrowedFd<'_>) -> std::io::Result<Option<Input>> {
+    Ok(match kind(fd) {
+        Some(Kind::Socket) => Some(Box::new(unix_stream(owned(fd)?)?)),
+        Some(Kind::Pipe) => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
             owned(fd)?,
         )?)),
-        Kind::Other => None,
+        Some(Kind::Other) | None => None,
     })
 }
 
-fn reactor_output(fd: BorrowedFd<'_>, kind: Kind) -> std::io::Result<Option<Output>> {
-    Ok(match kind {
-        Kind::Socket => Some(Box::new(unix_stream(owned(fd)?)?)),
-        Kind::Pipe => Some(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(
+fn reactor_output(fd: BorrowedFd<'_>) -> std::io::Result<Option<Output>> {
+    Ok(match kind(fd) {
+        Some(Kind::Socket) => Some(Box::new(unix_stream(owned(fd)?)?)),
+        Some(Kind::Pipe) => Some(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(
             owned(fd)?,
         )?)),
-        Kind::Other => None,
+        Some(Kind::Other) | None => None,
     })
 }
 
