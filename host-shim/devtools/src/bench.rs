@@ -145,10 +145,7 @@ async fn sync_rows(
             raw.command(remote)
         })
         .await;
-    // Every baseline figure above went over the master.
-    let alive = raw.check_master().await;
-    raw.stop_master().await;
-    alive?;
+    raw.stop_master().await?;
     destroy(&worker, &base, &lease).await?;
     figures
 }
@@ -287,10 +284,7 @@ async fn measure_link(
         &scratch.path().join("state"),
     )
     .await?;
-    // Every baseline figure above went over the master.
-    let alive = raw.check_master().await;
-    raw.stop_master().await;
-    alive?;
+    raw.stop_master().await?;
     destroy(&worker, &base, &lease).await?;
     worker.shutdown().await?;
     let mut serial_ours = serial.take("ours");
@@ -619,10 +613,7 @@ async fn measure(
     )
     .await?;
     capability.close_all().await;
-    // Every baseline figure above went over the master.
-    let alive = raw.check_master().await;
-    raw.stop_master().await;
-    alive?;
+    raw.stop_master().await?;
     for l in &leases {
         destroy(&worker, &base, l).await?;
     }
@@ -852,20 +843,25 @@ impl RawSsh {
         Ok(())
     }
 
-    /// Fail unless the master still runs: a client whose master is gone makes a fresh
-    /// connection instead, without a word, and the baseline would no longer be one.
-    pub(crate) async fn check_master(&self) -> anyhow::Result<()> {
-        let status = tokio::process::Command::new("ssh")
+    /// `ssh -O <op>` to the master: its exit status.
+    async fn control_op(&self, op: &str) -> std::io::Result<std::process::ExitStatus> {
+        tokio::process::Command::new("ssh")
             .args(&self.common)
             .arg("-o")
             .arg(format!("ControlPath={}", self.control.display()))
-            .args(["-O", "check"])
+            .args(["-O", op])
             .arg(&self.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .await?;
+            .await
+    }
+
+    /// Fail unless the master still runs: a client whose master is gone makes a fresh
+    /// connection instead, without a word, and the baseline would no longer be one.
+    async fn check_master(&self) -> anyhow::Result<()> {
+        let status = self.control_op("check").await?;
         ensure!(
             status.success(),
             "the baseline's master connection is gone: its figures would be fresh connections'"
@@ -873,18 +869,12 @@ impl RawSsh {
         Ok(())
     }
 
-    async fn stop_master(&self) {
-        let _ = tokio::process::Command::new("ssh")
-            .args(&self.common)
-            .arg("-o")
-            .arg(format!("ControlPath={}", self.control.display()))
-            .args(["-O", "exit"])
-            .arg(&self.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+    /// Stop the master, and fail if it had already gone: every baseline figure taken since
+    /// `start_master` was meant to go over it.
+    async fn stop_master(&self) -> anyhow::Result<()> {
+        let alive = self.check_master().await;
+        let _ = self.control_op("exit").await;
+        alive
     }
 }
 
