@@ -3,11 +3,10 @@
 //!
 //! The component runtime is `paperclip-wasm-runtime`; this crate adds Paperclip's JSON-RPC: the
 //! protocol loop ([`worker`]), routing by the method table ([`dispatch`]), error codes and
-//! objects ([`rpc`]), the stdout writer and notifications ([`notify`]), stdin and stdout on the event loop
-//! ([`stdio`]); the command line
-//! ([`cli`], [`commands`]), the plugin package ([`package`]), the background VM reconciler
-//! ([`reconciler`]) and the operator's orphan listing ([`orphans`]); and it embeds the
-//! component, the VM agent and the manifest.
+//! objects ([`rpc`]), the stdout writer and notifications ([`notify`]), stdin and stdout on the
+//! event loop ([`stdio`]); the command line ([`cli`], [`commands`]), the plugin package
+//! ([`package`]), the background VM reconciler ([`reconciler`]) and the operator's orphan
+//! listing ([`orphans`]); and it embeds the component, the VM agent and the manifest.
 
 pub mod cli;
 pub mod commands;

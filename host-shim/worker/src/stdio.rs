@@ -33,7 +33,8 @@ pub fn protocol_streams() -> (Input, Output) {
     // Non-blocking mode belongs to the open file, not the descriptor: were stdout and stderr
     // one file (`2>&1`), the logs' blocking writes to stderr would start failing.
     let shared = same_file(stdout.as_fd(), stderr.as_fd());
-    let input: Input = match reactor_input(stdin.as_fd()) {
+    let (in_kind, out_kind) = (kind(stdin.as_fd()), kind(stdout.as_fd()));
+    let input: Input = match reactor_input(stdin.as_fd(), in_kind) {
         Ok(Some(r)) => r,
         other => {
             log_fallback("stdin", other.err());
@@ -44,7 +45,7 @@ pub fn protocol_streams() -> (Input, Output) {
     let output = if shared {
         Ok(None)
     } else {
-        reactor_output(stdout.as_fd())
+        reactor_output(stdout.as_fd(), out_kind)
     };
     let output: Output = match output {
         Ok(Some(w)) => w,
@@ -57,8 +58,8 @@ pub fn protocol_streams() -> (Input, Output) {
     // Logs are written with blocking writes.
     clear_nonblocking(stderr.as_fd());
     tracing::debug!(
-        stdin = ?kind(stdin.as_fd()),
-        stdout = ?kind(stdout.as_fd()),
+        stdin = ?in_kind,
+        stdout = ?out_kind,
         stdout_is_stderr = shared,
         "protocol streams"
     );
@@ -71,11 +72,13 @@ fn log_fallback(stream: &str, error: Option<std::io::Error>) {
     }
 }
 
+/// `fstat` of the stream (through a second descriptor, closed again).
+fn metadata(fd: BorrowedFd<'_>) -> Option<std::fs::Metadata> {
+    std::fs::File::from(owned(fd).ok()?).metadata().ok()
+}
+
 fn kind(fd: BorrowedFd<'_>) -> Option<Kind> {
-    let meta = std::fs::File::from(fd.try_clone_to_owned().ok()?)
-        .metadata()
-        .ok()?;
-    let t = meta.file_type();
+    let t = metadata(fd)?.file_type();
     Some(if t.is_socket() {
         Kind::Socket
     } else if t.is_fifo() {
@@ -87,11 +90,7 @@ fn kind(fd: BorrowedFd<'_>) -> Option<Kind> {
 
 fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    let id = |fd: BorrowedFd<'_>| {
-        let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
-        let m = f.metadata().ok()?;
-        Some((m.dev(), m.ino()))
-    };
+    let id = |fd| metadata(fd).map(|m| (m.dev(), m.ino()));
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
@@ -100,9 +99,9 @@ fn owned(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
-/// The stream on the reactor, or `None` for a kind that cannot be polled.
-fn reactor_input(fd: BorrowedFd<'_>) -> std::io::Result<Option<Input>> {
-    Ok(match kind(fd) {
+/// The stream (of `kind`) on the reactor, or `None` for a kind that cannot be polled.
+fn reactor_input(fd: BorrowedFd<'_>, kind: Option<Kind>) -> std::io::Result<Option<Input>> {
+    Ok(match kind {
         Some(Kind::Socket) => Some(Box::new(unix_stream(owned(fd)?)?)),
         Some(Kind::Pipe) => Some(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(
             owned(fd)?,
@@ -111,8 +110,8 @@ fn reactor_input(fd: BorrowedFd<'_>) -> std::io::Result<Option<Input>> {
     })
 }
 
-fn reactor_output(fd: BorrowedFd<'_>) -> std::io::Result<Option<Output>> {
-    Ok(match kind(fd) {
+fn reactor_output(fd: BorrowedFd<'_>, kind: Option<Kind>) -> std::io::Result<Option<Output>> {
+    Ok(match kind {
         Some(Kind::Socket) => Some(Box::new(unix_stream(owned(fd)?)?)),
         Some(Kind::Pipe) => Some(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(
             owned(fd)?,
