@@ -1036,6 +1036,8 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
         }
     }
     println!();
+    print_bridge_model(links);
+    println!();
     for (link, rtt, f) in links {
         let duplex = stats(&f.duplex.latencies).0;
         let trips = if rtt.is_zero() {
@@ -1051,6 +1053,83 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
              (target ≥ 5×).",
             ms(duplex),
             ratio(stats(&f.ours.latencies).0, duplex)
+        );
+    }
+}
+
+/// The poll mechanics' model of `queue_v1` (`bridge_model`) beside what each path measured, and
+/// what it says of the ≤ 0.6× target: the least mean any provider reaches at one round trip
+/// per execute, and the execute time the target leaves.
+fn print_bridge_model(links: &[(String, Duration, &BridgeFigures)]) {
+    use crate::bench_bridge::POLL;
+    use crate::bridge_model::{longest_execute_within, mean_latency, mean_ready, StepTimes};
+    let steps_of = |r: &crate::bench_bridge::BridgeRun| {
+        let of = |step| r.steps.0.get(step).cloned().map(median).unwrap_or_default();
+        StepTimes {
+            list: of("list"),
+            wc: of("wc"),
+            head: of("head"),
+        }
+    };
+    let mean = |v: &[Duration]| v.iter().sum::<Duration>() / (v.len().max(1) as u32);
+    println!(
+        "The `queue_v1` poll mechanics as a model (a listing every `list` + 100 ms while idle; \
+         an answer lands `list` + `wc` + `head` after the listing's command saw the request; \
+         the gateway sees it at its next 100 ms look), from each path's median step times:"
+    );
+    println!();
+    println!(
+        "| link | path | list / wc / head | model: mean latency | measured mean | measured / \
+         model | model: answer ready, mean | measured |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (link, _, f) in links {
+        for (name, r) in [
+            ("ours (worker)", &f.ours),
+            ("raw ssh over master", &f.raw),
+            ("floor", &f.floor),
+        ] {
+            let s = steps_of(r);
+            let (model, measured) = (mean_latency(s, POLL), mean(&r.latencies));
+            println!(
+                "| {link} | {name} | {} / {} / {} | {} | {} | {:.2}× | {} | {} |",
+                ms(s.list),
+                ms(s.wc),
+                ms(s.head),
+                ms(model),
+                ms(measured),
+                ratio(measured, model),
+                ms(mean_ready(s, POLL)),
+                ms(mean(&r.ready)),
+            );
+        }
+    }
+    println!();
+    for (link, rtt, f) in links {
+        let raw = mean(&f.raw.latencies);
+        let bound = mean_latency(StepTimes::all(*rtt), POLL);
+        let target = raw.mul_f64(0.6);
+        let floor_list = steps_of(&f.floor).list;
+        let leaves = match longest_execute_within(target, POLL) {
+            Some(e) if e >= *rtt => format!(
+                "every execute within {} (the round trip + {})",
+                ms(e),
+                ms(e - *rtt)
+            ),
+            Some(e) => format!("every execute within {}, under the round trip", ms(e)),
+            None => "an answer before the gateway's first look: unreachable".to_string(),
+        };
+        println!(
+            "{link}: one round trip per execute and nothing else (no command, no login shell, no \
+             provider) gives a mean of {} by the model = {:.2}× the raw client's measured mean \
+             {}; ≤ 0.6× of it ({}) needs {leaves}; the floor's listing takes {} (the round trip \
+             + {} of remote work).",
+            ms(bound),
+            ratio(bound, raw),
+            ms(raw),
+            ms(target),
+            ms(floor_list),
+            ms(floor_list.saturating_sub(*rtt)),
         );
     }
 }

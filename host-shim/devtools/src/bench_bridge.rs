@@ -34,7 +34,7 @@ const QUEUE: &str = ".paperclip-runtime/claude_local/paperclip-bridge/queue";
 /// The run log the agent command is tee'd into, relative to the queue.
 const RUN_LOG: &str = "logs/run-1-stdout.log";
 /// How often the gateway looks for a response, and the host lists requests when idle.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 /// How often the host tails the run log.
 const TAIL_EVERY: Duration = Duration::from_millis(250);
 /// The adapter run timeout every bridge execute carries (Paperclip's sandbox default).

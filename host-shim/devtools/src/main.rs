@@ -7,6 +7,7 @@
 mod bench;
 mod bench_bridge;
 mod bench_sync;
+mod bridge_model;
 mod demo;
 
 use anyhow::Context as _;
