@@ -131,6 +131,42 @@ pub fn exec_script(
     command: &str,
     args: &[String],
 ) -> String {
+    let (mut parts, exec) = wrapper_parts(exec_id, cwd, env, command, args);
+    parts.push(format!(
+        "{{ exec 3>&2 2>/dev/null; (exec {exec} 2>&3 3>&-); }}"
+    ));
+    format!("{}; exit $?", parts.join(" && "))
+}
+
+/// The same login-shell wrapper for a durable execute, which the VM agent runs with `/bin/sh
+/// -c` itself: `… && export PAPERCLIP_EXEC_ID=<id> K='v' … && exec 'cmd' 'arg'…`.
+///
+/// The login shell exec's the command instead of forking a subshell for it, so an execute
+/// starts the command and its login shell and nothing else. The process the agent waits for is
+/// then the command itself, and the host reports a death by signal `n` as `128 + n`, as the
+/// wrapper shell of [`exec_script`] does. Where the agent cannot run, the host puts this script
+/// behind that same subshell-and-fd-3 guard for the SSH server.
+pub fn durable_exec_script(
+    exec_id: &str,
+    cwd: Option<&str>,
+    env: &[(String, String)],
+    command: &str,
+    args: &[String],
+) -> String {
+    let (mut parts, exec) = wrapper_parts(exec_id, cwd, env, command, args);
+    parts.push(format!("exec {exec}"));
+    parts.join(" && ")
+}
+
+/// Both wrappers up to the command: the profile, `cd`, the exports; and the command's words
+/// for `exec` (through `env` where a name is read-only to some shells).
+fn wrapper_parts(
+    exec_id: &str,
+    cwd: Option<&str>,
+    env: &[(String, String)],
+    command: &str,
+    args: &[String],
+) -> (Vec<String>, String) {
     let mut parts = login_profile();
     if let Some(cwd) = cwd {
         parts.push(format!("cd {}", shell_quote(cwd)));
@@ -158,10 +194,7 @@ pub fn exec_script(
         exec.push(' ');
         exec.push_str(&shell_quote(a));
     }
-    parts.push(format!(
-        "{{ exec 3>&2 2>/dev/null; (exec {exec} 2>&3 3>&-); }}"
-    ));
-    format!("{}; exit $?", parts.join(" && "))
+    (parts, exec)
 }
 
 /// `sh -c '<script>'`.
@@ -596,6 +629,113 @@ mod shell_tests {
             b"",
         );
         assert_eq!(out.status.code(), Some(PREPARE_MKDIR_FAILED));
+    }
+
+    #[test]
+    fn durable_exec_script_exact() {
+        let s = durable_exec_script(
+            "00ff",
+            Some("/home/exe/w"),
+            &[("A".into(), "it's".into())],
+            "sh",
+            &["-c".into(), "echo hi".into()],
+        );
+        assert_eq!(
+            s,
+            "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
+             if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
+             cd '/home/exe/w' && export PAPERCLIP_EXEC_ID=00ff A='it'\"'\"'s' && \
+             exec 'sh' '-c' 'echo hi'"
+        );
+        let ro = durable_exec_script("ab", None, &[("UID".into(), "7".into())], "./a=b", &[]);
+        assert!(
+            ro.ends_with(
+                "fi && exec env PAPERCLIP_EXEC_ID=ab UID='7' sh -c 'exec \"$0\" \"$@\"' './a=b'"
+            ),
+            "{ro}"
+        );
+    }
+
+    /// As the VM agent runs a durable script (`/bin/sh -c`, and waits for that process): the
+    /// login shell becomes the command, so the agent waits for the command itself, with no
+    /// process in between; a death by signal is the command's own (the host reports it as
+    /// `128 + n`), and a command's own `exit 255` stays 255.
+    #[test]
+    fn durable_script_puts_the_command_in_the_login_shells_place() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = temp_home("durable-signals");
+        let home = dir.path();
+        let pid_of_command = {
+            let script =
+                durable_exec_script("5e", None, &[], "sh", &["-c".into(), "echo $$".into()]);
+            let child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&script)
+                .env_clear()
+                .env("HOME", home)
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0));
+            (pid, String::from_utf8(out.stdout).unwrap())
+        };
+        assert_eq!(pid_of_command.1.trim(), pid_of_command.0.to_string());
+        for (script, signal, code) in [
+            ("kill -TERM $$", Some(15), None),
+            ("kill -KILL $$", Some(9), None),
+            ("exit 255", None, Some(255)),
+        ] {
+            let wrapper = durable_exec_script("5e", None, &[], "sh", &["-c".into(), script.into()]);
+            let out = run(home, &wrapper, b"");
+            assert_eq!(out.status.signal(), signal, "{script}");
+            assert_eq!(out.status.code(), code, "{script}");
+            assert_eq!(out.stderr, b"", "{script}");
+        }
+    }
+
+    #[test]
+    fn durable_script_runs_the_command_verbatim() {
+        let dir = temp_home("durable-exec");
+        let home = dir.path();
+        std::fs::write(
+            home.join(".profile"),
+            "echo profile noise; export FROM_PROFILE=yes\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(home.join("w d")).unwrap();
+        let script = durable_exec_script(
+            "feedc0de",
+            Some(home.join("w d").to_str().unwrap()),
+            &[("GREETING".into(), "it's \"quoted\" $HOME".into())],
+            "sh",
+            &[
+                "-c".into(),
+                "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
+            ],
+        );
+        let out = run(home, &script, &[b'a', 0, 0xff, b'\n']);
+        assert_eq!(out.status.code(), Some(7));
+        let mut expected = format!(
+            "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
+            home.display()
+        )
+        .into_bytes();
+        expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
+        assert_eq!(out.stdout, expected);
+        assert_eq!(out.stderr, b"err\n");
+        // A command that is not there: the login shell's one line, and 127.
+        let missing = durable_exec_script("ab", None, &[], "no-such-command-here", &[]);
+        let out = run(home, &missing, b"");
+        assert_eq!(out.status.code(), Some(127));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("no-such-command-here"), "{said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
     }
 
     /// A command killed by a signal is reported by the wrapper shell as `128 + n`, whichever

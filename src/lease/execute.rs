@@ -61,7 +61,7 @@ impl Provider<'_> {
             .filter(|s| !s.is_empty())
             .or(meta.remote_cwd.as_deref());
         let exec_id = format!("{:016x}", self.host.random_u64());
-        let script = remote::exec_script(&exec_id, cwd, &req.env, &req.command, &req.args);
+        let script = remote::durable_exec_script(&exec_id, cwd, &req.env, &req.command, &req.args);
         let timeout_ms = crate::config::execute_timeout_ms(req.timeout_ms, self.config.timeout_ms);
         self.log(
             LogLevel::Info,

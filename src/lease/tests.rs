@@ -867,11 +867,11 @@ fn execute_exact_remote_command() {
          if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && \
          if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && \
          cd '/home/exedev/w' && export PAPERCLIP_EXEC_ID={EXEC_ID} FOO='b'\"'\"'ar' && \
-         {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"'' 2>&3 3>&-); }}; exit $?"
+         exec 'sh' '-c' 'echo '\"'\"'hi'\"'\"''"
     );
     let call = host.ssh_calls.borrow()[0].clone();
-    // The script itself: the host runs it with `/bin/sh -c` on the VM (or sends it as
-    // `sh -c '<script>'` on the direct path).
+    // The script itself: the host runs it with `/bin/sh -c` on the VM (or sends it behind a
+    // guard shell on the direct path).
     assert_eq!(call.command, script);
     assert!(call.durable);
     assert_eq!(call.stdin, Some(vec![0, 1, 2, 255, b'\n']));
@@ -900,10 +900,8 @@ fn execute_cwd_and_timeout_precedence() {
         .unwrap();
     let call = host.ssh_calls.borrow()[0].clone();
     assert!(
-        call.command.contains(
-            "cd '/req' && export PAPERCLIP_EXEC_ID=0123456789abcdef && \
-             { exec 3>&2 2>/dev/null; (exec 'sh'"
-        ),
+        call.command
+            .contains("cd '/req' && export PAPERCLIP_EXEC_ID=0123456789abcdef && exec 'sh'"),
         "{}",
         call.command
     );

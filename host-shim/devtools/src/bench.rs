@@ -301,10 +301,11 @@ async fn measure_link(
 }
 
 /// The remote command line our execute of `true` runs (the seed's login-shell wrapper:
-/// profile sourcing, cd, export, exec; the VM agent receives it in its request, so it is built
-/// here by the guest's own function), for the baselines that replay the same remote work.
+/// profile sourcing, cd, export, exec; the VM agent receives it in its request and runs it with
+/// `sh -c`, so it is built here by the guest's own function), for the baselines that replay
+/// the same remote work.
 fn true_wrapper(cwd: Option<&str>) -> String {
-    paperclip_exe_dev::remote::sh_c(&paperclip_exe_dev::remote::exec_script(
+    paperclip_exe_dev::remote::sh_c(&paperclip_exe_dev::remote::durable_exec_script(
         "00000000000000b1",
         cwd,
         &[],

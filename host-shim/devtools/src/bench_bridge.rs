@@ -144,7 +144,7 @@ impl Via<'_> {
 /// The remote command our execute of `sh -c <script>` runs (the guest's own login wrapper),
 /// for the floor.
 fn floor_command(cwd: &str, script: &str) -> String {
-    paperclip_exe_dev::remote::exec_script(
+    paperclip_exe_dev::remote::durable_exec_script(
         "00000000000000b2",
         Some(cwd),
         &[(

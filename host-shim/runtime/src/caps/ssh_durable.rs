@@ -34,9 +34,7 @@ use paperclip_vm_agent::{self as agent, kind, Exit, FrameReader, Header, Op};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::ssh::{
-    signal_name, ChunkCallback, Connected, SshError, SshOutput, SshRequest, SshRunner, SshTarget,
-};
+use super::ssh::{ChunkCallback, Connected, SshError, SshOutput, SshRequest, SshRunner, SshTarget};
 use super::ssh_mux::{self, MuxUnavailable, StdinEnd};
 use super::ssh_output::{OutputSink, StreamKind};
 use super::ssh_serve::{Server, StartError};
@@ -55,10 +53,23 @@ const MAX_BROKEN_WHILE_CONNECTED: u32 = 5;
 /// What is kept of the agent's own stderr, for the operator.
 const AGENT_STDERR_CAP: usize = 4096;
 
-/// A durable request for the direct path: its script, run by `sh -c` through the login shell
-/// (the agent runs it with `/bin/sh -c` itself).
+/// A durable request for the direct path. The agent runs a durable script with `/bin/sh -c`
+/// itself and waits for the command the script exec's; here the SSH server waits instead, and
+/// a command it saw die of a signal would come back as `exit-signal`, which the OpenSSH client
+/// (and its connection sharing) can only report as 255, the code that means "SSH failed". So
+/// the script runs in a subshell (`eval`, which the script's own `exec` replaces) of a guard
+/// `sh`, which reports such a death the shell way, `128 + n`, as an exit status, like the agent
+/// path. From the subshell on, the guard's own stderr is `/dev/null` and the script gets the
+/// real one back through fd 3, so the guard's job report ("Terminated", "Killed") never lands
+/// in the command's stderr. The guard is `sh -c` whatever the login shell is; the script is its
+/// one argument.
 pub fn direct(mut req: SshRequest) -> SshRequest {
-    req.command = format!("sh -c '{}'", req.command.replace('\'', "'\\''"));
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    req.command = format!(
+        "sh -c {} sh {}",
+        quote("{ exec 3>&2 2>/dev/null; (eval \"$1\" 2>&3 3>&-); }; exit $?"),
+        quote(&req.command)
+    );
     req
 }
 
@@ -307,7 +318,7 @@ impl DurableExecs {
                             "durable execute resumed after a lost connection and completed"
                         );
                     }
-                    let out = self.output(p.sink, exit);
+                    let out = output(p.sink, exit);
                     super::ssh::log_finished(&req.target, &out, started_at.into_std(), "durable");
                     return Ok(out);
                 }
@@ -679,19 +690,6 @@ impl DurableExecs {
         }
     }
 
-    fn output(&self, mut sink: OutputSink, exit: Exit) -> SshOutput {
-        let signal = exit.signal.map(signal_name);
-        let mut out = sink.finish(exit.code, signal, exit.timed_out);
-        out.exit_code_from_remote = exit.code.is_some();
-        out.stdout_truncated |= exit.stdout_truncated;
-        out.stderr_truncated |= exit.stderr_truncated;
-        if exit.timed_out {
-            out.exit_code = None;
-            out.signal = None;
-        }
-        out
-    }
-
     fn agent_state(&self, control: &Path) -> Option<AgentState> {
         self.agents.lock().unwrap().get(control).cloned()
     }
@@ -769,13 +767,29 @@ async fn served(
     }
 }
 
+/// The result of a run, from what the sink collected and the agent's exit frame.
+fn output(mut sink: OutputSink, exit: Exit) -> SshOutput {
+    // The script's login shell exec's the command, so the process the agent waited for is
+    // the command itself: a death by signal `n` is reported as the shell reports it, and
+    // as the direct path's guard shell does, `128 + n` (SIGTERM: 143).
+    let code = exit.code.or(exit.signal.map(|n| 128 + n));
+    let mut out = sink.finish(code, None, exit.timed_out);
+    out.exit_code_from_remote = code.is_some();
+    out.stdout_truncated |= exit.stdout_truncated;
+    out.stderr_truncated |= exit.stderr_truncated;
+    if exit.timed_out {
+        out.exit_code = None;
+        out.signal = None;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_direct_path_runs_the_script_with_sh() {
-        let req = SshRequest {
+    fn request(command: &str) -> SshRequest {
+        SshRequest {
             target: super::super::ssh::SshTarget {
                 host: "vm.exe.xyz".into(),
                 port: 22,
@@ -783,16 +797,22 @@ mod tests {
                 identity: super::super::ssh::Identity::Agent,
                 host_key_policy: super::super::ssh::HostKeyPolicy::AcceptNew,
             },
-            command: "echo 'it'\"s\"; exit 3".into(),
+            command: command.into(),
             stdin: None,
             timeout_ms: 1,
             max_output_bytes: 1,
             stream_output: false,
             durable: false,
-        };
+        }
+    }
+
+    #[test]
+    fn the_direct_path_runs_the_script_with_sh() {
+        let req = request("echo 'it'\"s\"; exit 3");
         assert_eq!(
             direct(req).command,
-            "sh -c 'echo '\\''it'\\''\"s\"; exit 3'"
+            "sh -c '{ exec 3>&2 2>/dev/null; (eval \"$1\" 2>&3 3>&-); }; exit $?' sh \
+             'echo '\\''it'\\''\"s\"; exit 3'"
         );
     }
 
@@ -812,5 +832,78 @@ mod tests {
         assert!(install.contains(a.digest()), "{install}");
         assert!(install.contains("mv -f"), "{install}");
         assert!(!install.contains('\n'));
+    }
+
+    #[test]
+    fn a_death_by_signal_is_reported_as_the_shell_would_report_it() {
+        let exit = |code, signal, timed_out| Exit {
+            code,
+            signal,
+            timed_out,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        };
+        for (code, signal, want) in [
+            (Some(0), None, Some(0)),
+            (Some(255), None, Some(255)),
+            (None, Some(libc::SIGTERM), Some(143)),
+            (None, Some(libc::SIGKILL), Some(137)),
+            (None, Some(libc::SIGINT), Some(130)),
+        ] {
+            let out = output(OutputSink::new(16), exit(code, signal, false));
+            assert_eq!(out.exit_code, want, "{code:?} {signal:?}");
+            assert_eq!(out.signal, None);
+            assert!(out.exit_code_from_remote);
+        }
+        // A command the deadline ended has no exit status of its own.
+        let out = output(OutputSink::new(16), exit(None, Some(libc::SIGKILL), true));
+        assert!(out.timed_out && out.exit_code.is_none() && out.signal.is_none());
+    }
+
+    /// The direct path's guard under every login shell the SSH server may run it with: a
+    /// script that exec's its command reports a death by signal as `128 + n` and a command's own
+    /// `exit 255` as 255, with the command's bytes exact and no job report in its stderr.
+    #[test]
+    fn the_direct_guard_reports_signals_as_128_plus_n_under_every_login_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        for login_shell in ["/bin/sh", "/bin/bash", "/bin/dash"] {
+            if !std::path::Path::new(login_shell).exists() {
+                continue;
+            }
+            for (command, code, stdout, stderr) in [
+                ("kill -TERM $$", 143, "", ""),
+                ("kill -KILL $$", 137, "", ""),
+                ("kill -INT $$", 130, "", ""),
+                ("exit 255", 255, "", ""),
+                ("cat; echo err >&2; exit 3", 3, "in", "err\n"),
+            ] {
+                let req = request(&format!("export X=1 && exec sh -c '{command}'"));
+                let run = std::process::Command::new(login_shell)
+                    .arg("-c")
+                    .arg(direct(req).command)
+                    .env_clear()
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write as _;
+                run.stdin.as_ref().unwrap().write_all(b"in").unwrap();
+                let out = run.wait_with_output().unwrap();
+                assert_eq!(out.status.signal(), None, "{login_shell}: {command}");
+                assert_eq!(out.status.code(), Some(code), "{login_shell}: {command}");
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout),
+                    stdout,
+                    "{login_shell}: {command}"
+                );
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stderr),
+                    stderr,
+                    "{login_shell}: {command}"
+                );
+            }
+        }
     }
 }
