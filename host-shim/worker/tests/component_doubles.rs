@@ -1474,7 +1474,7 @@ async fn execute_runs_the_exact_wrapper_and_returns_output_verbatim() {
     let id = exec_id_of(&calls[0].command);
     let wrapper = format!(
         "{PROFILE} && cd {} && export PAPERCLIP_EXEC_ID={id} A={} B_2={} && \
-         {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' {} {} 2>&3 3>&-); }}; exit $?",
+         exec 'sh' '-c' {} {}",
         q("/home/exedev/my dir's"),
         q("it's $(rm -rf /) `x`"),
         q("line1\nline2 é"),
@@ -1528,16 +1528,16 @@ async fn execute_quoting_is_exact_for_a_simple_command() {
     let id = exec_id_of(&calls[0].command);
     // cwd defaults to the lease's remoteCwd; the timeout to the config's.
     let wrapper_quoted = format!(
-        "sh -c 'if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '\"'\"'/home/exedev/paperclip-workspace'\"'\"' && export PAPERCLIP_EXEC_ID={id} K='\"'\"'v'\"'\"' && {{ exec 3>&2 2>/dev/null; (exec '\"'\"'sh'\"'\"' '\"'\"'-c'\"'\"' '\"'\"'echo it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"' 2>&3 3>&-); }}; exit $?'"
+        "sh -c 'if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '\"'\"'/home/exedev/paperclip-workspace'\"'\"' && export PAPERCLIP_EXEC_ID={id} K='\"'\"'v'\"'\"' && exec '\"'\"'sh'\"'\"' '\"'\"'-c'\"'\"' '\"'\"'echo it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"''"
     );
     let wrapper = format!(
-        "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '/home/exedev/paperclip-workspace' && export PAPERCLIP_EXEC_ID={id} K='v' && {{ exec 3>&2 2>/dev/null; (exec 'sh' '-c' 'echo it'\"'\"'s' 2>&3 3>&-); }}; exit $?"
+        "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.profile\" ]; then . \"$HOME/.profile\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.bash_profile\" ]; then . \"$HOME/.bash_profile\" >/dev/null 2>&1 || true; elif [ -f \"$HOME/.bashrc\" ]; then . \"$HOME/.bashrc\" >/dev/null 2>&1 || true; fi && if [ -f \"$HOME/.zprofile\" ]; then . \"$HOME/.zprofile\" >/dev/null 2>&1 || true; fi && cd '/home/exedev/paperclip-workspace' && export PAPERCLIP_EXEC_ID={id} K='v' && exec 'sh' '-c' 'echo it'\"'\"'s'"
     );
     assert_eq!(
         calls,
         vec![durable_call(&wrapper, 60_000, 32 * ONE_MIB, true)]
     );
-    // What the login shell gets on the direct path, quoted exactly.
+    // The wrapper as one shell word (the direct path's guard takes it so), quoted exactly.
     assert_eq!(format!("sh -c {}", q(&wrapper)), wrapper_quoted);
     assert_eq!(r["exitCode"], json!(0));
     assert_eq!(r["stdout"], json!("hi\n"));
@@ -1577,7 +1577,7 @@ async fn execute_timeout_kills_the_remote_process_tree() {
     assert_eq!(calls[0].timeout_ms, 1000);
     assert!(
         calls[0].command.ends_with(&format!(
-            "export PAPERCLIP_EXEC_ID={id} && {{ exec 3>&2 2>/dev/null; (exec 'sleep' '100' 2>&3 3>&-); }}; exit $?"
+            "export PAPERCLIP_EXEC_ID={id} && exec 'sleep' '100'"
         )),
         "{}",
         calls[0].command
