@@ -940,8 +940,7 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let stats = |v: &[Duration]| {
         let mut v = v.to_vec();
-        let mean = v.iter().sum::<Duration>() / (v.len().max(1) as u32);
-        (median(v.clone()), percentile(&mut v, 0.9), mean)
+        (median(v.clone()), percentile(&mut v, 0.9), mean(&v))
     };
     for (link, _, f) in links {
         let (raw_median, _, raw_mean) = stats(&f.raw.latencies);
@@ -1022,9 +1021,7 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
     println!("|---|---|---|---|---|---|---|");
     for (link, _, f) in links {
         for (step, ours) in &f.ours.steps.0 {
-            let of = |r: &crate::bench_bridge::BridgeRun| {
-                r.steps.0.get(step).cloned().map(median).unwrap_or_default()
-            };
+            let of = |r: &crate::bench_bridge::BridgeRun| step_median(r, step);
             let (o, floor) = (median(ours.clone()), of(&f.floor));
             println!(
                 "| {link} | {step} | {} | {} | {} | {} | {:+.1} ms |",
@@ -1064,15 +1061,11 @@ fn print_bridge_table(links: &[(String, Duration, &BridgeFigures)]) {
 fn print_bridge_model(links: &[(String, Duration, &BridgeFigures)]) {
     use crate::bench_bridge::POLL;
     use crate::bridge_model::{longest_execute_within, mean_latency, mean_ready, StepTimes};
-    let steps_of = |r: &crate::bench_bridge::BridgeRun| {
-        let of = |step| r.steps.0.get(step).cloned().map(median).unwrap_or_default();
-        StepTimes {
-            list: of("list"),
-            wc: of("wc"),
-            head: of("head"),
-        }
+    let steps_of = |r: &crate::bench_bridge::BridgeRun| StepTimes {
+        list: step_median(r, "list"),
+        wc: step_median(r, "wc"),
+        head: step_median(r, "head"),
     };
-    let mean = |v: &[Duration]| v.iter().sum::<Duration>() / (v.len().max(1) as u32);
     println!(
         "The `queue_v1` poll mechanics as a model (a listing every `list` + 100 ms while idle; \
          an answer lands `list` + `wc` + `head` after the listing's command saw the request; \
@@ -1137,6 +1130,15 @@ fn print_bridge_model(links: &[(String, Duration, &BridgeFigures)]) {
 
 fn median(mut v: Vec<Duration>) -> Duration {
     percentile(&mut v, 0.5)
+}
+
+fn mean(v: &[Duration]) -> Duration {
+    v.iter().sum::<Duration>() / (v.len().max(1) as u32)
+}
+
+/// The median execute time of one step of a bridge run (zero when the run had none).
+fn step_median(r: &crate::bench_bridge::BridgeRun, step: &str) -> Duration {
+    r.steps.0.get(step).cloned().map(median).unwrap_or_default()
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
