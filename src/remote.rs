@@ -699,45 +699,6 @@ mod shell_tests {
         }
     }
 
-    #[test]
-    fn durable_script_runs_the_command_verbatim() {
-        let dir = temp_home("durable-exec");
-        let home = dir.path();
-        std::fs::write(
-            home.join(".profile"),
-            "echo profile noise; export FROM_PROFILE=yes\n",
-        )
-        .unwrap();
-        std::fs::create_dir_all(home.join("w d")).unwrap();
-        let script = durable_exec_script(
-            "feedc0de",
-            Some(home.join("w d").to_str().unwrap()),
-            &[("GREETING".into(), "it's \"quoted\" $HOME".into())],
-            "sh",
-            &[
-                "-c".into(),
-                "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
-            ],
-        );
-        let out = run(home, &script, &[b'a', 0, 0xff, b'\n']);
-        assert_eq!(out.status.code(), Some(7));
-        let mut expected = format!(
-            "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
-            home.display()
-        )
-        .into_bytes();
-        expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
-        assert_eq!(out.stdout, expected);
-        assert_eq!(out.stderr, b"err\n");
-        // A command that is not there: the login shell's one line, and 127.
-        let missing = durable_exec_script("ab", None, &[], "no-such-command-here", &[]);
-        let out = run(home, &missing, b"");
-        assert_eq!(out.status.code(), Some(127));
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains("no-such-command-here"), "{said}");
-        assert_eq!(said.lines().count(), 1, "{said}");
-    }
-
     /// A command killed by a signal is reported by the wrapper shell as `128 + n`, whichever
     /// shell is the login shell (bash exec's a lone last command by itself, dash need not), and
     /// never by the death of the process the SSH server waits for; a command's own `exit 255`
@@ -776,8 +737,12 @@ mod shell_tests {
         }
     }
 
+    /// Both wrappers, each run as it is run: the subshell form behind `sh -c` as sshd runs it,
+    /// the durable form by `/bin/sh -c` as the VM agent runs it.
     #[test]
     fn exec_wrapper_runs_the_command_verbatim() {
+        type Wrapper = fn(&str, Option<&str>, &[(String, String)], &str, &[String]) -> String;
+        type AsRun = fn(&str) -> String;
         let dir = temp_home("exec");
         let home = dir.path();
         std::fs::write(
@@ -786,26 +751,37 @@ mod shell_tests {
         )
         .unwrap();
         std::fs::create_dir_all(home.join("w d")).unwrap();
-        let script = exec_script(
-            "feedc0de",
-            Some(home.join("w d").to_str().unwrap()),
-            &[("GREETING".into(), "it's \"quoted\" $HOME".into())],
-            "sh",
-            &[
-                "-c".into(),
-                "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
-            ],
-        );
-        let out = run(home, &sh_c(&script), &[b'a', 0, 0xff, b'\n']);
-        assert_eq!(out.status.code(), Some(7));
-        let mut expected = format!(
-            "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
-            home.display()
-        )
-        .into_bytes();
-        expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
-        assert_eq!(out.stdout, expected);
-        assert_eq!(out.stderr, b"err\n");
+        let forms: [(Wrapper, AsRun); 2] =
+            [(exec_script, sh_c), (durable_exec_script, str::to_string)];
+        for (wrapper, as_run) in forms {
+            let script = wrapper(
+                "feedc0de",
+                Some(home.join("w d").to_str().unwrap()),
+                &[("GREETING".into(), "it's \"quoted\" $HOME".into())],
+                "sh",
+                &[
+                    "-c".into(),
+                    "pwd; printf '%s|%s|%s\\n' \"$GREETING\" \"$FROM_PROFILE\" \"$PAPERCLIP_EXEC_ID\"; cat; echo err >&2; exit 7".into(),
+                ],
+            );
+            let out = run(home, &as_run(&script), &[b'a', 0, 0xff, b'\n']);
+            assert_eq!(out.status.code(), Some(7), "{script}");
+            let mut expected = format!(
+                "{}/w d\nit's \"quoted\" $HOME|yes|feedc0de\n",
+                home.display()
+            )
+            .into_bytes();
+            expected.extend_from_slice(&[b'a', 0, 0xff, b'\n']);
+            assert_eq!(out.stdout, expected, "{script}");
+            assert_eq!(out.stderr, b"err\n", "{script}");
+        }
+        // A command that is not there: the login shell's one line, and 127.
+        let missing = durable_exec_script("ab", None, &[], "no-such-command-here", &[]);
+        let out = run(home, &missing, b"");
+        assert_eq!(out.status.code(), Some(127));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("no-such-command-here"), "{said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
     }
 
     #[test]
